@@ -1,0 +1,1 @@
+"""Probe sets, capture hooks and pooling, the activation dataset, and extraction."""

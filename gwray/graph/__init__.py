@@ -1,0 +1,1 @@
+"""Layer-similarity graphs and community detection (sub-networks)."""

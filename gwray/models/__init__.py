@@ -1,0 +1,1 @@
+"""Where networks come from: local HF directories, torch factories, toy models, shards."""

@@ -1,0 +1,1 @@
+"""Heatmaps, timelines and the self-contained HTML report."""

@@ -1,0 +1,1 @@
+"""Which GW pairs to solve, the Ray workers that solve them, and the pair-results dataset."""
