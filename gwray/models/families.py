@@ -1,0 +1,241 @@
+"""Per-architecture adapters: how to run a Hugging Face model one block at a time.
+
+A sharded model never builds a full forward pass: shard 0 runs the embeddings, every shard runs its
+own blocks, the last one applies the final norm. An adapter knows, for one family, the module names
+of those pieces inside the *base* model (``GPT2Model``, ``LlamaModel``, ``BertModel``, ...) and how
+to call one block on hidden states: attention-mask preparation, position ids, rotary embeddings.
+
+The hidden states it yields are exactly Hugging Face's ``output_hidden_states``: index 0 is the
+embedding output, index ``i + 1`` the output of block ``i``, and for families with a final norm the
+last entry is the last block's output *after* that norm (HF substitutes ``last_hidden_state``).
+
+Written against the ``masking_utils`` API of transformers >= 4.53 (tested with 5.x); blocks returning
+a tuple (older releases) or a tensor (newer) are both accepted.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gwray.errors import GwrayInputError
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one architecture family is laid out and run block by block.
+
+    Attributes
+    ----------
+    name : str
+        Family name used in messages (``gpt2``, ``gpt_neox``, ``llama``, ``bert``).
+    model_types : tuple of str
+        ``config.model_type`` values handled by this adapter.
+    prefix : str
+        Name of the base model inside the task model (``transformer``, ``model``, ...); checkpoint
+        tensor names may or may not carry it.
+    embeddings : tuple of str
+        Modules (relative to the base model) that produce the embedding output.
+    blocks : str
+        Dotted path of the ``nn.ModuleList`` of blocks.
+    final_norm : str or None
+        The norm applied to the last block's output, if any.
+    shared : tuple of str
+        Parameter-free modules every shard needs (rotary embeddings).
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    prefix: str
+    embeddings: tuple[str, ...]
+    blocks: str
+    final_norm: str | None
+    shared: tuple[str, ...] = ()
+
+    # ---- structure -------------------------------------------------------------------------
+    def block_list(self, base: nn.Module) -> nn.ModuleList:
+        """The blocks of ``base`` in depth order."""
+        return base.get_submodule(self.blocks)
+
+    def n_blocks(self, base: nn.Module) -> int:
+        return len(self.block_list(base))
+
+    def block_name(self, index: int) -> str:
+        """Module name of block ``index`` relative to the base model, e.g. ``layers.3``."""
+        return f"{self.blocks}.{index}"
+
+    def modules_for(self, n_blocks: int, start: int, stop: int) -> list[str]:
+        """Module names a shard holding blocks ``[start, stop)`` must materialise."""
+        names = list(self.embeddings) if start == 0 else []
+        names += [self.block_name(i) for i in range(start, stop)]
+        if stop == n_blocks and self.final_norm:
+            names.append(self.final_norm)
+        return names
+
+    # ---- running ---------------------------------------------------------------------------
+    def embed(self, base: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+        """Embedding output (hidden state 0).
+
+        Parameters
+        ----------
+        input_ids : (b, t) int64 tensor
+
+        Returns
+        -------
+        (b, t, d) tensor in the embedding weights' dtype.
+        """
+        if self.name == "bert":
+            return base.embeddings(input_ids=input_ids)
+        first = base.get_submodule(self.embeddings[0])
+        hidden = first(input_ids)
+        if self.name == "gpt2":
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+            hidden = hidden + base.wpe(positions)
+        return hidden
+
+    def context(self, base: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+        """Per-micro-batch inputs every block needs, rebuilt in each shard from the 2-D mask.
+
+        Parameters
+        ----------
+        hidden : (b, t, d) tensor
+            Only its shape, dtype and device are used.
+        attention_mask : (b, t) int tensor, 1 = token, 0 = padding.
+
+        Returns
+        -------
+        dict
+            ``masks`` (per attention kind, as HF prepares them for ``config._attn_implementation``),
+            ``position_ids`` (1, t) and, for rotary families, ``position_embeddings`` (cos, sin).
+        """
+        from transformers import masking_utils as mu
+
+        config = base.config
+        positions = torch.arange(hidden.shape[1], device=hidden.device)[None]
+        kwargs = dict(config=config, inputs_embeds=hidden, attention_mask=attention_mask)
+        if self.name == "bert":
+            return {"masks": {"full_attention": mu.create_bidirectional_mask(**kwargs)}, "position_ids": positions}
+        kwargs.update(cache=None, position_ids=positions)
+        masks = {"full_attention": mu.create_causal_mask(**kwargs)}
+        if "sliding_attention" in self._layer_kinds(config):
+            masks["sliding_attention"] = mu.create_sliding_window_causal_mask(**kwargs)
+        ctx = {"masks": masks, "position_ids": positions}
+        if self.shared:
+            ctx["position_embeddings"] = base.get_submodule(self.shared[0])(hidden, positions)
+        return ctx
+
+    def _layer_kinds(self, config) -> list[str]:
+        kinds = getattr(config, "layer_types", None)
+        if kinds:
+            return list(kinds)
+        # Mistral applies its sliding window to every layer when one is configured.
+        kind = "sliding_attention" if config.model_type == "mistral" and getattr(config, "sliding_window", None) \
+            else "full_attention"
+        return [kind] * config.num_hidden_layers
+
+    def run_block(self, base: nn.Module, index: int, hidden: torch.Tensor, ctx: dict) -> torch.Tensor:
+        """Output of block ``index`` for input ``hidden`` (b, t, d) → (b, t, d)."""
+        block = self.block_list(base)[index]
+        mask = ctx["masks"][self._layer_kinds(base.config)[index] if self.name != "bert" else "full_attention"]
+        if self.name == "bert":
+            out = block(hidden, attention_mask=mask)
+        elif self.name == "gpt2":
+            out = block(hidden, attention_mask=mask, position_ids=ctx["position_ids"])
+        else:
+            out = block(hidden, attention_mask=mask, position_ids=ctx["position_ids"],
+                        position_embeddings=ctx["position_embeddings"])
+        return out[0] if isinstance(out, tuple) else out
+
+    def finish(self, base: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """Apply the final norm (identity for families without one)."""
+        return base.get_submodule(self.final_norm)(hidden) if self.final_norm else hidden
+
+
+FAMILIES = (
+    Family("gpt2", ("gpt2",), "transformer", ("wte", "wpe"), "h", "ln_f"),
+    Family("gpt_neox", ("gpt_neox",), "gpt_neox", ("embed_in",), "layers", "final_layer_norm", ("rotary_emb",)),
+    Family("llama", ("llama", "mistral", "qwen2"), "model", ("embed_tokens",), "layers", "norm", ("rotary_emb",)),
+    Family("bert", ("bert",), "bert", ("embeddings",), "encoder.layer", None),
+)
+
+
+def supported_model_types() -> list[str]:
+    return [t for f in FAMILIES for t in f.model_types]
+
+
+def get_family(config) -> Family:
+    """The adapter for a transformers config (or a ``model_type`` string).
+
+    Raises
+    ------
+    GwrayInputError
+        Unknown architecture: the message lists the supported ones and points at ``shards: 1``.
+    """
+    model_type = config if isinstance(config, str) else getattr(config, "model_type", None)
+    for family in FAMILIES:
+        if model_type in family.model_types:
+            return family
+    raise GwrayInputError(
+        f"model.shards > 1: architecture {model_type!r} is not supported for sharding "
+        f"(supported: {', '.join(supported_model_types())}); use model.shards: 1, which works for any model")
+
+
+@contextlib.contextmanager
+def parameters_on_meta():
+    """Build modules with every parameter on the meta device but real buffers.
+
+    Buffers (rotary frequencies, BERT position ids) are small and often not saved in checkpoints,
+    so they are computed for real; parameters cost nothing until a shard loads its own.
+    """
+    original = nn.Module.register_parameter
+
+    def register(module, name, param):
+        original(module, name, param)
+        if param is not None and param.device.type != "meta":
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = register
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original
+
+
+def build_empty(config) -> tuple[nn.Module, Family]:
+    """The base model of ``config`` with parameters on the meta device, in eval mode.
+
+    Returns
+    -------
+    (base model, family adapter). Nothing of size ``n_params`` is allocated.
+    """
+    import transformers
+
+    family = get_family(config)
+    with parameters_on_meta():
+        base = transformers.AutoModel.from_config(config)
+    return base.eval(), family
+
+
+def hidden_states(base: nn.Module, family: Family, input_ids: torch.Tensor,
+                  attention_mask: torch.Tensor) -> list[torch.Tensor]:
+    """All hidden states of a fully materialised base model, computed block by block.
+
+    Parameters
+    ----------
+    input_ids, attention_mask : (b, t) tensors
+
+    Returns
+    -------
+    list of ``n_blocks + 1`` tensors (b, t, d), equal to HF's ``output_hidden_states``.
+    """
+    with torch.no_grad():
+        hidden = family.embed(base, input_ids)
+        out = [hidden]
+        ctx = family.context(base, hidden, attention_mask)
+        n = family.n_blocks(base)
+        for i in range(n):
+            hidden = family.run_block(base, i, hidden, ctx)
+            out.append(family.finish(base, hidden) if i == n - 1 else hidden)
+    return out
