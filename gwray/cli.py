@@ -1,0 +1,171 @@
+"""The ``gwray`` command: ``run``, ``compare``, ``report`` and ``demo``.
+
+Exit codes: 0 on success, 2 on bad input (:class:`~gwray.errors.GwrayInputError`; one line on
+stderr that names the thing at fault), 1 on an internal failure (a short message; set
+``GWRAY_DEBUG=1`` for the traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable, Sequence
+
+from gwray.errors import GwrayInputError
+
+#: The embedded demo: the packaged all-MiniLM-L6-v2 on the built-in English probe set. n = 384
+#: keeps the 21 layer pairs to about a minute of GW on 2 cores. configs/demo.yaml holds the same
+#: keys (a test checks that they agree) so that the demo can be rerun and edited as a file.
+DEMO_CONFIG = {
+    "name": "demo",
+    "output": "runs/demo",
+    "model": {"source": "hf", "path": "minilm"},
+    "probe": {"source": "builtin:english", "n_samples": 384, "max_tokens": 64},
+    "layers": {"select": "blocks", "pooling": "mean"},
+    "resources": {"workers": 2, "cpus_per_worker": 1},
+    "graph": {"method": "contiguous", "k": "auto"},
+}
+
+_EPILOG = "exit codes: 0 success, 2 bad input (one-line message), 1 internal failure"
+
+
+def _error_line(exc: BaseException) -> str:
+    """The first line of an exception's message (the cause's, for an error raised inside Ray)."""
+    cause = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError keeps the original here
+    text = str(cause if isinstance(cause, BaseException) else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def guarded(fn: Callable[[], object]) -> int:
+    """Call ``fn`` and turn its outcome into an exit code (0, 2 on bad input, 1 otherwise).
+
+    Parameters
+    ----------
+    fn : callable
+        Does the command's work; its return value is ignored.
+
+    Returns
+    -------
+    int
+        The process exit code.
+    """
+    try:
+        fn()
+    except GwrayInputError as exc:
+        print(f"gwray: error: {_error_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gwray: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, GwrayInputError):
+            print(f"gwray: error: {_error_line(cause)}", file=sys.stderr)
+            return 2
+        if os.environ.get("GWRAY_DEBUG"):
+            raise
+        print(f"gwray: internal error: {type(exc).__name__}: {_error_line(exc)} "
+              "(GWRAY_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, config: bool = True) -> None:
+    """The arguments shared by ``gwray run``/``compare``/``demo`` and the Ray job entrypoints."""
+    if config:
+        parser.add_argument("config", help="run config (YAML); see README 'Config reference'")
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help="run directory or URI (default: the config's `output`, else runs/NAME)")
+    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
+                        help="override one config key, e.g. --set probe.n_samples=256 (repeatable)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+
+def _print_result(result) -> None:
+    print(f"run directory: {result.out}")
+    if result.report is not None:
+        print(f"report: {result.report}")
+
+
+def _cmd_run(args, require_checkpoints: int = 1) -> None:
+    from gwray.pipeline import run
+
+    result = run(args.config, out=args.out, overrides=args.overrides, progress=not args.quiet,
+                 min_checkpoints=require_checkpoints)
+    _print_result(result)
+
+
+def _cmd_report(args) -> None:
+    from gwray.pipeline import rebuild_report
+
+    print(f"report: {rebuild_report(args.out_dir)}")
+
+
+def _cmd_demo(args) -> None:
+    from gwray.config import load_config, parse_overrides
+    from gwray.pipeline import run
+
+    cfg = load_config(DEMO_CONFIG, parse_overrides(args.overrides))
+    result = run(cfg, out=args.out, progress=not args.quiet)
+    _print_result(result)
+    print("open the report in a browser; `gwray report DIR` rebuilds it from the run directory")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``gwray`` command (one sub-parser per command)."""
+    parser = argparse.ArgumentParser(
+        prog="gwray", epilog=_EPILOG,
+        description="Find sub-networks inside a neural network: Gromov-Wasserstein distances "
+                    "between layers, fanned out on Ray.")
+    from gwray import __version__
+
+    parser.add_argument("--version", action="version", version=f"gwray {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", epilog=_EPILOG, help="run the whole pipeline for one config",
+                       description="Extract activations, solve GW for every layer pair, find groups "
+                                   "and write the report; finished stages are reused.")
+    add_run_arguments(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("compare", epilog=_EPILOG, help="run over several checkpoints and compare",
+                       description="Like `run`, for a config whose model.checkpoints names two or "
+                                   "more checkpoints: within and cross-checkpoint matrices, how "
+                                   "groups move, timeline.png.")
+    add_run_arguments(p)
+    p.set_defaults(func=lambda a: _cmd_run(a, require_checkpoints=2))
+
+    p = sub.add_parser("report", epilog=_EPILOG, help="rebuild the report of a finished run",
+                       description="Rebuild heatmap.png, report.html (and timeline.png) from a run "
+                                   "directory alone.")
+    p.add_argument("out_dir", metavar="OUT", help="a run directory written by `gwray run`")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("demo", epilog=_EPILOG, help="the packaged MiniLM on the built-in probe set",
+                       description="Run all-MiniLM-L6-v2 (shipped as a package) on the built-in "
+                                   "English probe set on an embedded local Ray; a few minutes on 2 "
+                                   "cores. Prints where the report is.")
+    add_run_arguments(p, config=False)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gwray`` console script.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        Exit code (also passed to ``sys.exit`` by the console script).
+    """
+    args = build_parser().parse_args(argv)
+    return guarded(lambda: args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
