@@ -1,0 +1,234 @@
+"""The activation dataset: one Parquet partition per layer, a manifest written last.
+
+Layout (under the run directory ``OUT``)::
+
+    OUT/activations/checkpoint=<id>/layer=<k>/part-<j>.parquet   sample_id: int64,
+                                                                  vector: fixed_size_list<float32|float16>[d]
+    OUT/activations/checkpoint=<id>/manifest.json                 written last, atomically
+
+``k`` is the layer's position in the manifest's ``layers``; ``j`` is the first sample id of the
+batch that wrote the part (zero-padded), so a retried batch overwrites its own part and parts list
+in sample order. A checkpoint without ``manifest.json`` is incomplete: readers refuse it and a new
+writer deletes it. Reading one layer opens only that layer's files (plus the manifest).
+All I/O goes through :class:`gwray.storage.Location`, so ``s3://`` works as a local folder does.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from gwray.errors import GwrayInputError
+from gwray.storage import Location
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
+
+
+def activations_dir(root: "Location | str") -> Location:
+    """``OUT/activations`` for a run directory ``OUT`` (a path already ending in ``activations`` is kept)."""
+    loc = Location.parse(root)
+    return loc if loc.name == "activations" else loc.child("activations")
+
+
+def _checkpoint_dir(root: Location, checkpoint: str) -> Location:
+    if not checkpoint or "/" in checkpoint or checkpoint.startswith((".", "_")):
+        raise GwrayInputError(f"checkpoint id {checkpoint!r}: must be a non-empty name without '/'")
+    return root.child(f"checkpoint={checkpoint}")
+
+
+def _vectors_to_numpy(column: "pa.ChunkedArray | pa.Array", d: int) -> np.ndarray:
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, d)
+
+
+class ActivationWriter:
+    """Write one checkpoint's activations, one part per (layer, batch).
+
+    Creating a writer deletes whatever the checkpoint directory held (a checkpoint is rebuilt
+    whole). The object pickles cheaply and keeps no counters, so copies in Ray actors or shard
+    actors may call :meth:`write` concurrently; :meth:`commit` scans the parts.
+
+    Parameters
+    ----------
+    root : Location or str
+        The run directory ``OUT`` (or ``OUT/activations``).
+    checkpoint : str
+        Checkpoint id (directory ``checkpoint=<id>``).
+    layer_names : list of str
+        All layers of the checkpoint, in depth order.
+    dtype : {"float32", "float16"}
+        Storage dtype of the vectors.
+    """
+
+    def __init__(self, root: "Location | str", checkpoint: str, layer_names: list[str], dtype: str = "float32"):
+        if dtype not in _DTYPES:
+            raise GwrayInputError(f"storage dtype {dtype!r}: expected float32 or float16")
+        if not layer_names or len(set(layer_names)) != len(layer_names):
+            raise GwrayInputError(f"layer names {layer_names!r}: must be non-empty and unique")
+        self.root = activations_dir(root)
+        self.checkpoint = checkpoint
+        self.dir = _checkpoint_dir(self.root, checkpoint)
+        self.layer_names = list(layer_names)
+        self.dtype = dtype
+        self._index = {n: i for i, n in enumerate(self.layer_names)}
+        self.dir.remove()
+
+    def write(self, layer_name: str, sample_ids, vectors) -> Location:
+        """Append one part for ``layer_name``.
+
+        Parameters
+        ----------
+        layer_name : str
+        sample_ids : array-like of int, shape (r,)
+        vectors : array-like or torch.Tensor, shape (r, d)
+
+        Returns
+        -------
+        Location
+            The part written.
+
+        Raises
+        ------
+        GwrayInputError
+            Unknown layer, shape mismatch, or NaN/inf (naming the layer and the first bad sample).
+        """
+        if layer_name not in self._index:
+            raise GwrayInputError(f"layer {layer_name!r}: not one of this writer's layers")
+        if hasattr(vectors, "detach"):
+            vectors = vectors.detach().cpu().numpy()
+        vec = np.asarray(vectors, dtype=np.float32)
+        sids = np.asarray(sample_ids, dtype=np.int64).reshape(-1)
+        if vec.ndim != 2 or vec.shape[0] != sids.shape[0] or vec.shape[0] == 0:
+            raise GwrayInputError(f"layer {layer_name}: vectors of shape {vec.shape} for {sids.shape[0]} sample ids")
+        bad = ~np.isfinite(vec).all(axis=1)
+        if bad.any():
+            sid = int(sids[np.argmax(bad)])
+            raise GwrayInputError(f"layer {layer_name}: NaN or inf in the activation of sample {sid}")
+        vec = vec.astype(np.float16) if self.dtype == "float16" else vec
+        if self.dtype == "float16" and not np.isfinite(vec).all():
+            sid = int(sids[np.argmax(~np.isfinite(vec).all(axis=1))])
+            raise GwrayInputError(f"layer {layer_name}: activation of sample {sid} overflows float16")
+        d = vec.shape[1]
+        values = pa.array(vec.reshape(-1), type=_DTYPES[self.dtype])
+        table = pa.table({"sample_id": pa.array(sids, pa.int64()),
+                          "vector": pa.FixedSizeListArray.from_arrays(values, d)})
+        part = self.dir.child(f"layer={self._index[layer_name]}", f"part-{int(sids.min()):012d}.parquet")
+        part.write_table(table)
+        return part
+
+    def commit(self, meta: dict | None = None) -> dict:
+        """Check that every layer has the same rows, then write the manifest (last, atomically).
+
+        Parameters
+        ----------
+        meta : dict, optional
+            Extra keys for the manifest (pooling, probe hash, model path, ...).
+
+        Returns
+        -------
+        dict
+            The manifest: ``checkpoint``, ``layers``, ``dims``, ``n_rows``, ``n_samples``, ``dtype``,
+            ``format`` and the ``meta`` keys.
+        """
+        dims, reference = [], None
+        for k, name in enumerate(self.layer_names):
+            parts = self.dir.child(f"layer={k}").files(".parquet")
+            if not parts:
+                raise RuntimeError(f"activation dataset {self.dir}: layer {name} has no rows")
+            ids = [p.read_table(columns=["sample_id"]).column(0).to_numpy() for p in parts]
+            ids = np.sort(np.concatenate(ids))
+            if reference is None:
+                reference = ids
+            elif not np.array_equal(ids, reference):
+                raise RuntimeError(f"activation dataset {self.dir}: layer {name} rows differ from layer "
+                                   f"{self.layer_names[0]}")
+            with self.dir.fs.open_input_file(parts[0].path) as f:
+                dims.append(pq.ParquetFile(f).schema_arrow.field("vector").type.list_size)
+        manifest = dict(meta or {})
+        manifest.update(checkpoint=self.checkpoint, layers=self.layer_names, dims=dims,
+                        n_rows=int(reference.size), n_samples=int(np.unique(reference).size),
+                        dtype=self.dtype, format=FORMAT_VERSION)
+        self.dir.child(MANIFEST).write_json(manifest)
+        return manifest
+
+    def abort(self) -> None:
+        """Remove the partial checkpoint directory."""
+        self.dir.remove()
+
+
+class ActivationStore:
+    """Read an activation dataset.
+
+    Parameters
+    ----------
+    root : Location or str
+        The run directory ``OUT`` (or ``OUT/activations``).
+    """
+
+    def __init__(self, root: "Location | str"):
+        self.root = activations_dir(root)
+        self._manifests: dict[str, dict] = {}
+
+    def __repr__(self) -> str:
+        return f"ActivationStore({str(self.root)!r})"
+
+    def checkpoints(self) -> list[str]:
+        """Ids of the complete checkpoints (those with a manifest), sorted by name."""
+        if not self.root.is_dir():
+            return []
+        infos = self.root.fs.get_file_info(pafs.FileSelector(self.root.path))
+        ids = [i.base_name.split("=", 1)[1] for i in infos
+               if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint=")]
+        return sorted(c for c in ids if self.is_complete(c))
+
+    def is_complete(self, checkpoint: str) -> bool:
+        return _checkpoint_dir(self.root, checkpoint).child(MANIFEST).exists()
+
+    def manifest(self, checkpoint: str) -> dict:
+        """The checkpoint's manifest (cached).
+
+        Raises
+        ------
+        GwrayInputError
+            The checkpoint is missing or incomplete.
+        """
+        if checkpoint not in self._manifests:
+            loc = _checkpoint_dir(self.root, checkpoint).child(MANIFEST)
+            if not loc.exists():
+                raise GwrayInputError(f"checkpoint {checkpoint!r}: no complete activations in {self.root}")
+            self._manifests[checkpoint] = loc.read_json()
+        return self._manifests[checkpoint]
+
+    def layer_names(self, checkpoint: str) -> list[str]:
+        return list(self.manifest(checkpoint)["layers"])
+
+    def _layer_dir(self, checkpoint: str, layer: "str | int") -> tuple[Location, int]:
+        names = self.layer_names(checkpoint)
+        if isinstance(layer, (int, np.integer)) and 0 <= layer < len(names):
+            k = int(layer)
+        elif layer in names:
+            k = names.index(layer)
+        else:
+            raise GwrayInputError(f"layer {layer!r}: not in checkpoint {checkpoint!r} (has {len(names)} layers)")
+        return _checkpoint_dir(self.root, checkpoint).child(f"layer={k}"), k
+
+    def read_layer(self, checkpoint: str, layer: "str | int") -> np.ndarray:
+        """One layer as an (n, d) float32 array, rows in sample_id order.
+
+        Only the files of ``layer=<k>`` are opened. ``layer`` is a name or a position.
+        """
+        folder, k = self._layer_dir(checkpoint, layer)
+        d = self.manifest(checkpoint)["dims"][k]
+        tables = [p.read_table() for p in folder.files(".parquet")]
+        table = pa.concat_tables(tables)
+        order = np.argsort(table.column("sample_id").to_numpy(), kind="stable")
+        return _vectors_to_numpy(table.column("vector"), d)[order].astype(np.float32, copy=False)
+
+    def sample_ids(self, checkpoint: str) -> np.ndarray:
+        """(n,) int64 sample ids of the rows :meth:`read_layer` returns, in that order."""
+        folder, _ = self._layer_dir(checkpoint, 0)
+        ids = [p.read_table(columns=["sample_id"]).column(0).to_numpy() for p in folder.files(".parquet")]
+        return np.sort(np.concatenate(ids), kind="stable")
