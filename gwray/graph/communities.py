@@ -1,0 +1,320 @@
+"""Sub-networks: groups of layers read from a layer-distance matrix, with scores and the choice of k.
+
+Methods (``method=``):
+
+- ``contiguous`` — exact DP segmentation of the depth order (:mod:`gwray.graph.segment`).
+  ``k="auto"``: the k in 2 … K_max with the highest silhouette (precomputed distances).
+- ``louvain`` — networkx Louvain on the similarity graph (:mod:`gwray.graph.build`), swept over
+  resolutions γ ∈ geomspace(0.5, 2, 7) × 5 seeds; the non-trivial partition (not one group, not
+  all singletons) found in the most runs — the widest plateau, the most stable — is kept. An
+  integer k keeps the most frequent k-group one (if none, γ is doubled until a finer partition
+  appears, whose closest groups by mean similarity are then merged down to k).
+- ``greedy`` — networkx Clauset-Newman-Moore greedy modularity (``cutoff = best_n = k`` if given).
+- ``spectral`` — scikit-learn SpectralClustering on the precomputed similarity. ``k="auto"``:
+  largest eigengap λ_{k+1} − λ_k of the normalised Laplacian for k in 2 … K_max.
+- ``all`` — every method above, plus their pairwise agreement (adjusted Rand index).
+
+K_max = min(L − 1, 12). Auto never answers k = 1 (pass ``k=1`` for that); the silhouette says how
+clear the groups are. Group ids are numbered by the first (shallowest) layer of each group.
+"""
+from __future__ import annotations
+
+import itertools
+import numbers
+from collections import Counter
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+from scipy.sparse.csgraph import laplacian
+from sklearn.cluster import SpectralClustering
+from sklearn.metrics import adjusted_rand_score, silhouette_score
+
+from gwray.errors import GwrayInputError
+from gwray.graph.build import build_graph, check_distances, similarity
+from gwray.graph.segment import segmentations
+
+METHODS = ("contiguous", "louvain", "greedy", "spectral")
+KMAX = 12
+LOUVAIN_RESOLUTIONS = tuple(float(g) for g in np.geomspace(0.5, 2.0, 7))
+LOUVAIN_SEEDS = 5
+
+
+@dataclass
+class SubnetworkResult:
+    """One grouping of L layers.
+
+    Attributes
+    ----------
+    method : str
+    names : list of str, length L
+        Layer names in depth order.
+    labels : np.ndarray, shape (L,), int
+        Group id of each layer (0 … k-1, numbered by each group's shallowest layer).
+    k : int
+        Number of groups.
+    k_reason : str
+        Why this k (the stated rule and the numbers behind it).
+    scores : dict
+        ``modularity`` (on the similarity graph), ``silhouette`` (precomputed distances; None for
+        k = 1 or k = L), ``within_between`` (mean within-group / mean between-group distance;
+        None when undefined). Lower within/between and higher silhouette = clearer groups.
+    params : dict
+        Method settings that produced it (seed, resolution, sigma …).
+    """
+
+    method: str
+    names: list
+    labels: np.ndarray
+    k: int
+    k_reason: str
+    scores: dict
+    params: dict = field(default_factory=dict)
+
+    @property
+    def groups(self) -> list[list[str]]:
+        """Layer names of each group, groups in label order, names in depth order."""
+        return [[n for n, lab in zip(self.names, self.labels) if lab == g] for g in range(self.k)]
+
+    @property
+    def noncontiguous_groups(self) -> list[int]:
+        """Ids of groups that are not one run of consecutive layers."""
+        out = []
+        for g in range(self.k):
+            idx = np.flatnonzero(self.labels == g)
+            if idx.size and idx[-1] - idx[0] + 1 != idx.size:
+                out.append(g)
+        return out
+
+    @property
+    def contiguous(self) -> bool:
+        """True when every group is a contiguous range of depth."""
+        return not self.noncontiguous_groups
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (the per-method entry of ``communities.json``)."""
+        return {"method": self.method, "k": int(self.k), "k_reason": self.k_reason,
+                "groups": self.groups, "labels": [int(x) for x in self.labels],
+                "names": list(self.names), "scores": dict(self.scores),
+                "contiguous": self.contiguous, "noncontiguous_groups": self.noncontiguous_groups,
+                "params": dict(self.params)}
+
+
+class SubnetworkSet(dict):
+    """``method="all"``: a dict method → :class:`SubnetworkResult` plus ``.agreement``.
+
+    ``agreement`` maps ``"a~b"`` (a, b methods) to the adjusted Rand index of their labels.
+    """
+
+    def __init__(self, results: dict):
+        super().__init__(results)
+        self.agreement = {f"{a}~{b}": float(adjusted_rand_score(results[a].labels, results[b].labels))
+                          for a, b in itertools.combinations(results, 2)}
+
+    def to_dict(self) -> dict:
+        return {"methods": {m: r.to_dict() for m, r in self.items()}, "agreement": dict(self.agreement)}
+
+
+def canonical(labels) -> np.ndarray:
+    """Relabel groups 0 … k-1 in order of their first layer. labels: (L,) → (L,) int."""
+    mapping: dict = {}
+    return np.array([mapping.setdefault(x, len(mapping)) for x in np.asarray(labels).tolist()], dtype=int)
+
+
+def scores(D: np.ndarray, labels: np.ndarray, G: nx.Graph) -> dict:
+    """Modularity, silhouette and within/between ratio of a grouping.
+
+    Parameters
+    ----------
+    D : np.ndarray, shape (L, L)
+        Checked distances.
+    labels : np.ndarray, shape (L,), int
+    G : networkx.Graph
+        The complete similarity graph (weights used for modularity).
+
+    Returns
+    -------
+    dict
+        ``modularity``, ``silhouette``, ``within_between`` (floats or None when undefined).
+    """
+    L, k = len(labels), int(labels.max()) + 1
+    comms = [set(np.flatnonzero(labels == g).tolist()) for g in range(k)]
+    mod = float(nx.community.modularity(G, comms, weight="weight")) if G.number_of_edges() else None
+    sil = float(silhouette_score(D, labels, metric="precomputed")) if 2 <= k <= L - 1 else None
+    same = labels[:, None] == labels[None, :]
+    off = ~np.eye(L, dtype=bool)
+    within, between = D[same & off], D[~same]
+    ratio = None
+    if within.size and between.size and between.mean() > 0:
+        ratio = float(within.mean() / between.mean())
+    return {"modularity": mod, "silhouette": sil, "within_between": ratio}
+
+
+def _kmax(L: int) -> int:
+    return max(1, min(L - 1, KMAX))
+
+
+def _contiguous(D, k, G, seed):
+    L = D.shape[0]
+    if k != "auto":
+        return segmentations(D, k)[k][0], f"given k={k}", {}
+    if L < 3:
+        return np.zeros(L, dtype=int), f"auto: L={L} < 3 layers, one group", {}
+    segs = segmentations(D, _kmax(L))
+    sil = {kk: float(silhouette_score(D, segs[kk][0], metric="precomputed")) for kk in range(2, _kmax(L) + 1)}
+    best = max(sil, key=lambda kk: (sil[kk], -kk))
+    return segs[best][0], (f"auto: highest silhouette {sil[best]:.3f} over k=2..{_kmax(L)} "
+                           f"of the optimal segmentations"), {"silhouette_by_k": sil}
+
+
+def _louvain(D, k, G, seed):
+    L = D.shape[0]
+
+    def sweep(gammas):
+        return [(g, canonical(_partition_labels(nx.community.louvain_communities(
+            G, weight="weight", resolution=g, seed=seed + s), L)))
+            for g in gammas for s in range(LOUVAIN_SEEDS)]
+
+    runs = sweep(LOUVAIN_RESOLUTIONS)
+    gamma = LOUVAIN_RESOLUTIONS[-1]
+    while k != "auto" and max(int(lab.max()) + 1 for _, lab in runs) < k and gamma < 1e6:
+        gamma *= 2.0  # finer partitions until some run has at least k groups
+        runs += sweep([gamma])
+    counts = Counter(tuple(lab.tolist()) for _, lab in runs)
+    nk = {p: max(p) + 1 for p in counts}
+    if k == "auto":  # one group or all singletons say nothing: kept only if nothing else was found
+        pool = [p for p in counts if 1 < nk[p] < L] or list(counts)
+    else:
+        pool = [p for p in counts if nk[p] == k] or [p for p in counts if nk[p] == min(
+            n for n in nk.values() if n > k)]
+    mod = {p: nx.community.modularity(G, _comms(p), weight="weight") for p in pool}
+    best = max(pool, key=lambda p: (counts[p], mod[p]))
+    found = counts[best]
+    gammas = sorted({g for g, lab in runs if tuple(lab.tolist()) == best})
+    note = ""
+    labels = np.array(best)
+    if k != "auto" and nk[best] != k:
+        labels = _merge_to_k(labels, similarity(D, G.graph["sigma"]), k)
+        note = f"; no run gave {k} groups: the most stable {nk[best]}-group one merged down"
+    reason = (f"{'auto' if k == 'auto' else f'given k={k}'}: most stable partition, found in "
+              f"{found}/{len(runs)} runs (resolution {LOUVAIN_RESOLUTIONS[0]:g}–{gamma:g} × "
+              f"{LOUVAIN_SEEDS} seeds){note}")
+    return labels, reason, {"resolutions": gammas, "runs": len(runs), "found_in": found}
+
+
+def _merge_to_k(labels: np.ndarray, S: np.ndarray, k: int) -> np.ndarray:
+    """Merge the two groups of highest mean similarity until k remain. labels (L,), S (L, L)."""
+    labels = canonical(labels)
+    while labels.max() + 1 > k:
+        n = labels.max() + 1
+        pairs = [(S[np.ix_(labels == a, labels == b)].mean(), a, b)
+                 for a, b in itertools.combinations(range(n), 2)]
+        _, a, b = max(pairs)
+        labels = canonical(np.where(labels == b, a, labels))
+    return labels
+
+
+def _greedy(D, k, G, seed):
+    if k == "auto":
+        comms = nx.community.greedy_modularity_communities(G, weight="weight")
+        reason = "auto: maximum modularity (Clauset-Newman-Moore greedy merging)"
+    else:
+        comms = nx.community.greedy_modularity_communities(G, weight="weight", cutoff=k, best_n=k)
+        reason = f"given k={k}"
+    return _partition_labels(comms, D.shape[0]), reason, {}
+
+
+def _spectral(D, k, G, seed):
+    L = D.shape[0]
+    S = similarity(D, G.graph["sigma"])
+    params = {}
+    if k == "auto":
+        if L < 3:
+            return np.zeros(L, dtype=int), f"auto: L={L} < 3 layers, one group", {}
+        A = S.copy()
+        np.fill_diagonal(A, 0.0)
+        lam = np.linalg.eigvalsh(laplacian(A, normed=True))
+        gaps = {kk: float(lam[kk] - lam[kk - 1]) for kk in range(2, _kmax(L) + 1)}
+        k = max(gaps, key=lambda kk: (gaps[kk], -kk))
+        reason = (f"auto: largest eigengap λ{k + 1}−λ{k} = {gaps[k]:.3f} of the normalised "
+                  f"Laplacian over k=2..{_kmax(L)}")
+        params["eigenvalues"] = [float(x) for x in lam[: _kmax(L) + 1]]
+    else:
+        reason = f"given k={k}"
+    if k == 1:
+        return np.zeros(L, dtype=int), reason, params
+    if k == L:
+        return np.arange(L), reason, params
+    sc = SpectralClustering(n_clusters=k, affinity="precomputed", random_state=seed,
+                            assign_labels="cluster_qr")
+    return sc.fit_predict(S), reason, params
+
+
+def _comms(labels):
+    labels = np.asarray(labels)
+    return [set(np.flatnonzero(labels == g).tolist()) for g in range(int(labels.max()) + 1)]
+
+
+def _partition_labels(communities, L: int) -> np.ndarray:
+    labels = np.empty(L, dtype=int)
+    for g, members in enumerate(communities):
+        labels[list(members)] = g
+    return labels
+
+
+_RUN = {"contiguous": _contiguous, "louvain": _louvain, "greedy": _greedy, "spectral": _spectral}
+
+
+def find_subnetworks(D, method: str = "contiguous", k="auto", names=None, seed: int = 0,
+                     *, knn: int | None = None):
+    """Group the layers of one network into sub-networks.
+
+    Parameters
+    ----------
+    D : array_like, shape (L, L)
+        Layer distances (GW values): finite, ≥ 0, symmetric (up to 1e-6 relative).
+    method : {"contiguous", "louvain", "greedy", "spectral", "all"}
+    k : "auto" or int in 1 … L
+        Number of groups; "auto" applies the method's stated rule (module docstring).
+    names : sequence of str, length L, optional
+        Layer names in depth order (default "0" … "L-1").
+    seed : int
+        Seed of Louvain and of spectral label assignment (results are deterministic given it).
+    knn : int, optional
+        Sparsify the similarity graph to each layer's knn nearest neighbours (graph methods).
+
+    Returns
+    -------
+    SubnetworkResult, or SubnetworkSet (dict method → result, ``.agreement``) for "all".
+
+    Raises
+    ------
+    GwrayInputError
+        Bad D, names of the wrong length, unknown method, k not "auto" or not in 1 … L.
+    """
+    D, names = check_distances(D, names)
+    L = D.shape[0]
+    if method != "all" and method not in METHODS:
+        raise GwrayInputError(f"method: {method!r} is not one of {', '.join(METHODS + ('all',))}")
+    if k != "auto":
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+            raise GwrayInputError(f"k: must be 'auto' or an integer, got {k!r}")
+        if not 1 <= k <= L:
+            raise GwrayInputError(f"k: {k} is not in 1..{L} (the matrix has {L} layers)")
+        k = int(k)
+    if not isinstance(seed, numbers.Integral):
+        raise GwrayInputError(f"seed: must be an integer, got {seed!r}")
+    G_full = build_graph(D, names)
+    G = build_graph(D, names, knn=knn) if knn is not None else G_full
+    run = METHODS if method == "all" else (method,)
+    results = {}
+    for m in run:
+        if L == 1:
+            labels, reason, params = np.zeros(1, dtype=int), "one layer", {}
+        else:
+            labels, reason, params = _RUN[m](D, k, G, int(seed))
+        labels = canonical(labels)
+        params = {"seed": int(seed), "sigma": G.graph["sigma"], "knn": knn, **params}
+        results[m] = SubnetworkResult(m, list(names), labels, int(labels.max()) + 1, reason,
+                                      scores(D, labels, G_full), params)
+    return SubnetworkSet(results) if method == "all" else results[method]
