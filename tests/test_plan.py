@@ -1,0 +1,102 @@
+"""Pair plans and batching: counts per compare.cross mode, no pair twice, batches of equal n."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from gwray.errors import GwrayInputError
+from gwray.scheduler.plan import checkpoint_pairs, make_batches, plan_pairs
+
+
+def _layers(counts):
+    return {f"ckpt{c}": [f"L{i}" for i in range(n)] for c, n in enumerate(counts)}
+
+
+def _expected(counts, cross):
+    within = sum(n * (n - 1) // 2 for n in counts)
+    k = len(counts)
+    if cross == "consecutive":
+        pairs = [(a, a + 1) for a in range(k - 1)]
+    elif cross == "all":
+        pairs = [(a, b) for a in range(k) for b in range(a + 1, k)]
+    elif cross == "final":
+        pairs = [(a, k - 1) for a in range(k - 1)]
+    else:
+        pairs = []
+    return within + sum(counts[a] * counts[b] for a, b in pairs)
+
+
+@pytest.mark.parametrize("cross", ["none", "consecutive", "all", "final"])
+@pytest.mark.parametrize("counts", [[1], [2], [5], [12], [4, 4], [3, 3, 3], [6, 6, 6, 6], [2, 5, 3]])
+def test_plan_counts_and_uniqueness(counts, cross):
+    plan = plan_pairs(_layers(counts), cross)
+    assert len(plan) == _expected(counts, cross)
+    keys = [t.key for t in plan]
+    assert len(set(keys)) == len(keys), "a pair planned twice"
+    # symmetric within-checkpoint pairs appear once, as i < j, never on the diagonal
+    unordered = {(t.checkpoint_a, frozenset((t.layer_a, t.layer_b))) for t in plan if t.within}
+    assert len(unordered) == sum(t.within for t in plan)
+    assert all(t.i < t.j for t in plan if t.within)
+    assert plan.layers == _layers(counts) and plan.cross == cross
+
+
+def test_eighty_layers_is_3160_pairs():
+    assert len(plan_pairs(_layers([80]), "all")) == 3160
+    assert len(plan_pairs(_layers([80, 80, 80]), "final")) == 3 * 3160 + 2 * 6400
+
+
+def test_checkpoint_pairs_modes():
+    ids = ["a", "b", "c", "d"]
+    assert checkpoint_pairs(ids, "none") == []
+    assert checkpoint_pairs(ids, "consecutive") == [("a", "b"), ("b", "c"), ("c", "d")]
+    assert checkpoint_pairs(ids, "final") == [("a", "d"), ("b", "d"), ("c", "d")]
+    assert len(checkpoint_pairs(ids, "all")) == 6
+    assert checkpoint_pairs(["a"], "all") == []
+
+
+def test_cross_pairs_cover_every_layer_combination():
+    plan = plan_pairs({"a": ["x", "y"], "b": ["x", "y", "z"]}, "consecutive")
+    cross = {(t.layer_a, t.layer_b) for t in plan if not t.within}
+    assert cross == {(x, y) for x in ["x", "y"] for y in ["x", "y", "z"]}
+
+
+def test_bad_inputs_name_the_thing():
+    with pytest.raises(GwrayInputError, match="compare.cross"):
+        plan_pairs(_layers([3]), "sometimes")
+    with pytest.raises(GwrayInputError, match="layer 'L0' listed twice"):
+        plan_pairs({"c": ["L0", "L1", "L0"]}, "none")
+    plan = plan_pairs(_layers([3]), "none")
+    with pytest.raises(GwrayInputError, match="resources.batch_pairs"):
+        make_batches(plan, {}, 0)
+    with pytest.raises(GwrayInputError, match="layer 'L0' has no activations"):
+        make_batches(plan, {}, 4)
+
+
+@pytest.mark.parametrize("batch_pairs", [1, 3, 8, 16])
+def test_batches_partition_the_plan_with_equal_n(batch_pairs):
+    layers = {"a": [f"L{i}" for i in range(10)], "b": [f"L{i}" for i in range(10)],
+              "c": [f"L{i}" for i in range(4)]}
+    n = {"a": 32, "b": 32, "c": 16}
+    sizes = {(c, layer): n[c] for c, names in layers.items() for layer in names}
+    plan = plan_pairs(layers, "all")
+    batches = make_batches(plan, sizes, batch_pairs)
+    flat = [t.key for b in batches for t in b.tasks]
+    assert sorted(flat) == sorted(t.key for t in plan) and len(flat) == len(set(flat))
+    assert [b.index for b in batches] == list(range(len(batches)))
+    for b in batches:
+        assert 1 <= len(b) <= batch_pairs
+        assert {(sizes[t.cost_keys[0]], sizes[t.cost_keys[1]]) for t in b.tasks} == {b.n}
+
+
+def test_batch_order_reuses_cost_matrices():
+    """Tiles need ~2√B matrices per batch, far fewer than the 2B of an unordered batch."""
+    plan = plan_pairs(_layers([40]), "none")
+    sizes = {("ckpt0", f"L{i}"): 64 for i in range(40)}
+    batches = make_batches(plan, sizes, 16)
+    full = [b for b in batches if len(b) == 16]
+    mean_keys = sum(len(b.cost_keys) for b in full) / len(full)
+    assert mean_keys <= 2 * math.sqrt(16) + 2
+    # consecutive batches share matrices, so a worker running them in order reuses what it holds
+    shared = [len(a.cost_keys & b.cost_keys) for a, b in zip(batches, batches[1:])]
+    assert sum(s > 0 for s in shared) >= 0.8 * len(shared)
