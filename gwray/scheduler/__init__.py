@@ -1,1 +1,127 @@
-"""Which GW pairs to solve, the Ray workers that solve them, and the pair-results dataset."""
+"""Which GW pairs to solve, the Ray workers that solve them, and the pair-results dataset.
+
+``run_pairs`` is the stage entry point: plan the pairs of the checkpoints in the activation
+dataset, skip those already in ``OUT/pairs/``, fan the rest out over GW worker actors, write each
+finished batch as one Parquet file, then assemble ``gw_matrix.parquet`` / ``.npy``. Killing the
+driver and running the same command again resumes; Ray must already be initialised.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from gwray.scheduler.plan import Plan, PairTask, make_batches, plan_pairs
+from gwray.scheduler.results import (assemble_matrices, done_keys, load_records, row_keys,
+                                     write_records)
+from gwray.storage import Location
+
+__all__ = ["run_pairs", "plan_for", "plan_pairs", "assemble_matrices", "PairTask", "Plan"]
+
+log = logging.getLogger(__name__)
+
+
+def _checkpoints(store) -> list[str]:
+    ids = list(store.checkpoints())
+    complete = getattr(store, "is_complete", None)
+    return [c for c in ids if complete is None or complete(c)]
+
+
+def plan_for(store, cross: str) -> Plan:
+    """The plan of a run: every complete checkpoint of ``store`` (in its order) and its layers.
+
+    Parameters
+    ----------
+    store : ActivationStore
+        Anything with ``checkpoints()`` and ``layer_names(checkpoint)``.
+    cross : str
+        ``compare.cross``.
+    """
+    return plan_pairs({c: list(store.layer_names(c)) for c in _checkpoints(store)}, cross)
+
+
+def run_pairs(cfg, store, out: Location | str, *, progress: bool = True) -> pa.Table:
+    """Solve every planned GW pair of a run on Ray workers, resuming from ``OUT/pairs/``.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        Uses ``costs`` (metric, normalize), ``gw`` (starts, max_iter, tol), ``compare.cross`` and
+        ``resources`` (workers, cpus_per_worker, gpus_per_worker, batch_pairs). With
+        ``gpus_per_worker > 0`` the workers use the batched torch solver.
+    store : ActivationStore
+        The activation dataset: ``checkpoints()``, ``layer_names(c)``, ``sample_ids(c)`` (n,)
+        and ``read_layer(c, layer)`` (n, d); it is shipped to the workers, which read the layers.
+    out : Location or str
+        Run directory; records go to ``OUT/pairs/``, matrices to ``OUT/gw_matrix.*``.
+    progress : bool
+        Show a tqdm bar (pairs done / total, rate, ETA) and a final totals line on stderr.
+
+    Returns
+    -------
+    pyarrow.Table
+        One row per planned pair (DESIGN.md pair-record columns, plus ``file``). Schema metadata
+        ``solved`` / ``resumed`` / ``cost_matrices`` count pairs solved in this call, pairs found
+        on disk and cost matrices computed.
+
+    Raises
+    ------
+    GwrayInputError
+        A bad file in ``OUT/pairs/``, a bad layer, or bad config values.
+    """
+    import ray
+    from tqdm.auto import tqdm
+
+    from gwray.scheduler.workers import WorkerPool
+
+    if not ray.is_initialized():
+        raise RuntimeError("run_pairs needs Ray to be initialised (pipeline.py / jobs do it)")
+    out, t0 = Location.parse(out), time.perf_counter()
+    plan = plan_for(store, cfg.compare.cross)
+    done = done_keys(load_records(out)) & {t.key for t in plan}
+    todo = [t for t in plan if t.key not in done]
+    stats = {"solved": 0, "resumed": len(done), "cost_matrices": 0, "solver_seconds": 0.0}
+    workers = 0
+    if todo:
+        ids = {c: np.asarray(store.sample_ids(c)) for c in plan.layers}
+        sizes = {(c, layer): len(ids[c]) for c, names in plan.layers.items() for layer in names}
+        aligned = {(c, c) for c in ids} | {
+            (a, b) for a, b in plan.checkpoint_pairs() if np.array_equal(ids[a], ids[b])}
+        batches = make_batches(todo, sizes, cfg.resources.batch_pairs)
+        workers = min(cfg.resources.workers, len(batches))
+        bar = tqdm(total=len(plan), initial=len(done), unit="pair", desc="GW pairs",
+                   disable=not progress, file=sys.stderr, smoothing=0.1)
+
+        def on_result(batch, records):
+            write_records(out, records)
+            stats["solved"] += len(records)
+            stats["solver_seconds"] += sum(r["seconds"] for r in records)
+            bar.update(len(records))
+
+        pool = WorkerPool(workers, cfg.resources.cpus_per_worker, cfg.resources.gpus_per_worker,
+                          store=store, metric=cfg.costs.metric, normalize=cfg.costs.normalize,
+                          starts=list(cfg.gw.starts), max_iter=cfg.gw.max_iter, tol=cfg.gw.tol,
+                          aligned=sorted(aligned), batched=cfg.resources.gpus_per_worker > 0)
+        try:
+            pool.run(batches, on_result)
+        finally:
+            stats["cost_matrices"] = pool.cost_tasks
+            pool.shutdown()
+            bar.close()
+    wall = time.perf_counter() - t0
+    line = (f"GW pairs: {len(plan)} total, {stats['solved']} solved, {stats['resumed']} already "
+            f"on disk, {stats['cost_matrices']} cost matrices; {wall:.1f} s wall, "
+            f"{stats['solver_seconds']:.1f} solver-s on {workers} workers")
+    if progress:
+        print(line, file=sys.stderr)
+    log.info(line)
+    assemble_matrices(out, plan)
+    table = load_records(out)
+    keys = {t.key for t in plan}
+    mask = [k in keys for k in row_keys(table)]
+    table = table.filter(pa.array(mask, pa.bool_()))
+    return table.replace_schema_metadata({k: str(v) for k, v in stats.items()})
+

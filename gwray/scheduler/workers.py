@@ -1,0 +1,295 @@
+"""GW worker actors and the driver loop that feeds them batches.
+
+Each cost matrix is computed once, by the worker that first needs it (``GWWorker.cost``, an actor
+task whose result lives in the Ray object store), and every later batch gets the *reference*: a
+worker that already holds the matrix uses its own copy, another one pulls it from the object store.
+The driver never touches the matrices. Batches go to the free worker that already holds most of
+their matrices, and a batch is only handed out when every matrix it needs is either ready or will be
+computed earlier in the same worker's queue, so two workers never wait on each other.
+
+Fault tolerance is the driver's own bookkeeping: a batch whose worker dies (``RayActorError``) or
+whose cost matrix is gone is put back in the queue (the actor restarts, ``max_restarts=-1``); a
+worker that failed gets no new work until it answers a ping.
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import ray
+
+from gwray.scheduler.plan import Batch, LayerKey
+
+_LOST = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError,
+         ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError)
+"""System failures (a process or node gone), as opposed to errors raised by gwray code."""
+MAX_ATTEMPTS = 4
+"""A batch that fails this many times (its worker died each time) stops the run."""
+
+
+class CostUnavailable(Exception):
+    """A cost matrix a batch needs could not be fetched (its producer died); args: the keys."""
+
+
+class GWWorker:
+    """Body of the GW worker actor: computes cost matrices and solves batches of pairs.
+
+    Parameters
+    ----------
+    store : object
+        Has ``read_layer(checkpoint, layer) -> (n, d) array`` (an ActivationStore).
+    metric, normalize : str
+        ``costs`` config, passed to :func:`gwray.gw.costs.cost_matrix`.
+    starts : list of str
+        ``gw.starts``; ``"identity"`` is dropped for pairs whose samples are not aligned.
+    max_iter : int
+    tol : float
+    aligned : iterable of (str, str)
+        Checkpoint pairs whose rows are the same probe samples (every checkpoint with itself
+        included); only those pairs use ``aligned=True``.
+    batched : bool
+        Solve equal-size batches with :func:`gwray.gw.batched.batched_gw` (the GPU path).
+    cache_bytes : int
+        Cost matrices kept in this worker (least recently used dropped first).
+    """
+
+    def __init__(self, store, metric: str, normalize: str, starts: Sequence[str], max_iter: int,
+                 tol: float, aligned: Iterable[tuple[str, str]], batched: bool = False,
+                 cache_bytes: int = 2 << 30):
+        self.store, self.metric, self.normalize = store, metric, normalize
+        self.starts, self.max_iter, self.tol = list(starts), max_iter, tol
+        self.aligned = set(map(tuple, aligned))
+        self.batched, self.cache_bytes = batched, cache_bytes
+        self._cache: OrderedDict[LayerKey, np.ndarray] = OrderedDict()
+
+    def ping(self) -> int:
+        """The worker's process id (also tells the driver the actor is alive)."""
+        return os.getpid()
+
+    def _keep(self, key: LayerKey, C: np.ndarray) -> None:
+        self._cache[key] = C
+        self._cache.move_to_end(key)
+        while len(self._cache) > 1 and sum(c.nbytes for c in self._cache.values()) > self.cache_bytes:
+            self._cache.popitem(last=False)
+
+    def cost(self, checkpoint: str, layer: str) -> np.ndarray:
+        """Cost matrix of one layer, (n, n) float64, from the activation dataset (kept here too)."""
+        from gwray.gw.costs import cost_matrix
+
+        X = self.store.read_layer(checkpoint, layer)
+        C = np.asarray(cost_matrix(X, metric=self.metric, normalize=self.normalize,
+                                   name=f"{checkpoint}/{layer}"))
+        self._keep((checkpoint, layer), C)
+        return C
+
+    def _fetch(self, refs: Mapping[LayerKey, "ray.ObjectRef"]) -> None:
+        missing = [k for k in refs if k not in self._cache]
+        if missing:
+            try:
+                arrays = ray.get([refs[k] for k in missing])
+            except _LOST as exc:
+                raise CostUnavailable(missing) from exc
+            for k, C in zip(missing, arrays):
+                self._keep(k, C)
+        for k in refs:
+            self._cache.move_to_end(k)
+
+    def _starts(self, aligned: bool) -> list[str]:
+        starts = [s for s in self.starts if aligned or s != "identity"]
+        return starts or ["product"]
+
+    def solve(self, batch: Batch, refs: Mapping[LayerKey, "ray.ObjectRef"]) -> list[dict]:
+        """Solve every pair of ``batch``; ``refs`` maps each needed (checkpoint, layer) to its cost ref.
+
+        Returns
+        -------
+        list of dict
+            Full pair records (DESIGN.md: names, gw, lower_bound, init, iterations,
+            marginal_error, seconds, n, solver), in batch order.
+        """
+        self._fetch(refs)
+        results = {}
+        if self.batched and batch.n[0] == batch.n[1]:
+            results = self._solve_batched(batch)
+        from gwray.gw.solver import gromov_wasserstein
+
+        records = []
+        for t in batch.tasks:
+            r = results.get(t.key)
+            if r is None:
+                (ka, kb), al = t.cost_keys, (t.checkpoint_a, t.checkpoint_b) in self.aligned
+                r = gromov_wasserstein(self._cache[ka], self._cache[kb], aligned=al,
+                                       starts=self._starts(al), max_iter=self.max_iter,
+                                       tol=self.tol, keep_coupling=False)
+            rec = {"n": batch.n[0], **r.record()}
+            records.append({"checkpoint_a": t.checkpoint_a, "layer_a": t.layer_a,
+                            "checkpoint_b": t.checkpoint_b, "layer_b": t.layer_b, **rec})
+        return records
+
+    def _solve_batched(self, batch: Batch) -> dict:
+        import torch
+
+        from gwray.gw.batched import batched_gw
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        out = {}
+        for al in (True, False):
+            tasks = [t for t in batch.tasks if ((t.checkpoint_a, t.checkpoint_b) in self.aligned) == al]
+            if tasks:
+                C1 = np.stack([self._cache[t.cost_keys[0]] for t in tasks])
+                C2 = np.stack([self._cache[t.cost_keys[1]] for t in tasks])
+                rs = batched_gw(C1, C2, aligned=al, keep_coupling=False, device=device)
+                out.update({t.key: r for t, r in zip(tasks, rs)})
+        return out
+
+
+@dataclass
+class _Slot:
+    """Driver-side view of one actor: what it holds, what runs on it, whether it is trusted."""
+
+    actor: object
+    held: set = field(default_factory=set)
+    running: int = 0
+    ping: object = None  # a pending ping after a failure: no new work until it answers
+
+
+class WorkerPool:
+    """``workers`` GW actors plus the bookkeeping that feeds them.
+
+    Parameters
+    ----------
+    workers : int
+    num_cpus, num_gpus : float
+        Resources of each actor (``resources.cpus_per_worker`` / ``gpus_per_worker``).
+    depth : int
+        Batches queued per actor, so a worker starts its next batch while the driver is still
+        writing the previous one.
+    window : int
+        How many queued batches the affinity search looks at.
+    **worker_kwargs
+        Passed to :class:`GWWorker`.
+    """
+
+    def __init__(self, workers: int, num_cpus: float, num_gpus: float, depth: int = 2,
+                 window: int = 64, **worker_kwargs):
+        self._cls = ray.remote(GWWorker).options(num_cpus=num_cpus, num_gpus=num_gpus,
+                                                  max_restarts=-1, max_task_retries=0)
+        self._kwargs = worker_kwargs
+        self.slots = [_Slot(self._cls.remote(**worker_kwargs)) for _ in range(workers)]
+        self.depth, self.window = depth, window
+        self.costs: dict[LayerKey, tuple[object, int]] = {}  # key → (ref, slot index)
+        self.ready: set[LayerKey] = set()
+        self.cost_tasks = 0
+
+    def pids(self) -> list[int]:
+        """Process ids of the live actors (tests use them to kill one)."""
+        return ray.get([s.actor.ping.remote() for s in self.slots])
+
+    def _usable(self, batch: Batch, idx: int) -> bool:
+        return all(k in self.ready or k not in self.costs or self.costs[k][1] == idx
+                   for k in batch.cost_keys)
+
+    def _pick(self, pending: list[Batch], idx: int) -> int | None:
+        held, best, best_score = self.slots[idx].held, None, -1
+        for pos, batch in enumerate(pending[:self.window]):
+            if self._usable(batch, idx):
+                score = len(batch.cost_keys & held)
+                if score > best_score:
+                    best, best_score = pos, score
+        return best
+
+    def _submit(self, batch: Batch, idx: int):
+        slot = self.slots[idx]
+        for key in sorted(batch.cost_keys - set(self.costs)):
+            self.costs[key] = (slot.actor.cost.remote(*key), idx)
+            self.cost_tasks += 1
+        slot.held |= batch.cost_keys
+        slot.running += 1
+        return slot.actor.solve.remote(batch, {k: self.costs[k][0] for k in batch.cost_keys})
+
+    def _forget(self, keys: Iterable[LayerKey]) -> None:
+        for k in keys:
+            self.costs.pop(k, None)
+            self.ready.discard(k)
+            for s in self.slots:
+                s.held.discard(k)
+
+    def _failed(self, idx: int) -> None:
+        slot = self.slots[idx]
+        self._forget([k for k, (_, owner) in self.costs.items()
+                      if owner == idx and k not in self.ready])
+        slot.held = set()
+        if slot.ping is None:
+            slot.ping = slot.actor.ping.remote()
+
+    def run(self, batches: Sequence[Batch], on_result: Callable[[Batch, list[dict]], None]) -> None:
+        """Solve every batch; call ``on_result(batch, records)`` in the driver as each finishes.
+
+        Raises
+        ------
+        RuntimeError
+            A batch failed :data:`MAX_ATTEMPTS` times.
+        Exception
+            A solver error inside a worker (bad input is not retried).
+        """
+        pending, attempts = list(batches), {b.index: 0 for b in batches}
+        inflight: dict = {}  # solve ref → (batch, slot index)
+        while pending or inflight:
+            for idx, slot in enumerate(self.slots):
+                while pending and slot.ping is None and slot.running < self.depth:
+                    pos = self._pick(pending, idx)
+                    if pos is None:
+                        break
+                    batch = pending.pop(pos)
+                    inflight[self._submit(batch, idx)] = (batch, idx)
+            waiting = {self.costs[k][0]: k for k in self.costs if k not in self.ready}
+            pings = {s.ping: i for i, s in enumerate(self.slots) if s.ping is not None}
+            done, _ = ray.wait(list(inflight) + list(waiting) + list(pings), num_returns=1,
+                               fetch_local=False)
+            ref = done[0]
+            if ref in waiting:
+                self.ready.add(waiting[ref])
+            elif ref in pings:
+                self._pinged(pings[ref], ref)
+            else:
+                batch, idx = inflight.pop(ref)
+                self.slots[idx].running -= 1
+                records = self._collect(ref, batch, idx, attempts)
+                if records is None:
+                    pending.insert(0, batch)
+                else:
+                    on_result(batch, records)
+
+    def _pinged(self, idx: int, ref) -> None:
+        slot = self.slots[idx]
+        try:
+            ray.get(ref)
+            slot.ping = None
+        except ray.exceptions.RayActorError:
+            slot.ping = slot.actor.ping.remote()
+
+    def _collect(self, ref, batch: Batch, idx: int, attempts: dict) -> list[dict] | None:
+        """The batch's records, or None when it must be resubmitted."""
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc
+            while isinstance(cause, ray.exceptions.RayTaskError) and cause.cause is not None:
+                cause = cause.cause  # a cost task's error travels through the solve task
+            if not isinstance(cause, CostUnavailable):
+                raise cause from exc
+            self._forget(cause.args[0])
+        except _LOST:
+            self._failed(idx)
+        attempts[batch.index] += 1
+        if attempts[batch.index] >= MAX_ATTEMPTS:
+            raise RuntimeError(f"batch {batch.index} failed {MAX_ATTEMPTS} times; giving up")
+        return None
+
+    def shutdown(self) -> None:
+        """Kill the actors (their cost matrices stay in the object store while referenced)."""
+        for s in self.slots:
+            ray.kill(s.actor, no_restart=True)
