@@ -1,0 +1,71 @@
+"""Probe sets: built-in English, .txt/.jsonl/.parquet/.npy, deterministic sampling, one-line errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from gwray.activations.probes import builtin_names, load_probe
+from gwray.config import ProbeConfig
+from gwray.errors import GwrayInputError
+
+
+def _error(cfg, *names):
+    with pytest.raises(GwrayInputError) as exc:
+        load_probe(cfg)
+    msg = str(exc.value)
+    assert "\n" not in msg
+    for name in names:
+        assert str(name) in msg, msg
+    return msg
+
+
+def test_builtin_english_sampling_is_deterministic():
+    assert "english" in builtin_names()
+    a = load_probe(ProbeConfig(n_samples=300, seed=1))
+    b = load_probe(ProbeConfig(n_samples=300, seed=1))
+    c = load_probe(ProbeConfig(n_samples=300, seed=2))
+    assert a.n_source >= 2000 and len(a) == 300 and len(set(a.texts)) == 300
+    assert np.array_equal(a.sample_ids, b.sample_ids) and a.texts == b.texts and a.hash == b.hash
+    assert not np.array_equal(a.sample_ids, c.sample_ids) and a.hash != c.hash
+    assert np.all(np.diff(a.sample_ids) > 0) and a.sample_ids.dtype == np.int64
+    full = load_probe(ProbeConfig(n_samples=a.n_source))
+    assert [full.texts[i] for i in a.sample_ids] == a.texts  # sample_id = line of the source
+
+
+def test_txt_jsonl_parquet_npy(tmp_path):
+    (tmp_path / "p.txt").write_text("alpha\n\nbeta\ngamma\n")
+    p = load_probe(ProbeConfig(source=str(tmp_path / "p.txt"), n_samples=3))
+    assert p.texts == ["alpha", "beta", "gamma"] and p.sample_ids.tolist() == [0, 2, 3]
+
+    rows = [{"q": f"text {i}", "other": i} for i in range(5)]
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    p = load_probe(ProbeConfig(source=str(tmp_path / "p.jsonl"), field="q", n_samples=5))
+    assert p.texts == [f"text {i}" for i in range(5)]
+
+    pq.write_table(pa.table({"body": [f"row {i}" for i in range(6)]}), tmp_path / "p.parquet")
+    p = load_probe(ProbeConfig(source=str(tmp_path / "p.parquet"), field="body", n_samples=4, seed=3))
+    assert p.texts == [f"row {i}" for i in p.sample_ids]
+
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    np.save(tmp_path / "p.npy", x)
+    p = load_probe(ProbeConfig(source=str(tmp_path / "p.npy"), n_samples=5))
+    assert p.texts is None and np.array_equal(p.arrays, x[p.sample_ids])
+
+
+def test_bad_probes_name_the_thing(tmp_path):
+    _error(ProbeConfig(source=str(tmp_path / "missing.txt")), "missing.txt", "not found")
+    (tmp_path / "empty.txt").write_text("\n\n")
+    _error(ProbeConfig(source=str(tmp_path / "empty.txt")), "empty.txt", "empty")
+    (tmp_path / "small.txt").write_text("a\nb\nc\n")
+    _error(ProbeConfig(source=str(tmp_path / "small.txt"), n_samples=4), "probe.n_samples", "small.txt", "3 samples")
+    (tmp_path / "p.jsonl").write_text('{"text": "a"}\n{"body": "b"}\n')
+    _error(ProbeConfig(source=str(tmp_path / "p.jsonl"), n_samples=2), "p.jsonl", "line 2", "'text'")
+    pq.write_table(pa.table({"body": ["a", "b"]}), tmp_path / "p.parquet")
+    _error(ProbeConfig(source=str(tmp_path / "p.parquet"), field="txt", n_samples=2), "p.parquet", "'txt'", "body")
+    (tmp_path / "p.csv").write_text("a\nb\n")
+    _error(ProbeConfig(source=str(tmp_path / "p.csv"), n_samples=2), "p.csv", ".csv")
+    _error(ProbeConfig(source="builtin:klingon"), "builtin:klingon", "builtin:english")
