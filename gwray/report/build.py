@@ -1,0 +1,71 @@
+"""``build_report(out)``: every report file of a run, rebuilt from the run directory alone."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from gwray.report import figures
+from gwray.report.html import render_html
+from gwray.report.rundir import load_run_dir
+from gwray.storage import Location
+
+
+def build_report(out: Location | str) -> Path | str:
+    """Rebuild the report files of a finished (or partly finished) run.
+
+    Reads ``run.json``, ``gw_matrix.parquet`` and, when present, ``communities.json`` and
+    ``pairs/*.parquet`` (see :mod:`gwray.report.rundir`). Writes, each atomically:
+
+    - ``heatmap.png`` — the last checkpoint's GW matrix with its group boundaries and layer names;
+    - ``gap.png`` — its solver certainty (relative gap to the lower bound, value vs bound);
+    - ``dendrogram.png`` — its average-linkage hierarchy, leaves coloured by group;
+    - ``timeline.png`` — with two or more checkpoints: group boundaries per checkpoint, step order;
+    - ``report.html`` — self-contained (all of the above for every checkpoint embedded as base64,
+      tables of groups and scores per method, stability, solver quality, run settings).
+
+    Parameters
+    ----------
+    out : Location or str
+        The run directory: local path or ``file://`` / ``s3://`` / ``gs://`` URI.
+
+    Returns
+    -------
+    pathlib.Path or str
+        ``report.html``: a Path for a local run, the URI string otherwise.
+
+    Raises
+    ------
+    GwrayInputError
+        The run directory lacks run.json or gw_matrix.parquet, or they disagree (see
+        :func:`gwray.report.rundir.load_run_dir`). Nothing is written then.
+    """
+    data = load_run_dir(out)
+    images: dict = {}
+    for ckpt in data.checkpoints:
+        res, D = data.result(ckpt), data.gw[ckpt]
+        names, labels = res["names"], np.asarray(res["labels"])
+        imgs = {"heatmap": figures.heatmap(D, names, labels, f"GW distances between layers · {ckpt} · "
+                                           f"{res['k']} groups ({data.method})"),
+                "gap": figures.gap_view(D, data.lower_bound[ckpt], names, f"solver certainty · {ckpt}")}
+        imgs["dendrogram"] = (figures.dendrogram(D, names, labels) if len(names) > 1 else imgs["heatmap"])
+        st = (data.communities.get("stability") or {}).get(ckpt)
+        if st and st.get("co_assignment"):
+            imgs["coassignment"] = figures.coassignment(np.asarray(st["co_assignment"]), names,
+                                                        float(st.get("mean_ari", float("nan"))))
+        images[ckpt] = imgs
+    if len(data.checkpoints) > 1:
+        deepest = max(data.checkpoints, key=lambda c: len(data.layers[c]))
+        images["timeline"] = figures.timeline(
+            data.checkpoints, data.result(deepest)["names"],
+            {c: data.result(c)["labels"] for c in data.checkpoints}, data.steps)
+    html = render_html(data, images, figures.group_color)
+    last = images[data.checkpoints[-1]]
+    for name, png in (("heatmap.png", last["heatmap"]), ("gap.png", last["gap"]),
+                      ("dendrogram.png", last["dendrogram"])):
+        data.loc.child(name).write_bytes(png)
+    if "timeline" in images:
+        data.loc.child("timeline.png").write_bytes(images["timeline"])
+    target = data.loc.child("report.html")
+    target.write_bytes(html.encode("utf-8"))
+    return Path(target.path) if target.is_local else str(target)

@@ -1,0 +1,234 @@
+"""The report's figures as PNG bytes: heatmap, solver-certainty (gap) view, dendrogram, timeline.
+
+Figures are drawn on ``matplotlib.figure.Figure`` with the Agg canvas directly (never pyplot), so
+nothing depends on a display, a global backend or global figure state. Every function returns
+the PNG file's bytes; the caller writes or embeds them.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+DPI = 110
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+            "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896")
+
+
+def group_color(g: int) -> str:
+    """Colour of group id g (cycles after 14 groups)."""
+    return _PALETTE[int(g) % len(_PALETTE)]
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _ticks(ax, names, axis="both"):
+    L = len(names)
+    step = max(1, int(np.ceil(L / 40)))  # at most ~40 labels: long LLM stacks stay readable
+    idx = np.arange(0, L, step)
+    size = 8 if L <= 24 else 6
+    if axis in ("both", "x"):
+        ax.set_xticks(idx)
+        ax.set_xticklabels([names[i] for i in idx], rotation=90, fontsize=size)
+    if axis in ("both", "y"):
+        ax.set_yticks(idx)
+        ax.set_yticklabels([names[i] for i in idx], fontsize=size)
+
+
+def _boundaries(labels) -> list[int]:
+    """Positions i where layer i starts a new group in depth order (1 … L-1)."""
+    lab = np.asarray(labels)
+    return [i for i in range(1, len(lab)) if lab[i] != lab[i - 1]]
+
+
+def heatmap(D: np.ndarray, names: list[str], labels=None, title: str = "") -> bytes:
+    """The distance matrix in depth order, group boundaries as lines, group colours on a strip.
+
+    Parameters
+    ----------
+    D : np.ndarray, shape (L, L)
+        Layer distances (GW).
+    names : list of str, length L
+    labels : array_like, shape (L,), optional
+        Group id per layer; boundaries are drawn where it changes between consecutive layers,
+        and the strip shows the colour of each layer's group (non-contiguous groups repeat).
+    title : str
+
+    Returns
+    -------
+    bytes
+        PNG.
+    """
+    L = len(names)
+    side = min(11.0, 3.2 + 0.28 * L)
+    fig = Figure(figsize=(side + 1.4, side))
+    ax = fig.add_subplot(111)
+    im = ax.imshow(D, cmap="viridis", interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.10, label="GW distance")
+    _ticks(ax, names)
+    if labels is not None:
+        for b in _boundaries(labels):
+            ax.axhline(b - 0.5, color="white", lw=2)
+            ax.axvline(b - 0.5, color="white", lw=2)
+        for i, g in enumerate(labels):  # the group strip above the matrix
+            ax.add_patch(Rectangle((i - 0.5, -1.6), 1, 0.9, color=group_color(g), clip_on=False))
+        ax.set_ylim(L - 0.5, -1.7)
+    ax.set_title(title, fontsize=11, pad=4)
+    return _png(fig)
+
+
+def gap_view(gw: np.ndarray, lower_bound: np.ndarray, names: list[str], title: str = "") -> bytes:
+    """The solver's certainty: relative gap (gw − lower bound)/gw per pair, and gw vs bound.
+
+    Parameters
+    ----------
+    gw, lower_bound : np.ndarray, shape (L, L)
+        Objective of the coupling found and a lower bound on the optimum (NaN where unknown).
+    names : list of str, length L
+
+    Returns
+    -------
+    bytes
+        PNG: left, the relative-gap matrix (0 = certified optimal); right, each pair's bound
+        against its value, with the line bound = value.
+    """
+    L = len(names)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gap = np.where(gw > 0, (gw - lower_bound) / gw, 0.0)
+    gap[np.eye(L, dtype=bool)] = np.nan
+    side = min(8.0, 3.0 + 0.22 * L)
+    fig = Figure(figsize=(2 * side + 1.5, side), layout="constrained")
+    ax = fig.add_subplot(121)
+    top = float(np.nanmax(gap)) if L > 1 else 1.0
+    im = ax.imshow(np.clip(gap, 0, 1), cmap="Reds", vmin=0, vmax=max(1e-3, top), interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="(gw − lower bound) / gw")
+    _ticks(ax, names)
+    ax.set_title("relative gap per pair (0 = proven optimal)", fontsize=10)
+    ax2 = fig.add_subplot(122)
+    iu = np.triu_indices(L, 1)
+    x, y = lower_bound[iu], gw[iu]
+    ax2.scatter(x, y, s=14, alpha=0.75)
+    hi = float(np.nanmax(np.concatenate([x, y]))) if x.size else 1.0
+    ax2.plot([0, hi], [0, hi], color="k", lw=1, ls="--", label="bound = value")
+    ax2.set_xlabel("lower bound (TLB)")
+    ax2.set_ylabel("GW value found")
+    ax2.set_title("every pair: value vs lower bound", fontsize=10)
+    ax2.legend(fontsize=8, loc="upper left")
+    ax2.set_box_aspect(1)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return _png(fig)
+
+
+def dendrogram(D: np.ndarray, names: list[str], labels=None, title: str = "") -> bytes:
+    """Average-linkage dendrogram of the layers (scipy), leaf labels coloured by group.
+
+    Parameters
+    ----------
+    D : np.ndarray, shape (L, L), L ≥ 2
+    names : list of str, length L
+    labels : array_like, shape (L,), optional
+
+    Returns
+    -------
+    bytes
+        PNG.
+    """
+    from scipy.cluster.hierarchy import dendrogram as scipy_dendrogram, linkage
+    from scipy.spatial.distance import squareform
+
+    L = len(names)
+    fig = Figure(figsize=(min(12.0, 3.0 + 0.3 * L), 3.6))
+    ax = fig.add_subplot(111)
+    Z = linkage(squareform(D, checks=False), method="average")
+    scipy_dendrogram(Z, labels=list(names), ax=ax, color_threshold=0,
+                            above_threshold_color="#555555", leaf_rotation=90,
+                            leaf_font_size=8 if L <= 24 else 6)
+    if labels is not None:
+        where = {n: i for i, n in enumerate(names)}
+        for tick in ax.get_xticklabels():
+            tick.set_color(group_color(labels[where[tick.get_text()]]))
+    ax.set_ylabel("GW distance (average linkage)")
+    ax.set_title(title or f"hierarchy of {L} layers (leaf colour = group)", fontsize=10)
+    return _png(fig)
+
+
+def timeline(checkpoints: list[str], names: list[str], labels: dict, steps: dict | None = None) -> bytes:
+    """Group boundaries per checkpoint, checkpoints in step order (top = earliest).
+
+    Parameters
+    ----------
+    checkpoints : list of str
+        Checkpoint ids in step order.
+    names : list of str, length L
+        Layer names of the x axis (the deepest checkpoint's, when depths differ).
+    labels : dict
+        checkpoint id → group ids, shape (L_c,).
+    steps : dict, optional
+        checkpoint id → training step (shown in the row label).
+
+    Returns
+    -------
+    bytes
+        PNG: one row per checkpoint, each layer a cell in its group's colour, a black bar at
+        every group boundary.
+    """
+    C, L = len(checkpoints), len(names)
+    fig = Figure(figsize=(min(13.0, 3.5 + 0.32 * L), 1.2 + 0.45 * C))
+    ax = fig.add_subplot(111)
+    for r, ckpt in enumerate(checkpoints):
+        lab = np.asarray(labels[ckpt])
+        for i, g in enumerate(lab):
+            ax.add_patch(Rectangle((i, r), 1, 0.8, color=group_color(g), alpha=0.85))
+        for b in _boundaries(lab):
+            ax.plot([b, b], [r - 0.1, r + 0.9], color="black", lw=2.5)
+        ax.text(len(lab) + 0.2, r + 0.4, f"k={int(lab.max()) + 1}", va="center", fontsize=8)
+    ax.set_xlim(0, L + 1.2)
+    ax.set_ylim(C - 0.1, -0.1)
+    ax.set_xticks(np.arange(L) + 0.5)
+    ax.set_xticklabels(names, rotation=90, fontsize=8 if L <= 24 else 6)
+    ax.set_yticks(np.arange(C) + 0.4)
+    steps = steps or {}
+    ax.set_yticklabels([f"{c} (step {steps[c]})" if steps.get(c) is not None else c for c in checkpoints],
+                       fontsize=8)
+    ax.set_title("sub-network boundaries across checkpoints (top = earliest)", fontsize=10)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    return _png(fig)
+
+
+def coassignment(co: np.ndarray, names: list[str], mean_ari: float) -> bytes:
+    """Stability: how often two layers share a group across resamples.
+
+    Parameters
+    ----------
+    co : np.ndarray, shape (L, L)
+        Co-assignment fractions in [0, 1].
+    names : list of str, length L
+    mean_ari : float
+        Mean ARI of the resampled groupings to the full-data grouping (in the title).
+
+    Returns
+    -------
+    bytes
+        PNG.
+    """
+    L = len(names)
+    side = min(9.0, 3.0 + 0.25 * L)
+    fig = Figure(figsize=(side + 1.2, side))
+    ax = fig.add_subplot(111)
+    im = ax.imshow(co, cmap=ListedColormap(np.linspace([1, 1, 1], [0.1, 0.3, 0.7], 256)), vmin=0,
+                   vmax=1, interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of resamples in the same group")
+    _ticks(ax, names)
+    ax.set_title(f"co-assignment over resamples (mean ARI to full data {mean_ari:.2f})", fontsize=10)
+    return _png(fig)

@@ -1,0 +1,162 @@
+"""The self-contained ``report.html``: every image embedded as base64, no external resource.
+
+A person opens it from the run directory or attaches it to a ticket; it says which layers form
+which sub-networks, how clear and how stable the groups are, how certain the solver is, and the
+settings of the run.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from html import escape
+
+from gwray.report.rundir import RunData, solver_quality
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;
+color:#222;line-height:1.45;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;margin:.6em 0 1.2em}td,th{border:1px solid #ddd;padding:.3em .6em;
+text-align:left;vertical-align:top;font-size:.92em}th{background:#f4f4f4}
+img{max-width:100%;height:auto;display:block;margin:.5em 0}.meta{color:#666}
+.swatch{display:inline-block;width:.9em;height:.9em;border-radius:2px;margin-right:.4em;vertical-align:middle}
+.warn{color:#a33}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}
+"""
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _num(x, fmt="{:.3f}") -> str:
+    return "–" if x is None else fmt.format(x)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def describe_group(group: list[str], names: list[str]) -> str:
+    """'first – last' for a contiguous run of layers, else the names; escaped HTML."""
+    idx = [names.index(n) for n in group]
+    if len(group) > 1 and idx == list(range(idx[0], idx[0] + len(idx))):
+        return f"{escape(group[0])} – {escape(group[-1])}"
+    return ", ".join(escape(n) for n in group)
+
+
+def _groups_table(res: dict, color) -> str:
+    noncont = set(res.get("noncontiguous_groups", []))
+    rows = [[f'<span class="swatch" style="background:{color(g)}"></span>{g + 1}',
+             str(len(members)), describe_group(members, res["names"]),
+             "no (split in depth)" if g in noncont else "yes"]
+            for g, members in enumerate(res["groups"])]
+    return _table(["group", "layers", "members", "contiguous"], rows)
+
+
+def _scores_table(methods: dict) -> str:
+    rows = []
+    for m, r in methods.items():
+        s = r["scores"]
+        flag = "yes" if r["contiguous"] else '<span class="warn">no</span>'
+        rows.append([escape(m), str(r["k"]), escape(r["k_reason"]), _num(s.get("modularity")),
+                     _num(s.get("silhouette")), _num(s.get("within_between")), flag])
+    return _table(["method", "k", "why this k", "modularity", "silhouette", "within/between",
+                   "all groups contiguous"], rows)
+
+
+def _quality(q: dict) -> str:
+    rows = [["pairs", str(q["pairs"])],
+            ["pairs proven optimal (gap ≤ 1e-6)", str(q["proven"])],
+            ["median relative gap (gw − lower bound)/gw", _num(q["median_gap"], "{:.2%}")],
+            ["largest relative gap", _num(q["max_gap"], "{:.2%}")]]
+    if "records" in q:
+        inits = ", ".join(f"{escape(str(k))}: {v}" for k, v in sorted(q["inits"].items()))
+        rows += [["start that won (per pair)", inits or "–"],
+                 ["iterations (median / max)", f"{_num(q['iterations_median'], '{:.0f}')} / {q['iterations_max']}"],
+                 ["largest marginal error", _num(q["max_marginal_error"], "{:.2e}")],
+                 ["solver seconds (sum over pairs)", _num(q["seconds"], "{:.1f}")],
+                 ["solver", escape(", ".join(q["solvers"])) or "–"],
+                 ["samples per layer (n)", ", ".join(map(str, q["n"])) or "–"]]
+    return _table(["solver quality", "value"], rows)
+
+
+def _stability(st: dict | None) -> str:
+    if not st:
+        return ("<p class='meta'>Stability not computed (set <code>stability.resamples</code> "
+                "&gt; 0 to recompute the matrix on random subsets of the probe).</p>")
+    return (f"<p>On {st.get('resamples')} random subsets of {_num(st.get('fraction'), '{:.0%}')} of the "
+            f"probe ({st.get('n_rows')} samples each), the grouping matched the full-data one with mean "
+            f"ARI <b>{_num(st.get('mean_ari'))}</b> (min {_num(st.get('min_ari'))}).</p>")
+
+
+def _summary_line(data: RunData, ckpt: str) -> str:
+    r = data.result(ckpt)
+    parts = "; ".join(describe_group(g, r["names"]) for g in r["groups"])
+    sil = r["scores"].get("silhouette")
+    clear = "" if sil is None else f" (silhouette {sil:.2f})"
+    flag = "" if r["contiguous"] else " <span class='warn'>— some groups are not contiguous in depth</span>"
+    return f"<li><b>{escape(ckpt)}</b>: {r['k']} sub-network(s): {parts}{clear}{flag}</li>"
+
+
+def render_html(data: RunData, images: dict, color) -> str:
+    """The report as one HTML string.
+
+    Parameters
+    ----------
+    data : RunData
+    images : dict
+        ``{"timeline": png or None, "<ckpt>": {"heatmap", "gap", "dendrogram", "coassignment"?:
+        png bytes}}``.
+    color : callable
+        group id → CSS colour (the figures' palette).
+
+    Returns
+    -------
+    str
+    """
+    info, method = data.info, data.method
+    name = escape(str(info.get("name") or data.loc.name))
+    out = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>gwray report: {name}"
+           f"</title><style>{CSS}</style></head><body>",
+           f"<h1>Sub-networks of {name}</h1>",
+           f"<p class='meta'>gwray {escape(str(info.get('gwray_version', '?')))} · probe hash "
+           f"{escape(str(info.get('probe_hash', '?')))} · {len(data.checkpoints)} checkpoint(s) · "
+           f"grouping method <b>{escape(method)}</b> · groups from {escape(data.communities_source)}</p>",
+           "<h2>Summary</h2><ul>", *(_summary_line(data, c) for c in data.checkpoints), "</ul>"]
+    if images.get("timeline"):
+        out += ["<h2>Across checkpoints</h2>", _img(images["timeline"], "timeline of group boundaries")]
+        moves = data.communities.get("movement") or []
+        if moves:
+            out.append(_table(["from", "to", "new boundaries before", "boundaries gone before"],
+                              [[escape(m["from"]), escape(m["to"]),
+                                escape(", ".join(m["added"])) or "–", escape(", ".join(m["removed"])) or "–"]
+                               for m in moves]))
+    for ckpt in data.checkpoints:
+        entry, imgs = data.communities["checkpoints"][ckpt], images[ckpt]
+        out += [f"<h2 id='ckpt-{escape(ckpt)}'>Checkpoint {escape(ckpt)}</h2>",
+                _img(imgs["heatmap"], f"GW distance heatmap of {ckpt}"),
+                f"<h3>Groups ({escape(method)})</h3>", _groups_table(data.result(ckpt), color),
+                "<h3>Scores per method</h3>", _scores_table(entry["methods"])]
+        if entry.get("agreement"):
+            out.append(_table(["methods", "agreement (adjusted Rand index)"],
+                              [[escape(k.replace("~", " vs ")), _num(v)] for k, v in entry["agreement"].items()]))
+        for m, r in entry["methods"].items():
+            if m != method:
+                out += [f"<details><summary>groups found by {escape(m)}</summary>",
+                        _groups_table(r, color), "</details>"]
+        st = (data.communities.get("stability") or {}).get(ckpt)
+        out += ["<h3>Stability</h3>", _stability(st)]
+        if imgs.get("coassignment"):
+            out.append(_img(imgs["coassignment"], f"co-assignment of {ckpt}"))
+        out += ["<h3>Solver certainty</h3>", _quality(solver_quality(data, ckpt)),
+                _img(imgs["gap"], f"lower bound and gap view of {ckpt}"),
+                "<h3>Hierarchy</h3>", _img(imgs["dendrogram"], f"dendrogram of {ckpt}")]
+    settings = json.dumps(info.get("config", {}), indent=2, sort_keys=True, default=str)
+    out += ["<h2>Run settings</h2>",
+            f"<p class='meta'>Read from {escape(str(data.loc))}: run.json, gw_matrix.parquet, "
+            f"communities.json, pairs/*.parquet.</p>", f"<pre>{escape(settings)}</pre>",
+            "</body></html>"]
+    return "\n".join(out)

@@ -1,0 +1,198 @@
+"""Read what the report needs from a run directory (local path or URI), and nothing else.
+
+Files read (DESIGN.md "On-disk contracts"), all through :class:`gwray.storage.Location`:
+
+- ``run.json`` (required): ``checkpoints`` = [{id, path, step}] in training order, ``layers`` =
+  {id: [layer names in depth order]}, ``config`` (resolved RunConfig dict), ``name``,
+  ``gwray_version``, ``probe_hash``.
+- ``gw_matrix.parquet`` (required): ``checkpoint, layer_i, layer_j, gw, lower_bound``, long format.
+- ``communities.json`` (optional): as ``pipeline.py`` writes it — ``method``, ``checkpoints`` {id:
+  {methods: {m: SubnetworkResult.to_dict()}, agreement}}, ``stability`` {id: ...}, ``movement``.
+  When absent, groups are computed here in memory with ``config.graph`` (never written).
+- ``pairs/*.parquet`` (optional): the pair records, for the solver-quality table.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gwray.errors import GwrayInputError
+from gwray.storage import Location
+
+PAIR_COLUMNS = ("checkpoint_a", "layer_a", "checkpoint_b", "layer_b", "gw", "lower_bound", "init",
+                "iterations", "marginal_error", "seconds", "n", "solver")
+
+
+@dataclass
+class RunData:
+    """Everything the report shows. Matrices are (L_c, L_c) float64 per checkpoint id."""
+
+    loc: Location
+    info: dict
+    checkpoints: list  # ids in step order
+    steps: dict
+    layers: dict
+    gw: dict
+    lower_bound: dict
+    communities: dict
+    communities_source: str
+    pairs: list  # pair-record dicts (may be empty)
+
+    @property
+    def method(self) -> str:
+        return self.communities["method"]
+
+    def result(self, ckpt: str, method: str | None = None) -> dict:
+        """``SubnetworkResult.to_dict()`` of one checkpoint and method (default: the run's)."""
+        return self.communities["checkpoints"][ckpt]["methods"][method or self.method]
+
+
+def _checkpoints(info: dict, where: Location) -> tuple[list, dict]:
+    entries = info.get("checkpoints")
+    if not isinstance(entries, list) or not entries:
+        raise GwrayInputError(f"{where}: no 'checkpoints' list")
+    ids = [e["id"] if isinstance(e, dict) else str(e) for e in entries]
+    steps = {e["id"]: e.get("step") for e in entries if isinstance(e, dict)}
+    if all(steps.get(c) is not None for c in ids):  # step order when every step is known
+        ids = sorted(ids, key=lambda c: (steps[c], ids.index(c)))
+    return ids, steps
+
+
+def _matrices(loc: Location, ckpts: list, layers: dict) -> tuple[dict, dict]:
+    where = loc.child("gw_matrix.parquet")
+    if not where.exists():
+        raise GwrayInputError(f"run directory {loc}: no gw_matrix.parquet")
+    table = where.read_table()
+    need = {"layer_i", "layer_j", "gw", "lower_bound"}
+    if not need <= set(table.column_names):
+        missing = ", ".join(sorted(need - set(table.column_names)))
+        raise GwrayInputError(f"{where}: missing columns {missing}")
+    rows = table.to_pydict()
+    cks = rows.get("checkpoint") or [ckpts[0]] * table.num_rows
+    index = {c: {n: i for i, n in enumerate(layers[c])} for c in ckpts}
+    gw = {c: np.full((len(layers[c]),) * 2, np.nan) for c in ckpts}
+    lb = {c: np.full((len(layers[c]),) * 2, np.nan) for c in ckpts}
+    for c, a, b, g, low in zip(cks, rows["layer_i"], rows["layer_j"], rows["gw"], rows["lower_bound"]):
+        if c not in index:
+            raise GwrayInputError(f"{where}: checkpoint {c!r} is not in run.json")
+        try:
+            i, j = (x if isinstance(x, (int, np.integer)) else index[c][x] for x in (a, b))
+        except KeyError as exc:
+            raise GwrayInputError(f"{where}: layer {exc.args[0]!r} of checkpoint {c!r} is not in run.json") from None
+        gw[c][i, j] = gw[c][j, i] = g
+        lb[c][i, j] = lb[c][j, i] = np.nan if low is None else low
+    for c in ckpts:
+        np.fill_diagonal(gw[c], 0.0)
+        np.fill_diagonal(lb[c], 0.0)
+        if np.isnan(gw[c]).any():
+            i, j = np.argwhere(np.isnan(gw[c]))[0]
+            raise GwrayInputError(f"{where}: no gw value for checkpoint {c!r} pair "
+                                  f"({layers[c][i]}, {layers[c][j]})")
+    return gw, lb
+
+
+def _pairs(loc: Location) -> list[dict]:
+    out = []
+    for f in loc.child("pairs").files(".parquet"):
+        try:
+            t = f.read_table()
+        except Exception as exc:  # pyarrow raises several types for a corrupt file
+            raise GwrayInputError(f"{f}: not a readable Parquet file ({type(exc).__name__})") from None
+        keep = [c for c in PAIR_COLUMNS if c in t.column_names]
+        out += t.select(keep).to_pylist()
+    return out
+
+
+def _computed_communities(info: dict, ckpts: list, layers: dict, gw: dict) -> dict:
+    from gwray.graph.communities import find_subnetworks
+
+    graph = (info.get("config") or {}).get("graph") or {}
+    method, k = graph.get("method", "contiguous"), graph.get("k", "auto")
+    out = {"method": "contiguous" if method == "all" else method, "checkpoints": {}, "stability": {}}
+    for c in ckpts:
+        found = find_subnetworks(gw[c], method=method, k=k, names=layers[c])
+        out["checkpoints"][c] = (found.to_dict() if method == "all" else
+                                 {"methods": {method: found.to_dict()}, "agreement": {}})
+    return out
+
+
+def load_run_dir(out: Location | str) -> RunData:
+    """Read a run directory for the report.
+
+    Parameters
+    ----------
+    out : Location or str
+        Local path, ``file://``, ``s3://`` or ``gs://`` URI of the run.
+
+    Returns
+    -------
+    RunData
+
+    Raises
+    ------
+    GwrayInputError
+        No run.json / gw_matrix.parquet, a checkpoint or layer unknown to run.json, a missing
+        matrix cell, or communities.json naming a checkpoint without a matrix.
+    """
+    loc = Location.parse(out)
+    rj = loc.child("run.json")
+    if not rj.exists():
+        raise GwrayInputError(f"run directory {loc}: no run.json (not a gwray run)")
+    info = rj.read_json()
+    ckpts, steps = _checkpoints(info, rj)
+    layers = info.get("layers") or {}
+    for c in ckpts:
+        if not layers.get(c):
+            raise GwrayInputError(f"{rj}: no layer names for checkpoint {c!r} under 'layers'")
+    gw, lb = _matrices(loc, ckpts, layers)
+    cj = loc.child("communities.json")
+    if cj.exists():
+        comm, source = cj.read_json(), "communities.json"
+        for c in ckpts:
+            if c not in comm.get("checkpoints", {}):
+                raise GwrayInputError(f"{cj}: no groups for checkpoint {c!r}")
+    else:
+        comm = _computed_communities(info, ckpts, layers, gw)
+        source = "computed by the report (no communities.json in the run directory)"
+    return RunData(loc, info, ckpts, steps, layers, gw, lb, comm, source, _pairs(loc))
+
+
+def solver_quality(data: RunData, ckpt: str) -> dict:
+    """How certain the GW values of one checkpoint are.
+
+    Parameters
+    ----------
+    data : RunData
+    ckpt : str
+
+    Returns
+    -------
+    dict
+        ``pairs``; ``median_gap`` / ``max_gap`` of (gw − lower bound)/gw over pairs with gw > 0;
+        ``proven`` = pairs whose gap ≤ 1e-6; and, when pair records exist: ``inits`` {init: wins},
+        ``iterations_median``, ``iterations_max``, ``max_marginal_error``, ``seconds`` (sum),
+        ``solvers``, ``n`` (sample counts seen).
+    """
+    gw, lb = data.gw[ckpt], data.lower_bound[ckpt]
+    iu = np.triu_indices(gw.shape[0], 1)
+    g, b = gw[iu], lb[iu]
+    ok = (g > 0) & np.isfinite(b)
+    gap = (g[ok] - b[ok]) / g[ok]
+    q = {"pairs": int(g.size), "median_gap": float(np.median(gap)) if gap.size else None,
+         "max_gap": float(gap.max()) if gap.size else None,
+         "proven": int((gap <= 1e-6).sum() + (g == 0).sum())}
+    recs = [r for r in data.pairs if r.get("checkpoint_a") == ckpt and r.get("checkpoint_b") == ckpt]
+    if recs:
+        col = lambda k: [r[k] for r in recs if r.get(k) is not None]  # noqa: E731
+        inits: dict = {}
+        for name in col("init"):
+            inits[name] = inits.get(name, 0) + 1
+        its = col("iterations")
+        q.update(records=len(recs), inits=inits,
+                 iterations_median=float(np.median(its)) if its else None,
+                 iterations_max=int(max(its)) if its else None,
+                 max_marginal_error=float(max(col("marginal_error"), default=np.nan)),
+                 seconds=float(sum(col("seconds"))), solvers=sorted(set(col("solver"))),
+                 n=sorted({int(x) for x in col("n")}))
+    return q

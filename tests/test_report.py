@@ -1,0 +1,173 @@
+"""gwray.report: build_report on run directories written by hand after DESIGN.md."""
+import base64
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from gwray import find_subnetworks
+from gwray.errors import GwrayInputError
+from gwray.graph.stability import StabilityResult
+from gwray.report import build_report
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def planted(labels, seed=0):
+    lab = np.asarray(labels)
+    D = np.where(lab[:, None] == lab[None, :], 0.02, 0.1)
+    N = np.random.default_rng(seed).uniform(0, 0.02, D.shape)
+    D = D + (N + N.T) / 2
+    np.fill_diagonal(D, 0.0)
+    return D
+
+
+def make_run(root, checkpoints, method="contiguous", communities=True, stability=False):
+    """A run dir as the pipeline leaves it: run.json, gw_matrix.parquet, pairs/, communities.json.
+    checkpoints: list of (id, step, labels)."""
+    root.mkdir(parents=True, exist_ok=True)
+    layers = {c: [f"blocks.{i}" for i in range(len(lab))] for c, _, lab in checkpoints}
+    info = {"name": "handmade", "gwray_version": "0.1.0", "probe_hash": "abc123",
+            "checkpoints": [{"id": c, "path": None, "step": s} for c, s, _ in reversed(checkpoints)],
+            "layers": layers, "config": {"graph": {"method": method, "k": "auto"}}, "stages": {}}
+    (root / "run.json").write_text(json.dumps(info))
+    rows, recs, comm = [], [], {"method": "contiguous" if method == "all" else method,
+                                "checkpoints": {}, "stability": {}, "movement": []}
+    for r, (c, _, lab) in enumerate(checkpoints):
+        D, names = planted(lab, seed=r), layers[c]
+        for i in range(len(names)):
+            for j in range(len(names)):
+                rows.append({"checkpoint": c, "layer_i": names[i], "layer_j": names[j],
+                             "gw": D[i, j], "lower_bound": 0.9 * D[i, j]})
+                if i < j:
+                    recs.append({"checkpoint_a": c, "layer_a": names[i], "checkpoint_b": c,
+                                 "layer_b": names[j], "gw": D[i, j], "lower_bound": 0.9 * D[i, j],
+                                 "init": "identity" if (i + j) % 3 else "product",
+                                 "iterations": np.int32(5 + i), "marginal_error": 1e-12,
+                                 "seconds": 0.01, "n": np.int32(64), "solver": "cg-lap"})
+        found = find_subnetworks(D, method=method, names=names)
+        comm["checkpoints"][c] = (found.to_dict() if method == "all" else
+                                  {"methods": {method: found.to_dict()}, "agreement": {}})
+        if stability:
+            L = len(names)
+            st = StabilityResult(np.eye(L) * 0.5 + 0.5, np.array([1.0, 0.8]), np.zeros((2, L), int),
+                                 np.asarray(lab), 0.8, 51, 0, names)
+            comm["stability"][c] = st.to_dict()
+    pq.write_table(pa.Table.from_pylist(rows), root / "gw_matrix.parquet")
+    (root / "pairs").mkdir(exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(recs), root / "pairs" / "part-0.parquet")
+    if communities:
+        (root / "communities.json").write_text(json.dumps(comm))
+    return root, comm
+
+
+THREE = [("step-100", 100, [0] * 6 + [1] * 6), ("step-200", 200, [0] * 4 + [1] * 4 + [2] * 4),
+         ("step-300", 300, [0] * 3 + [1] * 5 + [2] * 4)]
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory):
+    root, comm = make_run(tmp_path_factory.mktemp("multi") / "run", THREE, method="all", stability=True)
+    return root, comm, build_report(str(root))
+
+
+def _imgs(html):
+    return re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([^"]+)">', html)
+
+
+def test_files_and_embedded_images(multi):
+    root, comm, path = multi
+    assert path == root / "report.html"
+    for name in ("heatmap.png", "gap.png", "dendrogram.png", "timeline.png"):
+        assert (root / name).read_bytes().startswith(PNG), name
+    html = path.read_text()
+    assert "<img" in html and not re.search(r'src="(?!data:)', html)  # nothing external
+    imgs = _imgs(html)
+    # per checkpoint heatmap, co-assignment, gap, dendrogram (4 × 3) + the timeline
+    assert len(imgs) == 13 and all(base64.b64decode(b).startswith(PNG) for b in imgs)
+
+
+def test_html_lists_every_group_scores_and_settings(multi):
+    root, comm, path = multi
+    html = path.read_text()
+    for c, entry in comm["checkpoints"].items():
+        assert f"Checkpoint {c}" in html
+        for m, r in entry["methods"].items():
+            assert r["k_reason"] in html
+            for g in r["groups"]:
+                assert f"{g[0]} – {g[-1]}" in html or ", ".join(g) in html
+    assert "blocks.0 – blocks.3; blocks.4 – blocks.7; blocks.8 – blocks.11" in html
+    for word in ("silhouette", "modularity", "within/between", "adjusted Rand", "mean ARI",
+                 "median relative gap", "identity: ", "Run settings", "&quot;graph&quot;"):
+        assert word in html, word
+    # checkpoints in step order although run.json lists them in reverse
+    assert html.index("Checkpoint step-100") < html.index("Checkpoint step-200") < html.index("Checkpoint step-300")
+
+
+def test_single_checkpoint_without_communities_json(tmp_path):
+    root, _ = make_run(tmp_path / "one", [("main", None, [0, 0, 0, 1, 1, 2, 2, 2])],
+                       method="louvain", communities=False)
+    path = build_report(root)
+    html = path.read_text()
+    assert not (root / "timeline.png").exists() and not (root / "communities.json").exists()
+    assert "computed by the report" in html and "blocks.5 – blocks.7" in html
+    assert len(_imgs(html)) == 3
+
+
+def test_noncontiguous_groups_are_flagged(tmp_path):
+    root, _ = make_run(tmp_path / "nc", [("main", None, [0, 0, 1, 1, 0, 0, 1, 1])], method="spectral")
+    html = build_report(root).read_text()
+    assert "not contiguous in depth" in html and "blocks.0, blocks.1, blocks.4, blocks.5" in html
+
+
+def _drop_pair(path, a, b):
+    rows = [r for r in pq.read_table(path).to_pylist() if {r["layer_i"], r["layer_j"]} != {a, b}]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda r: (r / "run.json").unlink(), "no run.json"),
+    (lambda r: (r / "gw_matrix.parquet").unlink(), "no gw_matrix.parquet"),
+    (lambda r: _drop_pair(r / "gw_matrix.parquet", "blocks.0", "blocks.1"),
+     r"gw_matrix.parquet: no gw value for checkpoint 'main' pair \(blocks.0, blocks.1\)"),
+    (lambda r: (r / "run.json").write_text(json.dumps(
+        json.loads((r / "run.json").read_text()) | {"layers": {"main": ["a", "b", "c", "d"]}})),
+     "gw_matrix.parquet: layer 'blocks.0' of checkpoint 'main' is not in run.json"),
+])
+def test_bad_run_dirs(tmp_path, damage, match):
+    root, _ = make_run(tmp_path / "bad", [("main", None, [0, 0, 1, 1])])
+    damage(root)
+    with pytest.raises(GwrayInputError, match=match) as e:
+        build_report(root)
+    assert "\n" not in str(e.value)
+    assert not (root / "report.html").exists() and not (root / "heatmap.png").exists()
+
+
+CHECK_JS = """<script>window.addEventListener('load',()=>{const im=[...document.images];
+document.body.setAttribute('data-imgcheck', im.length+':'+im.filter(i=>i.complete&&i.naturalWidth>0).length);});
+</script>"""
+
+
+def test_report_renders_in_headless_chromium(multi, tmp_path):
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("Debian's chromium is not installed (`apt-get install chromium`; .ci/run does it as root)")
+    root, _, path = multi
+    probe = tmp_path / "probe.html"
+    probe.write_text(path.read_text().replace("</body>", CHECK_JS + "</body>"))
+    base = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
+    dom = subprocess.run(base + ["--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    m = re.search(r'data-imgcheck="(\d+):(\d+)"', dom.stdout)
+    assert m, f"chromium gave no DOM: {dom.stderr[-500:]}"
+    assert m.group(1) == m.group(2) == "13", f"broken images: {m.group(0)}"
+    shot = tmp_path / "shot.png"
+    subprocess.run(base + ["--window-size=1200,2000", f"--screenshot={shot}", path.as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.read_bytes().startswith(PNG)
