@@ -59,6 +59,13 @@ def make_run(root, checkpoints, method="contiguous", communities=True, stability
                                  np.asarray(lab), 0.8, 51, 0, names)
             comm["stability"][c] = st.to_dict()
     pq.write_table(pa.Table.from_pylist(rows), root / "gw_matrix.parquet")
+    cross = [{"checkpoint_a": a, "checkpoint_b": b, "layer_i": x, "layer_j": y,
+              "gw": 0.01 * abs(i - j), "lower_bound": 0.0}
+             for (a, _, la), (b, _, lb) in zip(checkpoints, checkpoints[1:])
+             for i, x in enumerate(layers[a]) for j, y in enumerate(layers[b])]
+    if cross:
+        (root / "cross").mkdir(exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(cross), root / "cross" / "gw_matrix.parquet")
     (root / "pairs").mkdir(exist_ok=True)
     pq.write_table(pa.Table.from_pylist(recs), root / "pairs" / "part-0.parquet")
     if communities:
@@ -88,8 +95,8 @@ def test_files_and_embedded_images(multi):
     html = path.read_text()
     assert "<img" in html and not re.search(r'src="(?!data:)', html)  # nothing external
     imgs = _imgs(html)
-    # per checkpoint heatmap, co-assignment, gap, dendrogram (4 × 3) + the timeline
-    assert len(imgs) == 13 and all(base64.b64decode(b).startswith(PNG) for b in imgs)
+    # per checkpoint heatmap, co-assignment, gap, dendrogram (4 × 3) + timeline + 2 cross matrices
+    assert len(imgs) == 15 and all(base64.b64decode(b).startswith(PNG) for b in imgs)
 
 
 def test_html_lists_every_group_scores_and_settings(multi):
@@ -103,7 +110,8 @@ def test_html_lists_every_group_scores_and_settings(multi):
                 assert f"{g[0]} – {g[-1]}" in html or ", ".join(g) in html
     assert "blocks.0 – blocks.3; blocks.4 – blocks.7; blocks.8 – blocks.11" in html
     for word in ("silhouette", "modularity", "within/between", "adjusted Rand", "mean ARI",
-                 "median relative gap", "identity: ", "Run settings", "&quot;graph&quot;"):
+                 "median relative gap", "identity: ", "Run settings", "&quot;graph&quot;",
+                 "Layer correspondence across checkpoints"):
         assert word in html, word
     # checkpoints in step order although run.json lists them in reverse
     assert html.index("Checkpoint step-100") < html.index("Checkpoint step-200") < html.index("Checkpoint step-300")
@@ -166,7 +174,7 @@ def test_report_renders_in_headless_chromium(multi, tmp_path):
     dom = subprocess.run(base + ["--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
     m = re.search(r'data-imgcheck="(\d+):(\d+)"', dom.stdout)
     assert m, f"chromium gave no DOM: {dom.stderr[-500:]}"
-    assert m.group(1) == m.group(2) == "13", f"broken images: {m.group(0)}"
+    assert m.group(1) == m.group(2) == "15", f"broken images: {m.group(0)}"
     shot = tmp_path / "shot.png"
     subprocess.run(base + ["--window-size=1200,2000", f"--screenshot={shot}", path.as_uri()],
                    capture_output=True, timeout=120)
@@ -198,7 +206,7 @@ def test_build_report_on_s3(tmp_path):
         where = build_report(loc)
         assert where == "s3://gwray-runs/run/report.html"
         html = loc.child("report.html").read_bytes().decode()
-        assert len(_imgs(html)) == 7 and "blocks.4 – blocks.7" in html
+        assert len(_imgs(html)) == 8 and "blocks.4 – blocks.7" in html
         assert loc.child("timeline.png").read_bytes().startswith(PNG)
     finally:
         server.stop()

@@ -10,19 +10,24 @@ from gwray.report.html import render_html
 from gwray.report.rundir import load_run_dir
 from gwray.storage import Location
 
+#: cross-checkpoint matrices drawn in the report (consecutive checkpoints first)
+MAX_CROSS = 8
+
 
 def build_report(out: Location | str) -> Path | str:
     """Rebuild the report files of a finished (or partly finished) run.
 
-    Reads ``run.json``, ``gw_matrix.parquet`` and, when present, ``communities.json`` and
-    ``pairs/*.parquet`` (see :mod:`gwray.report.rundir`). Writes, each atomically:
+    Reads ``run.json``, ``gw_matrix.parquet`` and, when present, ``communities.json``,
+    ``pairs/*.parquet`` and ``cross/gw_matrix.parquet`` (see :mod:`gwray.report.rundir`).
+    Writes, each atomically:
 
     - ``heatmap.png`` — the last checkpoint's GW matrix with its group boundaries and layer names;
     - ``gap.png`` — its solver certainty (relative gap to the lower bound, value vs bound);
     - ``dendrogram.png`` — its average-linkage hierarchy, leaves coloured by group;
     - ``timeline.png`` — with two or more checkpoints: group boundaries per checkpoint, step order;
-    - ``report.html`` — self-contained (all of the above for every checkpoint embedded as base64,
-      tables of groups and scores per method, stability, solver quality, run settings).
+    - ``report.html`` — self-contained: all of the above for every checkpoint embedded as base64,
+      up to ``MAX_CROSS`` cross-checkpoint layer matrices, tables of groups and scores per
+      method, stability, solver quality, run settings.
 
     Parameters
     ----------
@@ -59,6 +64,11 @@ def build_report(out: Location | str) -> Path | str:
         images["timeline"] = figures.timeline(
             data.checkpoints, data.result(deepest)["names"],
             {c: data.result(c)["labels"] for c in data.checkpoints}, data.steps)
+    order = {c: i for i, c in enumerate(data.checkpoints)}
+    shown = sorted((k for k in data.cross if k[0] in order and k[1] in order),
+                   key=lambda k: (order[k[1]] - order[k[0]] != 1, order[k[0]], order[k[1]]))
+    images["cross"] = {(a, b): figures.cross_heatmap(data.cross[(a, b)], data.layers[a], data.layers[b], a, b)
+                       for a, b in shown[:MAX_CROSS]}
     html = render_html(data, images, figures.group_color)
     last = images[data.checkpoints[-1]]
     for name, png in (("heatmap.png", last["heatmap"]), ("gap.png", last["gap"]),

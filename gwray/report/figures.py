@@ -73,7 +73,7 @@ def heatmap(D: np.ndarray, names: list[str], labels=None, title: str = "") -> by
     fig = Figure(figsize=(side + 1.4, side))
     ax = fig.add_subplot(111)
     im = ax.imshow(D, cmap="viridis", interpolation="nearest")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.10, label="GW distance")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="GW distance")
     _ticks(ax, names)
     if labels is not None:
         for b in _boundaries(labels):
@@ -231,4 +231,36 @@ def coassignment(co: np.ndarray, names: list[str], mean_ari: float) -> bytes:
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of resamples in the same group")
     _ticks(ax, names)
     ax.set_title(f"co-assignment over resamples (mean ARI to full data {mean_ari:.2f})", fontsize=10)
+    return _png(fig)
+
+
+def cross_heatmap(M: np.ndarray, names_a: list[str], names_b: list[str], a: str, b: str) -> bytes:
+    """Layers of checkpoint a (rows) against layers of checkpoint b (columns).
+
+    Parameters
+    ----------
+    M : np.ndarray, shape (L_a, L_b)
+        Cross-checkpoint GW distances.
+    names_a, names_b : list of str
+    a, b : str
+        Checkpoint ids.
+
+    Returns
+    -------
+    bytes
+        PNG; a white dot marks each row's closest layer in b (where that layer "went").
+    """
+    La, Lb = M.shape
+    side = min(9.0, 3.0 + 0.25 * max(La, Lb))
+    fig = Figure(figsize=(side + 1.2, side * La / max(La, Lb) + 0.8))
+    ax = fig.add_subplot(111)
+    im = ax.imshow(M, cmap="viridis", interpolation="nearest", aspect="auto")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="GW distance")
+    best = np.nanargmin(np.where(np.isnan(M), np.inf, M), axis=1)
+    ax.scatter(best, np.arange(La), s=18, color="white", edgecolors="black", linewidths=0.5)
+    _ticks(ax, names_b, "x")
+    _ticks(ax, names_a, "y")
+    ax.set_xlabel(f"layers of {b}")
+    ax.set_ylabel(f"layers of {a}")
+    ax.set_title(f"{a} → {b} (dot = closest layer)", fontsize=10)
     return _png(fig)

@@ -108,8 +108,8 @@ def render_html(data: RunData, images: dict, color) -> str:
     ----------
     data : RunData
     images : dict
-        ``{"timeline": png or None, "<ckpt>": {"heatmap", "gap", "dendrogram", "coassignment"?:
-        png bytes}}``.
+        ``{"timeline": png or None, "cross": {(a, b): png}, "<ckpt>": {"heatmap", "gap",
+        "dendrogram", "coassignment"?: png bytes}}``.
     color : callable
         group id → CSS colour (the figures' palette).
 
@@ -134,6 +134,9 @@ def render_html(data: RunData, images: dict, color) -> str:
                               [[escape(m["from"]), escape(m["to"]),
                                 escape(", ".join(m["added"])) or "–", escape(", ".join(m["removed"])) or "–"]
                                for m in moves]))
+    if images.get("cross"):
+        out.append("<h2>Layer correspondence across checkpoints</h2>")
+        out += [_img(png, f"cross-checkpoint GW matrix {a} to {b}") for (a, b), png in images["cross"].items()]
     for ckpt in data.checkpoints:
         entry, imgs = data.communities["checkpoints"][ckpt], images[ckpt]
         out += [f"<h2 id='ckpt-{escape(ckpt)}'>Checkpoint {escape(ckpt)}</h2>",

@@ -10,6 +10,8 @@ Files read (DESIGN.md "On-disk contracts"), all through :class:`gwray.storage.Lo
   {methods: {m: SubnetworkResult.to_dict()}, agreement}}, ``stability`` {id: ...}, ``movement``.
   When absent, groups are computed here in memory with ``config.graph`` (never written).
 - ``pairs/*.parquet`` (optional): the pair records, for the solver-quality table.
+- ``cross/gw_matrix.parquet`` (optional): ``checkpoint_a, checkpoint_b, layer_i, layer_j, gw``,
+  the cross-checkpoint layer matrices (rows = layers of ``checkpoint_a``).
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ class RunData:
     communities: dict
     communities_source: str
     pairs: list  # pair-record dicts (may be empty)
+    cross: dict  # (ckpt_a, ckpt_b) → (L_a, L_b) GW matrix, rows = layers of ckpt_a
 
     @property
     def method(self) -> str:
@@ -104,6 +107,21 @@ def _pairs(loc: Location) -> list[dict]:
     return out
 
 
+def _cross(loc: Location, layers: dict) -> dict:
+    where = loc.child("cross", "gw_matrix.parquet")
+    if not where.exists():
+        return {}
+    out: dict = {}
+    t = where.read_table(columns=["checkpoint_a", "checkpoint_b", "layer_i", "layer_j", "gw"]).to_pydict()
+    for a, b, x, y, g in zip(*(t[k] for k in ("checkpoint_a", "checkpoint_b", "layer_i", "layer_j", "gw"))):
+        try:
+            m = out.setdefault((a, b), np.full((len(layers[a]), len(layers[b])), np.nan))
+            m[layers[a].index(x), layers[b].index(y)] = g
+        except (KeyError, ValueError):
+            raise GwrayInputError(f"{where}: layer {x!r} of {a!r} or {y!r} of {b!r} is not in run.json") from None
+    return out
+
+
 def _computed_communities(info: dict, ckpts: list, layers: dict, gw: dict) -> dict:
     from gwray.graph.communities import find_subnetworks
 
@@ -155,7 +173,7 @@ def load_run_dir(out: Location | str) -> RunData:
     else:
         comm = _computed_communities(info, ckpts, layers, gw)
         source = "computed by the report (no communities.json in the run directory)"
-    return RunData(loc, info, ckpts, steps, layers, gw, lb, comm, source, _pairs(loc))
+    return RunData(loc, info, ckpts, steps, layers, gw, lb, comm, source, _pairs(loc), _cross(loc, layers))
 
 
 def solver_quality(data: RunData, ckpt: str) -> dict:
