@@ -86,6 +86,14 @@ def test_given_k_and_reason():
     assert find_subnetworks(D, method="spectral", k=12).k == 12
 
 
+def test_structureless_matrix_is_called_weak():
+    D = np.ones((6, 6)) - np.eye(6)
+    for m in ("contiguous", "spectral"):
+        r = find_subnetworks(D, method=m)
+        assert "weak structure" in r.k_reason and r.scores["silhouette"] < 0.25, m
+    assert "weak" not in find_subnetworks(planted(CONTIGUOUS[0]), method="contiguous").k_reason
+
+
 def test_dp_is_exact_against_brute_force():
     rng = np.random.default_rng(3)
     X = rng.normal(size=(8, 2)).cumsum(0)

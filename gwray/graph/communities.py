@@ -15,7 +15,7 @@ Methods (``method=``):
 - ``all`` — every method above, plus their pairwise agreement (adjusted Rand index).
 
 K_max = min(L − 1, 12). Auto never answers k = 1 (pass ``k=1`` for that); the silhouette says how
-clear the groups are. Group ids are numbered by the first (shallowest) layer of each group.
+clear the groups are, and ``k_reason`` says "weak structure" when it is below 0.25. Group ids are numbered by the first (shallowest) layer of each group.
 """
 from __future__ import annotations
 
@@ -38,6 +38,9 @@ METHODS = ("contiguous", "louvain", "greedy", "spectral")
 KMAX = 12
 LOUVAIN_RESOLUTIONS = tuple(float(g) for g in np.geomspace(0.5, 2.0, 7))
 LOUVAIN_SEEDS = 5
+#: below this silhouette the groups are reported with a "weak structure" note in ``k_reason``
+#: (Kaufman & Rousseeuw read < 0.25 as "no substantial structure")
+WEAK_SILHOUETTE = 0.25
 
 
 @dataclass
@@ -315,6 +318,8 @@ def find_subnetworks(D, method: str = "contiguous", k="auto", names=None, seed: 
             labels, reason, params = _RUN[m](D, k, G, int(seed))
         labels = canonical(labels)
         params = {"seed": int(seed), "sigma": G.graph["sigma"], "knn": knn, **params}
-        results[m] = SubnetworkResult(m, list(names), labels, int(labels.max()) + 1, reason,
-                                      scores(D, labels, G_full), params)
+        sc = scores(D, labels, G_full)
+        if sc["silhouette"] is not None and sc["silhouette"] < WEAK_SILHOUETTE:
+            reason += f"; weak structure (silhouette {sc['silhouette']:.2f} < {WEAK_SILHOUETTE})"
+        results[m] = SubnetworkResult(m, list(names), labels, int(labels.max()) + 1, reason, sc, params)
     return SubnetworkSet(results) if method == "all" else results[method]
