@@ -96,9 +96,11 @@ def _cmd_run(args, require_checkpoints: int = 1) -> None:
 
 
 def _cmd_report(args) -> None:
-    from gwray.pipeline import rebuild_report
+    from gwray.pipeline import load_run
+    from gwray.report import build_report
 
-    print(f"report: {rebuild_report(args.out_dir)}")
+    load_run(args.out_dir)  # a one-line error when OUT is not a finished run
+    print(f"report: {build_report(args.out_dir)}")
 
 
 def _cmd_demo(args) -> None:

@@ -25,12 +25,14 @@ def main(argv=None, min_checkpoints: int = 1, description: str = __doc__) -> int
     def job() -> None:
         import ray
 
-        from gwray.pipeline import run
+        from gwray.config import load_config
+        from gwray.pipeline import check_inputs, run
 
+        cfg = load_config(args.config, args.overrides)
+        check_inputs(cfg, min_checkpoints)  # bad input fails here, before reaching the cluster
         if not ray.is_initialized():
             ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=False)
-        result = run(args.config, out=args.out, overrides=args.overrides, progress=not args.quiet,
-                     min_checkpoints=min_checkpoints)
+        result = run(cfg, out=args.out, progress=not args.quiet, min_checkpoints=min_checkpoints)
         print(f"run directory: {result.out}\nreport: {result.report}")
 
     return guarded(job)

@@ -1,0 +1,399 @@
+"""One run, stage by stage: activations → GW pairs + matrices → groups → report (DESIGN.md).
+
+Wiring and bookkeeping only (no math, no model code). A stage is skipped when its output is in
+``OUT/`` for the same *stage key* (a hash of the config sections it depends on, kept in
+``OUT/run.json``) and redone, saying why, when they changed. Stages write atomically.
+"""
+from __future__ import annotations
+
+import functools
+import glob
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gwray import __version__
+from gwray.activations.store import ActivationStore
+from gwray.config import RunConfig, load_config
+from gwray.errors import GwrayInputError
+from gwray.storage import Location
+
+_STEP_RE = re.compile(r"(?:checkpoint|ckpt|step|iter|epoch)[-_=]?(\d+)", re.IGNORECASE)
+_UNSAFE_RE = re.compile(r"[^A-Za-z0-9._-]+")
+SINGLE = "main"  # checkpoint id of a run over one model
+
+
+@dataclass
+class RunResult:
+    """What a run produced, as returned by :func:`run` and :func:`load_run`.
+
+    Attributes
+    ----------
+    out, config, report : str, RunConfig, str or None
+        The run directory (path or URI), the resolved config, ``report.html``.
+    checkpoints, layers : list of str, dict
+        Checkpoint ids in order (``["main"]`` for one model); id → layer names in depth order.
+    gw, lower_bound : dict
+        Checkpoint id → (L, L) float64 GW distances / lower bounds between its layers.
+    cross : dict
+        ``(checkpoint_a, checkpoint_b)`` → (L_a, L_b) float64 GW, rows = layers of a.
+    communities, pairs : dict, pyarrow.Table
+        ``communities.json`` (groups per checkpoint and method, boundaries, movement,
+        stability); every pair record of ``OUT/pairs`` (DESIGN.md schema).
+    stages : dict
+        Stage → ``"ran"`` or ``"skipped"`` (empty when read back by :func:`load_run`).
+    """
+
+    out: str
+    config: RunConfig
+    checkpoints: list
+    layers: dict
+    gw: dict
+    lower_bound: dict
+    cross: dict
+    communities: dict
+    pairs: object
+    report: str | None = None
+    stages: dict = field(default_factory=dict)
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """The (L, L) GW matrix of a one-model run (of the last checkpoint otherwise)."""
+        return self.gw[self.checkpoints[-1]]
+
+    @property
+    def groups(self) -> dict:
+        """Checkpoint id → groups (lists of layer names) of the configured method."""
+        comm = self.communities
+        return {c: comm["checkpoints"][c]["methods"][comm["method"]]["groups"] for c in self.checkpoints}
+
+
+class _Say:
+    """Progress lines on stderr, stamped with the seconds since the run started."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.t0 = enabled, time.perf_counter()
+
+    def __call__(self, msg: str) -> None:
+        if self.enabled:
+            print(f"[gwray {time.perf_counter() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def _ensure_ray(cfg: RunConfig, say: _Say) -> bool:
+    """Make Ray usable; True when this call started it (the run then shuts it down). An
+    initialised Ray (a Ray job, a test) is used as is; ``RAY_ADDRESS`` attaches to that cluster;
+    else an embedded local Ray gets this machine's CPUs (at least what ``resources`` asks)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if os.environ.get("RAY_ADDRESS"):
+        say(f"attaching to the Ray cluster at {os.environ['RAY_ADDRESS']}")
+        ray.init(log_to_driver=False)
+    else:
+        cpus = max(os.cpu_count() or 1, math.ceil(cfg.resources.workers * cfg.resources.cpus_per_worker))
+        say(f"starting an embedded local Ray ({cpus} CPUs)")
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=1024**3)
+    return True
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _step(name: str) -> int | None:
+    return int(m.group(1)) if (m := _STEP_RE.search(name)) else None
+
+
+def resolve_checkpoints(cfg: RunConfig) -> list[tuple[str, str | None]]:
+    """The run's checkpoints as ``(id, path)`` in training order.
+
+    ``model.checkpoints`` is a list of directories or a glob. A glob, and a list whose every
+    name carries a step (``checkpoint-1000``, ``step1000``, ``step-000500``, ``ckpt_5``), are
+    sorted by step; other lists keep their order (e.g. several fine-tunes). Ids are the directory
+    names. Without checkpoints: ``[("main", None)]``.
+
+    Raises
+    ------
+    GwrayInputError
+        A glob that matches nothing, a listed directory that does not exist, repeated names.
+    """
+    spec = cfg.model.checkpoints
+    if spec is None:
+        return [(SINGLE, None)]
+    key = "config key model.checkpoints"
+    if isinstance(spec, str):
+        paths = sorted(glob.glob(os.path.expanduser(spec)))
+        if not paths:
+            raise GwrayInputError(f"{key}: glob {spec!r} matches nothing")
+    else:
+        paths = [os.path.expanduser(p) for p in spec]
+        if not paths:
+            raise GwrayInputError(f"{key}: empty list (omit the key for one model)")
+    step = {p: _step(Path(p.rstrip("/")).name) for p in paths}
+    if isinstance(spec, str) or None not in step.values():
+        paths = sorted(paths, key=lambda p: (step[p] is None, step[p] or 0, p))
+    ids = [_UNSAFE_RE.sub("_", Path(p.rstrip("/")).name) for p in paths]
+    if len(set(ids)) < len(ids):
+        raise GwrayInputError(f"{key}: two checkpoints have the same directory name (the id)")
+    return list(zip(ids, paths))
+
+
+def check_inputs(cfg: RunConfig, min_checkpoints: int = 1) -> tuple[list, str]:
+    """Check checkpoints, model and probe before anything is written or Ray is reached.
+
+    Returns ``(checkpoints, probe_hash)``, checkpoints as :func:`resolve_checkpoints` gives them.
+    Raises GwrayInputError: fewer than ``min_checkpoints``; a missing model, checkpoint or probe.
+    """
+    from gwray.activations.probes import load_probe
+    from gwray.models.loaders import resolve_model_path
+
+    checkpoints = resolve_checkpoints(cfg)
+    if len(checkpoints) < min_checkpoints:
+        raise GwrayInputError(f"config key model.checkpoints: {min_checkpoints} or more checkpoints "
+                              f"needed to compare, got {len(checkpoints)}")
+    source = cfg.model.source
+    paths = [cfg.model.path] if cfg.model.checkpoints is None else [p for _, p in checkpoints]
+    for path in paths if source != "factory" else []:
+        if path is None:
+            raise GwrayInputError(f"config key model.path: required for model.source {source}")
+        if source == "hf":
+            resolve_model_path(path)
+        elif "://" not in path and not os.path.exists(path):
+            raise GwrayInputError(f"toy checkpoint {path}: not found")
+    return checkpoints, load_probe(cfg.probe).hash
+
+
+class _RunStore(ActivationStore):
+    """This run's checkpoints in training order (the scheduler plans from ``checkpoints()``)."""
+
+    def __init__(self, root, ids: list[str]):
+        super().__init__(root)
+        self.ids = list(ids)
+
+    def checkpoints(self) -> list[str]:
+        return list(self.ids)
+
+
+class _Run:
+    """One run's state: config, location, stage keys (run.json), progress and Ray."""
+
+    def __init__(self, cfg: RunConfig, loc: Location, checkpoints, probe_hash: str, say: _Say):
+        self.cfg, self.loc, self.ckpts, self.say = cfg, loc, checkpoints, say
+        self.ray_started, path = False, loc.child("run.json")
+        self.prev = path.read_json().get("stages", {}) if path.exists() else {}
+        # Old keys stay until their stage ends again: a run that died mid-stage redoes it whole.
+        self.info = {"gwray_version": __version__, "name": cfg.name,
+                     "config": cfg.model_dump(mode="json"), "probe_hash": probe_hash,
+                     "checkpoints": [{"id": c, "path": p, "step": _step(c)} for c, p in checkpoints],
+                     "layers": {}, "stages": dict(self.prev)}
+        self.status: dict[str, str] = {}
+
+    def ray(self) -> None:
+        self.ray_started |= _ensure_ray(self.cfg, self.say)
+
+    def done(self, stage: str, key, ran: bool) -> None:
+        """Record a finished stage in run.json (atomically) so that a rerun can skip it."""
+        self.info["stages"][stage] = key
+        self.status[stage] = "ran" if ran else "skipped"
+        self.loc.child("run.json").write_json(self.info)
+        if not ran:
+            self.say(f"{stage}: up to date, skipped")
+
+    def activations(self) -> ActivationStore:
+        from gwray.activations.extract import extract  # the Ray Data / in-process extraction
+
+        store, root = ActivationStore(self.loc), self.loc.child("activations")
+        model = self.cfg.model.model_dump(mode="json", exclude={"checkpoints", "shards"})
+        keys, old, ran = {}, self.prev.get("activations") or {}, False
+        # Ray Data where it adds workers (or on a cluster); in process: same output, no start-up
+        use_ray = max(self.cfg.model.shards, self.cfg.resources.extract_actors) > 1 or \
+            bool(os.environ.get("RAY_ADDRESS"))
+        for ckpt, path in self.ckpts:
+            keys[ckpt] = _key(model, path, self.cfg.hash("probe", "layers"))
+            if old.get(ckpt) == keys[ckpt] and store.is_complete(ckpt):
+                continue
+            if ckpt in old and old[ckpt] != keys[ckpt]:
+                self.say(f"activations of {ckpt}: model/probe/layers config changed, extracting again")
+            root.child(f"checkpoint={ckpt}").remove()
+            self.say(f"activations of {ckpt}: extracting {self.cfg.probe.n_samples} probe samples")
+            if use_ray:
+                self.ray()
+            try:
+                extract(self.cfg, self.loc, ckpt, checkpoint_path=path, use_ray=use_ray)
+            finally:
+                if not store.is_complete(ckpt):  # never leave a half checkpoint behind
+                    root.child(f"checkpoint={ckpt}").remove()
+            ran = True
+        self.info["layers"] = {c: store.layer_names(c) for c, _ in self.ckpts}
+        self.done("activations", keys, ran)
+        return store
+
+    def pairs(self, store) -> None:
+        from gwray.scheduler import run_pairs
+
+        acts, solve = self.info["stages"]["activations"], self.cfg.hash("costs", "gw")
+        key = {"solve": solve, "activations": acts, "compare": self.cfg.hash("compare"),
+               "order": [c for c, _ in self.ckpts]}
+        prev = self.prev.get("pairs") or {}
+        if prev == key and self.loc.child("gw_matrix.parquet").exists():
+            return self.done("pairs", key, False)
+        if prev.get("solve", solve) != solve or any(
+                prev.get("activations", {}).get(c, k) != k for c, k in acts.items()):
+            self.say("pairs: costs/gw config or activations changed, solving every pair again")
+            self.loc.child("pairs").remove()
+        elif self.loc.child("pairs").exists():
+            self.say("pairs: resuming, the pairs already solved are kept")
+        self.ray()
+        self.say(f"pairs: GW of every layer pair on {self.cfg.resources.workers} workers")
+        run_pairs(self.cfg, _RunStore(self.loc, [c for c, _ in self.ckpts]), self.loc,
+                  progress=self.say.enabled)  # also writes gw_matrix.parquet / .npy, cross/
+        self.done("pairs", key, True)
+
+    def communities(self, store) -> None:
+        key = {"pairs": self.info["stages"]["pairs"], "graph": self.cfg.hash("graph", "stability")}
+        if self.prev.get("communities") == key and self.loc.child("communities.json").exists():
+            return self.done("communities", key, False)
+        self.say(f"communities: {self.cfg.graph.method} on {len(self.ckpts)} checkpoint(s)")
+        gw, _, _ = _read_matrices(self.loc, self.info["layers"])
+        self.loc.child("communities.json").write_json(
+            _find_groups(self.cfg, gw, self.info["layers"], store, self.say))
+        self.done("communities", key, True)
+
+    def report(self) -> Location:
+        from gwray.report import build_report
+
+        key, html = {"communities": self.info["stages"]["communities"]}, self.loc.child("report.html")
+        stale = self.prev.get("report") != key or not html.exists()
+        if stale:
+            self.say("report: heatmap, groups" + (", timeline" if len(self.ckpts) > 1 else ""))
+            build_report(self.loc.path if self.loc.is_local else self.loc)
+        self.done("report", key, stale)
+        return html
+
+
+def _find_groups(cfg: RunConfig, gw: dict, layers: dict, store, say: _Say) -> dict:
+    """communities.json: groups per checkpoint and method, stability, how boundaries move."""
+    from gwray.graph.communities import find_subnetworks
+
+    method = cfg.graph.method
+    main = "contiguous" if method == "all" else method  # whose boundaries the summary follows
+    out: dict = {"method": main, "checkpoints": {}, "stability": {}}
+    for ckpt, D in gw.items():
+        found = find_subnetworks(D, method=method, k=cfg.graph.k, names=layers[ckpt])
+        out["checkpoints"][ckpt] = (found.to_dict() if method == "all" else
+                                    {"methods": {method: found.to_dict()}, "agreement": {}})
+        if cfg.stability.resamples > 0:
+            from gwray.graph.stability import stability
+
+            say(f"communities: stability of {ckpt} on {cfg.stability.resamples} probe resamples")
+            find = functools.partial(find_subnetworks, method=main, k=cfg.graph.k, names=layers[ckpt])
+            gw_kwargs = dict(metric=cfg.costs.metric, normalize=cfg.costs.normalize,
+                             starts=tuple(cfg.gw.starts), max_iter=cfg.gw.max_iter, tol=cfg.gw.tol)
+            out["stability"][ckpt] = stability(
+                [store.read_layer(ckpt, n) for n in layers[ckpt]], find, cfg.stability.fraction,
+                cfg.stability.resamples, cfg.stability.seed, gw_kwargs,
+                reference=found[main] if method == "all" else found).to_dict()
+    # Boundaries: the first layer of each group after the first, in depth order; movement: which
+    # boundaries appear and disappear from one checkpoint to the next.
+    bounds = {}
+    for ckpt, found in out["checkpoints"].items():
+        group_of = {n: g for g, names in enumerate(found["methods"][main]["groups"]) for n in names}
+        bounds[ckpt] = [b for a, b in zip(layers[ckpt], layers[ckpt][1:]) if group_of[a] != group_of[b]]
+    out["boundaries"], ids = bounds, list(bounds)
+    out["movement"] = [{"from": a, "to": b, "added": [n for n in bounds[b] if n not in bounds[a]],
+                        "removed": [n for n in bounds[a] if n not in bounds[b]]}
+                       for a, b in zip(ids, ids[1:])]
+    return out
+
+
+def run(config, out=None, overrides=None, *, progress: bool = True,
+        min_checkpoints: int = 1) -> RunResult:
+    """Run the whole pipeline for one config, reusing every stage already done for it.
+
+    Parameters
+    ----------
+    config : str, Path, dict or RunConfig
+        A YAML file, a dict of config keys or a validated config.
+    out : str or Path, optional
+        Run directory or URI (default: the config's ``output``, else ``runs/<name>``).
+    overrides : list of str or dict, optional
+        ``["probe.n_samples=256", ...]`` or a nested dict, applied over ``config``.
+    progress : bool
+        Progress lines on stderr.
+    min_checkpoints : int
+        Fewer checkpoints is an input error (``gwray compare`` asks for 2).
+
+    Raises
+    ------
+    GwrayInputError
+        Bad config; missing model, checkpoint or probe; bad data found by a stage. Nothing half
+        written is left in the run directory, and a failed first run leaves no directory.
+    """
+    cfg = load_config(config, overrides)
+    loc = Location.parse(out or cfg.output or os.path.join("runs", cfg.name))
+    checkpoints, probe_hash = check_inputs(cfg, min_checkpoints)
+    fresh, state = not loc.exists(), _Run(cfg, loc, checkpoints, probe_hash, say := _Say(progress))
+    say(f"run {cfg.name!r} → {loc}")
+    try:
+        store = state.activations()
+        state.pairs(store)
+        state.communities(store)
+        report = state.report()
+    except BaseException:
+        if fresh and loc.exists() and not loc.files(recursive=True):
+            loc.remove()  # a first run that failed before any stage finished leaves nothing
+        raise
+    finally:
+        if state.ray_started:
+            import ray
+
+            ray.shutdown()
+    say("done: " + ", ".join(f"{s} {v}" for s, v in state.status.items()))
+    result = load_run(loc)
+    result.stages, result.report = dict(state.status), str(report)
+    return result
+
+
+def _read_matrices(loc: Location, layers: dict):
+    """(gw, lower_bound, cross) matrices from gw_matrix.parquet and cross/gw_matrix.parquet."""
+    index = {c: {n: i for i, n in enumerate(names)} for c, names in layers.items()}
+    gw, lb = ({c: np.zeros((len(n), len(n))) for c, n in layers.items()} for _ in range(2))
+    for row in loc.child("gw_matrix.parquet").read_table().to_pylist():
+        c = row["checkpoint"]
+        ij = index[c][row["layer_i"]], index[c][row["layer_j"]]
+        gw[c][ij], lb[c][ij] = row["gw"], row["lower_bound"]
+    cross, where = {}, loc.child("cross", "gw_matrix.parquet")
+    for row in where.read_table().to_pylist() if where.exists() else []:
+        a, b = row["checkpoint_a"], row["checkpoint_b"]
+        m = cross.setdefault((a, b), np.zeros((len(layers[a]), len(layers[b]))))
+        m[index[a][row["layer_i"]], index[b][row["layer_j"]]] = row["gw"]
+    return gw, lb, cross
+
+
+def load_run(out) -> RunResult:
+    """Read a finished run back (config, layer names, matrices, groups, pair records) from the
+    run directory or URI ``out``; GwrayInputError when ``out`` holds no finished run."""
+    from gwray.scheduler.results import load_records
+
+    loc = Location.parse(out)
+    for name in ("run.json", "gw_matrix.parquet", "communities.json"):
+        if not loc.child(name).exists():
+            raise GwrayInputError(f"run directory {loc}: no {name} (not a finished gwray run)")
+    info = loc.child("run.json").read_json()
+    layers = {c["id"]: info["layers"][c["id"]] for c in info["checkpoints"]}
+    gw, lb, cross = _read_matrices(loc, layers)
+    html = loc.child("report.html")  # absent while a rerun rebuilds it
+    return RunResult(out=str(loc), config=RunConfig.model_validate(info["config"]),
+                     checkpoints=list(layers), layers=layers, gw=gw, lower_bound=lb, cross=cross,
+                     communities=loc.child("communities.json").read_json(), pairs=load_records(loc),
+                     report=str(html) if html.exists() else None)
