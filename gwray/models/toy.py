@@ -1,0 +1,305 @@
+"""Toy tasks with known functional structure, their residual MLPs, trainers and checkpoints.
+
+Two tasks train on a CPU in minutes:
+
+- ``modular``: y = ((a + b) mod p) * c mod p from the three tokens (a, b, c), a composition of two
+  modular operations, so an inner sub-step ((a + b) mod p) exists. Two strategies: ``joint``
+  (the composed target from step 0) and ``curriculum`` (the first part of training targets the
+  inner operation (a + b) mod p, then the composed target).
+- ``digits``: scikit-learn's bundled 8x8 digits images (offline), 10 classes.
+
+A checkpoint is a directory with ``toy.json`` (task, architecture, hyper-parameters, step, data
+split seed) and ``model.safetensors``. :func:`load_toy` rebuilds the module from it and returns
+the layer names that gwray captures: ``embed`` then ``blocks.0`` ... ``blocks.{depth-1}`` (each
+the residual stream after that module). Probe inputs are ``.npy`` files, rows = samples
+(:func:`write_probe`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from gwray.errors import GwrayInputError
+
+TASKS = ("modular", "digits")
+STRATEGIES = ("joint", "curriculum")
+
+
+class Embed(nn.Module):
+    """Maps raw inputs to the residual stream: token embeddings (modular) or a linear map (digits).
+
+    Input (n, 3) integer tokens or (n, n_features) floats; output (n, width).
+    """
+
+    def __init__(self, n_inputs: int, width: int, vocab: int | None):
+        super().__init__()
+        self.vocab = vocab
+        if vocab:
+            self.tokens = nn.Embedding(vocab, width)
+            self.position = nn.Parameter(torch.zeros(n_inputs, width))
+            self.proj = nn.Linear(n_inputs * width, width)
+        else:
+            self.proj = nn.Linear(n_inputs, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.vocab:
+            e = self.tokens(x.long()) + self.position
+            return self.proj(e.flatten(1))
+        return self.proj(x.to(self.proj.weight.dtype))
+
+
+class Block(nn.Module):
+    """Pre-norm residual MLP block: x + W2 gelu(W1 LN(x)); (n, width) -> (n, width)."""
+
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm(x))))
+
+
+class ResidualMLP(nn.Module):
+    """Embed -> ``depth`` residual blocks -> LayerNorm + linear head; (n, ...) -> (n, n_classes) logits."""
+
+    def __init__(self, n_inputs: int, n_classes: int, width: int, depth: int, hidden: int,
+                 vocab: int | None = None):
+        super().__init__()
+        self.embed = Embed(n_inputs, width, vocab)
+        self.blocks = nn.ModuleList(Block(width, hidden) for _ in range(depth))
+        self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, n_classes))
+
+    @property
+    def layer_names(self) -> list[str]:
+        return ["embed"] + [f"blocks.{i}" for i in range(len(self.blocks))]
+
+    def hidden_states(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Residual stream after ``embed`` and after each block: depth + 1 tensors (n, width)."""
+        h = self.embed(x)
+        states = [h]
+        for block in self.blocks:
+            h = block(h)
+            states.append(h)
+        return states
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.hidden_states(x)[-1])
+
+
+def task_data(meta: dict) -> dict:
+    """The task's train/test split, reproducible from a checkpoint's ``toy.json``.
+
+    Returns
+    -------
+    dict
+        ``x_train`` (N, 3) int64 or (N, 64) float32, ``y_train`` (N,) int64, ``x_test``, ``y_test``;
+        for ``modular`` also ``inner_train`` / ``inner_test`` = (a + b) mod p.
+    """
+    rng = np.random.default_rng(meta["data_seed"])
+    if meta["task"] == "modular":
+        p = meta["p"]
+        a, b, c = (g.ravel() for g in np.meshgrid(*(np.arange(p),) * 3, indexing="ij"))
+        x = np.stack([a, b, c], axis=1).astype(np.int64)
+        inner = (a + b) % p
+        y = (inner * c) % p
+        extra = {"inner": inner}
+    elif meta["task"] == "digits":
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        x = (digits.data / 16.0).astype(np.float32)
+        y = digits.target.astype(np.int64)
+        extra = {}
+    else:
+        raise GwrayInputError(f"toy task {meta['task']!r}: unknown (expected one of {', '.join(TASKS)})")
+    order = rng.permutation(len(y))
+    n_train = int(round(meta["train_fraction"] * len(y)))
+    tr, te = order[:n_train], order[n_train:]
+    out = {"x_train": x[tr], "y_train": y[tr], "x_test": x[te], "y_test": y[te]}
+    for k, v in extra.items():
+        out[f"{k}_train"], out[f"{k}_test"] = v[tr], v[te]
+    return out
+
+
+def default_meta(task: str, **overrides) -> dict:
+    """Architecture + training hyper-parameters for ``task``; keyword arguments override them."""
+    if task not in TASKS:
+        raise GwrayInputError(f"toy task {task!r}: unknown (expected one of {', '.join(TASKS)})")
+    meta = {"task": task, "strategy": "joint", "depth": 12, "hidden": 256, "seed": 0, "data_seed": 0,
+            "batch_size": 256, "lr": 1e-3, "weight_decay": 0.1, "curriculum_fraction": 0.3, "step": 0}
+    if task == "modular":
+        meta.update(p=13, width=128, train_fraction=0.8, steps=3000, n_inputs=3, n_classes=13)
+    else:
+        meta.update(width=64, hidden=128, train_fraction=0.7, steps=1500, n_inputs=64, n_classes=10,
+                    weight_decay=0.01)
+    unknown = set(overrides) - set(meta) - {"p"}
+    if unknown:
+        raise GwrayInputError(f"toy hyper-parameter {sorted(unknown)[0]!r}: unknown")
+    meta.update(overrides)
+    if meta["strategy"] not in STRATEGIES:
+        raise GwrayInputError(f"toy strategy {meta['strategy']!r}: unknown (expected joint or curriculum)")
+    if meta["strategy"] == "curriculum" and task != "modular":
+        raise GwrayInputError("toy strategy 'curriculum': only the modular task has an inner operation")
+    if task == "modular":
+        meta["n_classes"] = meta["p"]
+    return meta
+
+
+def build_model(meta: dict) -> ResidualMLP:
+    """An untrained :class:`ResidualMLP` for ``meta`` (seeded by ``meta['seed']``)."""
+    torch.manual_seed(meta["seed"])
+    return ResidualMLP(meta["n_inputs"], meta["n_classes"], meta["width"], meta["depth"], meta["hidden"],
+                       vocab=meta["p"] if meta["task"] == "modular" else None)
+
+
+def save_toy(model: ResidualMLP, meta: dict, path) -> Path:
+    """Write ``path/toy.json`` + ``path/model.safetensors`` (into a temp dir, then renamed)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / "model.safetensors"))
+    (tmp / "toy.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return path
+
+
+def read_meta(path) -> dict:
+    """The ``toy.json`` of a checkpoint directory, checked."""
+    path = Path(path)
+    meta_file = path / "toy.json"
+    if not meta_file.is_file():
+        raise GwrayInputError(f"toy checkpoint {path}: no toy.json")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise GwrayInputError(f"toy checkpoint {meta_file}: invalid JSON ({exc.msg})") from None
+    missing = {"task", "depth", "width", "hidden", "n_inputs", "n_classes", "seed"} - set(meta)
+    if missing:
+        raise GwrayInputError(f"toy checkpoint {meta_file}: missing key {sorted(missing)[0]!r}")
+    return meta
+
+
+def load_toy(path, device=None) -> tuple[ResidualMLP, list[str]]:
+    """Rebuild a toy checkpoint: ``(module in eval mode, [layer names])``.
+
+    Parameters
+    ----------
+    path : str or Path
+        Checkpoint directory with ``toy.json`` and ``model.safetensors``.
+    device : str or torch.device, optional
+        Where to put the module (CPU by default).
+    """
+    path = Path(path)
+    meta = read_meta(path)
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise GwrayInputError(f"toy checkpoint {path}: no model.safetensors")
+    model = build_model(meta)
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except RuntimeError as exc:
+        raise GwrayInputError(f"toy checkpoint {weights}: tensors do not match toy.json "
+                              f"({str(exc).splitlines()[0]})") from None
+    model.meta = meta
+    return model.to(device or "cpu").eval(), model.layer_names
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x, y, batch_size: int = 2048) -> float:
+    """Fraction of rows of ``x`` (n, ...) whose argmax logit equals ``y`` (n,)."""
+    model.eval()
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    correct = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+                  for i in range(0, len(y), batch_size))
+    return correct / len(y)
+
+
+def fit(model: nn.Module, x, y, *, steps: int, lr: float, weight_decay: float, batch_size: int,
+        seed: int = 0, targets=None, switch_step: int = 0, on_step=None) -> nn.Module:
+    """AdamW with a cosine schedule on cross-entropy; ``targets`` (n,) replace ``y`` before ``switch_step``.
+
+    ``on_step(step)`` is called after each optimiser step (1-based); used to save checkpoints.
+    """
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    first = y if targets is None else torch.as_tensor(targets)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for step in range(1, steps + 1):
+        idx = torch.randint(len(y), (min(batch_size, len(y)),), generator=gen)
+        target = (first if step <= switch_step else y)[idx]
+        loss = nn.functional.cross_entropy(model(x[idx]), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if on_step is not None:
+            on_step(step)
+            model.train()
+    return model.eval()
+
+
+def train_toy(task: str, out, *, save_every: int | None = None, **overrides) -> list[Path]:
+    """Train a toy model, saving checkpoints ``out/step-XXXXXX`` during training.
+
+    Parameters
+    ----------
+    task : {"modular", "digits"}
+    out : str or Path
+        Directory for the checkpoints and ``out/probe.npy`` (the held-out inputs, rows = samples)
+        with their labels in ``out/probe_labels.npy``.
+    save_every : int, optional
+        Save every this many steps (default: 4 checkpoints evenly spaced); the last step always.
+    **overrides
+        Hyper-parameters of :func:`default_meta` (depth, width, steps, strategy, p, ...).
+
+    Returns
+    -------
+    list of Path
+        Checkpoint directories in training order (``step-000000`` is the initialisation).
+    """
+    meta = default_meta(task, **overrides)
+    data = task_data(meta)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = build_model(meta)
+    steps = meta["steps"]
+    every = save_every or max(steps // 4, 1)
+    saved = [save_toy(model, meta, out / "step-000000")]
+    curriculum = meta["strategy"] == "curriculum"
+
+    def on_step(step: int) -> None:
+        if step % every == 0 or step == steps:
+            meta["step"] = step
+            saved.append(save_toy(model, meta, out / f"step-{step:06d}"))
+
+    fit(model, data["x_train"], data["y_train"], steps=steps, lr=meta["lr"],
+        weight_decay=meta["weight_decay"], batch_size=meta["batch_size"], seed=meta["seed"],
+        targets=data["inner_train"] if curriculum else None,
+        switch_step=int(meta["curriculum_fraction"] * steps) if curriculum else 0, on_step=on_step)
+    np.save(out / "probe.npy", data["x_test"])
+    np.save(out / "probe_labels.npy", data["y_test"])
+    return saved
+
+
+def write_probe(checkpoint, path, n: int | None = None, seed: int = 0) -> Path:
+    """Save ``n`` held-out inputs of a checkpoint's task to ``path`` (.npy, rows = samples)."""
+    x = task_data(read_meta(checkpoint))["x_test"]
+    if n is not None and n < len(x):
+        x = x[np.sort(np.random.default_rng(seed).choice(len(x), n, replace=False))]
+    path = Path(path)
+    np.save(path, x)
+    return path
