@@ -48,7 +48,9 @@ def _as_tensor(X, name: str) -> tuple[torch.Tensor, bool]:
     if X.is_complex():
         raise GwrayInputError(f"{name} is complex; real activations expected")
     X = X.detach().to(torch.float64)
-    if not bool(torch.isfinite(X).all()):
+    # numpy's isfinite: torch's thread pool is slow to wake on a busy machine for this O(n²) check
+    finite = np.isfinite(X.numpy()).all() if X.device.type == "cpu" else bool(torch.isfinite(X).all())
+    if not finite:
         raise GwrayInputError(_describe_bad(X, name))
     return X, is_torch
 
