@@ -1,0 +1,160 @@
+"""Sharded models: each Ray actor holds only its blocks, and the pooled output equals HF's.
+
+One pool of 3 shard actors serves every test of the module (actors reload models), so the module
+pays the actor start-up once; the kill test uses its own pool of 2.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from gwray.activations.capture import Pooler
+from gwray.activations.store import ActivationStore, ActivationWriter
+from gwray.errors import GwrayInputError
+from gwray.models import families, sharded
+
+FAMILIES = ["gpt2", "gpt_neox", "llama", "bert"]
+TEXTS = ["the cat sat on the mat", "a", "gromov wasserstein distances between layers",
+         "shards hold contiguous blocks", "one two three four five six seven", "x y"] * 2
+LAYERS = 4
+
+
+@pytest.fixture(scope="module")
+def pool(ray_local):
+    p = sharded.start_shards(3, cpus=0.5)  # leaves room for the kill test's own pool
+    yield p
+    p.close()
+
+
+def _model(tiny_hf_model, family):
+    # ~37 KB per block: the checkpoint spans one file for the embeddings and several for the blocks.
+    return tiny_hf_model(family, layers=LAYERS, hidden=32, max_shard_size="50KB")
+
+
+def _batches(path, batch_size=5):
+    import transformers as tf
+
+    tok = tf.AutoTokenizer.from_pretrained(path)
+    for lo in range(0, len(TEXTS), batch_size):
+        enc = tok(TEXTS[lo:lo + batch_size], padding=True, return_tensors="pt")
+        yield {"sample_ids": np.arange(lo, lo + len(enc["input_ids"])) + 100, "input_ids": enc["input_ids"],
+               "attention_mask": enc["attention_mask"]}
+
+
+def _expected_means(path, family):
+    """HF output_hidden_states of the whole model, mean-pooled over real tokens by hand."""
+    import transformers as tf
+
+    model = (tf.AutoModel if family == "bert" else tf.AutoModelForCausalLM).from_pretrained(path).eval()
+    per_layer = [[] for _ in range(LAYERS + 1)]
+    for b in _batches(path):
+        with torch.no_grad():
+            hs = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_hidden_states=True)
+        m = b["attention_mask"].unsqueeze(-1).float()
+        for k, h in enumerate(hs.hidden_states):
+            per_layer[k].append(((h * m).sum(1) / m.sum(1)).numpy())
+    return [np.concatenate(x) for x in per_layer]
+
+
+def _expected_holdings(path, family, start, stop):
+    """Base-model parameter names a shard must hold and the files those tensors live in."""
+    import transformers as tf
+
+    base, fam = families.build_empty(tf.AutoConfig.from_pretrained(path))
+    mods = fam.modules_for(LAYERS, start, stop)
+    names = sorted(n for n, _ in base.named_parameters() if any(n.startswith(m + ".") for m in mods))
+    weight_map = json.loads((path / families.INDEX).read_text())["weight_map"]
+    prefix = "" if names[0] in weight_map else fam.prefix + "."
+    return names, sorted({weight_map[prefix + n] for n in names}), set(weight_map.values())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sharded_equals_unsharded_and_actors_hold_only_their_blocks(pool, tiny_hf_model, tmp_path, family):
+    import ray
+
+    path = _model(tiny_hf_model, family)
+    expected = _expected_means(path, family)
+    names = ["embeddings"] + [f"block{i}" for i in range(LAYERS)]
+    for shards in (2, 3):
+        infos = sharded.load_shards(pool, path, shards=shards)
+        ranges = [tuple(i["blocks"]) for i in infos]
+        assert ranges[0][0] == 0 and ranges[-1][1] == LAYERS
+        assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(ranges, ranges[1:]))
+        held = ray.get([a.held_parameters.remote() for a in pool.actors[:shards]])
+        for info, have in zip(infos, held):
+            want, files, all_files = _expected_holdings(path, family, *info["blocks"])
+            assert have == want == info["params"], f"shard {info['index']} holds the wrong parameters"
+            assert info["files"] == files, f"shard {info['index']} opened {info['files']}, needs {files}"
+        assert any(len(i["files"]) < len(all_files) for i in infos)  # the test can fail: some shard skips files
+        writer = ActivationWriter(tmp_path / f"out{shards}", "c", names)
+        assert sharded.run_pipeline(pool, _batches(path), Pooler("mean"), writer, names, in_flight=2) == len(TEXTS)
+        writer.commit({})
+        store = ActivationStore(tmp_path / f"out{shards}")
+        assert list(store.sample_ids("c")) == list(range(100, 100 + len(TEXTS)))
+        for k, name in enumerate(names):
+            np.testing.assert_allclose(store.read_layer("c", name), expected[k], atol=1e-5, rtol=0,
+                                       err_msg=f"{family}, {shards} shards, layer {name}")
+
+
+def test_plan_balances_parameters_and_rejects_too_many_shards():
+    assert sharded.plan_blocks([10, 1, 1, 1, 1, 1], 2) == [(0, 1), (1, 6)]
+    assert sharded.plan_blocks([1, 1, 1, 1], 2) == [(0, 2), (2, 4)]
+    assert sharded.plan_blocks([1, 1, 1], 3) == [(0, 1), (1, 2), (2, 3)]
+    with pytest.raises(GwrayInputError, match=r"model.shards: 5 shards for a model of 4 blocks"):
+        sharded.plan_blocks([1, 1, 1, 1], 5)
+
+
+def test_more_shards_than_blocks(pool, tiny_hf_model):
+    path = tiny_hf_model("llama", layers=2, hidden=32, max_shard_size="50KB")
+    with pytest.raises(GwrayInputError, match=r"^model.shards: 3 shards for a model of 2 blocks"):
+        sharded.load_shards(pool, path, shards=3)
+
+
+def test_index_naming_a_missing_file(pool, tiny_hf_model, tmp_path):
+    src = _model(tiny_hf_model, "gpt2")
+    path = tmp_path / "broken"
+    shutil.copytree(src, path)
+    missing = sorted(json.loads((path / families.INDEX).read_text())["weight_map"].values())[-1]
+    (path / missing).unlink()
+    with pytest.raises(GwrayInputError) as err:
+        sharded.load_shards(pool, path, shards=2)
+    assert missing in str(err.value) and "does not exist" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unsupported_architecture(pool, tmp_path):
+    import transformers as tf
+
+    tf.T5Config(num_layers=2, d_model=16, d_kv=4, d_ff=32, num_heads=2, vocab_size=64).save_pretrained(tmp_path)
+    with pytest.raises(GwrayInputError, match=r"architecture 't5' is not supported.*shards: 1"):
+        sharded.load_shards(pool, tmp_path, shards=2)
+
+
+def test_shard_killed_mid_run_names_it_and_leaves_nothing(ray_local, tiny_hf_model, tmp_path):
+    path = _model(tiny_hf_model, "llama")
+
+    class DyingPooler(Pooler):  # defined locally so Ray ships it by value to the actors
+        def __call__(self, hidden, attention_mask, sample_ids, layer="layer"):
+            import os
+
+            import ray
+
+            if "-shard-1-" in (ray.get_runtime_context().get_actor_name() or "") and min(sample_ids) >= 105:
+                os._exit(1)
+            return super().__call__(hidden, attention_mask, sample_ids, layer=layer)
+
+    names = ["embeddings"] + [f"block{i}" for i in range(LAYERS)]
+    writer = ActivationWriter(tmp_path, "c", names)
+    own = sharded.start_shards(2, cpus=0.2)
+    try:
+        infos = sharded.load_shards(own, path)
+        with pytest.raises(sharded.ShardFailure) as err:
+            sharded.run_pipeline(own, _batches(path, batch_size=2), DyingPooler("mean"), writer, names)
+    finally:
+        own.close()
+    start, stop = infos[1]["blocks"]
+    assert f"shard 1 ({own.names[1]}), blocks {start}-{stop - 1} died" in str(err.value)
+    assert not writer.dir.exists(), "a half-written checkpoint was left behind"
