@@ -1,0 +1,153 @@
+"""Fault tolerance on a two-node Ray cluster (ray.cluster_utils) on this machine.
+
+A GW worker process killed mid-run, and a driver SIGKILLed mid-run then restarted with the same
+command: both finish with every pair exactly once and the matrix of an undisturbed run.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from gwray.activations.store import ActivationStore, ActivationWriter
+from gwray.config import load_config
+from gwray.scheduler import plan_for, run_pairs
+from gwray.scheduler.results import load_records
+
+ray = pytest.importorskip("ray")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+N, LAYERS = 112, 8  # 28 pairs of ~0.3 s each: long enough to interrupt, short enough for CI
+CFG = {"resources": {"workers": 2, "cpus_per_worker": 1, "batch_pairs": 2},
+       "compare": {"cross": "none"}, "gw": {"max_iter": 50}}
+STORE_MB = 200 * 1024**2
+
+DRIVER = """
+import sys, ray
+from gwray.activations.store import ActivationStore
+from gwray.config import load_config
+from gwray.scheduler import run_pairs
+address, out, cfg = sys.argv[1], sys.argv[2], eval(sys.argv[3])
+ray.init(address=address, log_to_driver=False)
+run_pairs(load_config(cfg), ActivationStore(out), out, progress=False)
+"""
+
+
+def _write(out) -> None:
+    rng = np.random.default_rng(7)
+    names = [f"h{i}" for i in range(LAYERS)]
+    writer = ActivationWriter(out, "main", names)
+    X = rng.normal(size=(N, 8))
+    for name in names:
+        X = np.tanh(X @ rng.normal(size=(8, 8)))
+        writer.write(name, np.arange(N), X)
+    writer.commit({})
+
+
+def _rows(out) -> int:
+    return len(load_records(out))
+
+
+def _files(out) -> int:
+    return len(list((out / "pairs").glob("*.parquet"))) if (out / "pairs").exists() else 0
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if ray.is_initialized():
+        ray.shutdown()
+    c = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "object_store_memory": STORE_MB, "include_dashboard": False})
+    worker_node = c.add_node(num_cpus=1, object_store_memory=STORE_MB)
+    c.wait_for_nodes()
+    ray.init(address=c.address, log_to_driver=False)
+    yield c, worker_node
+    ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(cluster, tmp_path_factory):
+    out = tmp_path_factory.mktemp("undisturbed")
+    _write(out)
+    table = run_pairs(load_config(CFG), ActivationStore(out), out, progress=False)
+    assert table.num_rows == LAYERS * (LAYERS - 1) // 2
+    return np.load(out / "gw_matrix.npy")
+
+
+def _gw_worker_pids(raylet_pid: int) -> list[int]:
+    """GW worker actor processes started by one node's raylet (not other users' Ray workers)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        if cmd.startswith("ray::GWWorker") and ppid == raylet_pid:
+            pids.append(int(entry))
+    return pids
+
+
+def test_killed_worker_process_is_replaced(cluster, reference, tmp_path):
+    _, worker_node = cluster
+    raylet_pid = worker_node.all_processes["raylet"][0].process.pid
+    out = tmp_path / "run"
+    _write(out)
+    killed: dict = {}
+
+    def killer():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "pid" not in killed:
+            pids = _gw_worker_pids(raylet_pid)
+            if pids and _files(out) >= 2:
+                killed["files"] = _files(out)
+                os.kill(pids[0], signal.SIGKILL)
+                killed["pid"] = pids[0]
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    table = run_pairs(load_config(CFG), ActivationStore(out), out, progress=False)
+    thread.join()
+    total = LAYERS * (LAYERS - 1) // 2
+    assert "pid" in killed, "no GW worker on the second node to kill"
+    assert killed["files"] < total // 2, "the run finished before the kill"
+    assert int(table.schema.metadata[b"solved"]) == total  # each pair solved and written once
+    assert _rows(out) == total and table.num_rows == total
+    np.testing.assert_allclose(np.load(out / "gw_matrix.npy"), reference, rtol=1e-12, atol=1e-15)
+
+
+def test_killed_driver_resumes(cluster, reference, tmp_path):
+    c, _ = cluster
+    out = tmp_path / "run"
+    _write(out)
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    cmd = [sys.executable, str(script), c.address, str(out), repr(CFG)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while _files(out) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, f"driver ended early: {proc.stderr.read().decode()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = _rows(out)
+    total = LAYERS * (LAYERS - 1) // 2
+    assert 0 < written < total
+    # restart with the same command; nothing already written is solved again
+    table = run_pairs(load_config(CFG), ActivationStore(out), out, progress=False)
+    assert int(table.schema.metadata[b"resumed"]) == written
+    assert int(table.schema.metadata[b"solved"]) == total - written
+    assert _rows(out) == total == len(plan_for(ActivationStore(out), "none"))
+    np.testing.assert_allclose(np.load(out / "gw_matrix.npy"), reference, rtol=1e-12, atol=1e-15)
