@@ -1,0 +1,222 @@
+"""The CG solver against POT, against brute force, its invariances, starts and input errors."""
+import itertools
+
+import numpy as np
+import ot
+import pytest
+import torch
+
+from gwray.errors import GwrayInputError
+from gwray.gw.costs import cost_matrix
+from gwray.gw.solver import GWResult, _Problem, _swap_gain, gromov_wasserstein, round_to_coupling
+
+
+def _weights(rng, k):
+    w = rng.random(k) + 0.2
+    return w / w.sum()
+
+
+def _residual_layers(rng, n, depth=4, width=8):
+    """Layers of a small random residual MLP on shared inputs (structured, related pairs)."""
+    x = rng.normal(size=(n, width))
+    out = [x]
+    for _ in range(depth - 1):
+        x = x + np.maximum(x @ rng.normal(size=(width, width)) / np.sqrt(width), 0.0)
+        out.append(x)
+    return out
+
+
+def _cases():
+    """(name, C1, C2, p, q): random and structured, uniform and not, n = m and n ≠ m."""
+    rng = np.random.default_rng(0)
+    cases = []
+    for n, m, d1, d2 in [(20, 20, 3, 3), (45, 45, 5, 2), (30, 24, 4, 4)]:
+        C1, C2 = cost_matrix(rng.normal(size=(n, d1))), cost_matrix(rng.normal(size=(m, d2)))
+        cases.append((f"random-{n}x{m}", C1, C2, None, None))
+        cases.append((f"random-{n}x{m}-weighted", C1, C2, _weights(rng, n), _weights(rng, m)))
+    layers = _residual_layers(rng, 40)
+    cases.append(("residual-0-3", cost_matrix(layers[0]), cost_matrix(layers[3]), None, None))
+    blobs = np.concatenate([rng.normal(size=(10, 3)) + 4 * rng.normal(size=3) for _ in range(4)])
+    t = np.linspace(0.5, 9.0, 40)
+    spiral = np.c_[t * np.cos(t), t * np.sin(t)] + 0.1 * rng.normal(size=(40, 2))
+    cases.append(("blobs-vs-spiral", cost_matrix(blobs), cost_matrix(spiral), None, None))
+    return cases
+
+
+CASES = _cases()
+# A circle: every row of its costs has the same mean, so the product start's first linear step
+# is a tie (any permutation) and "same start, same path" has no meaning; kept for "never worse".
+_rng = np.random.default_rng(11)
+HARD = CASES + [("blobs-vs-circle",
+                 cost_matrix(np.concatenate([_rng.normal(size=(10, 3)) + 4 * _rng.normal(size=3)
+                                             for _ in range(4)])),
+                 cost_matrix(np.c_[np.cos(np.arange(40)), np.sin(np.arange(40))]), None, None)]
+
+
+def _pot(C1, C2, p, q, G0=None):
+    p = ot.unif(len(C1)) if p is None else p
+    q = ot.unif(len(C2)) if q is None else q
+    return float(ot.gromov.gromov_wasserstein2(C1, C2, p, q, "square_loss", G0=G0))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_same_start_same_value_as_pot(case):
+    _, C1, C2, p, q = case
+    r = gromov_wasserstein(C1, C2, p, q, starts=["product"], swap_rounds=0)
+    assert r.value == pytest.approx(_pot(C1, C2, p, q), rel=1e-6)
+    # a given start: a random vertex (a permutation when uniform and square)
+    rng = np.random.default_rng(1)
+    pp = ot.unif(len(C1)) if p is None else p
+    qq = ot.unif(len(C2)) if q is None else q
+    G0 = ot.emd(pp, qq, rng.random((len(C1), len(C2))))
+    r = gromov_wasserstein(C1, C2, p, q, starts=[G0], swap_rounds=0)
+    assert r.init == "given"
+    assert r.value == pytest.approx(_pot(C1, C2, p, q, G0=G0), rel=1e-6)
+
+
+@pytest.mark.parametrize("case", HARD, ids=[c[0] for c in HARD])
+def test_default_never_worse_than_pot_and_certified(case):
+    _, C1, C2, p, q = case
+    aligned = C1.shape == C2.shape and p is None
+    r = gromov_wasserstein(C1, C2, p, q, aligned=aligned)
+    assert r.value <= _pot(C1, C2, p, q) * (1 + 1e-9)
+    assert 0.0 <= r.lower_bound <= r.value
+    T = r.coupling
+    pp = np.full(len(C1), 1 / len(C1)) if p is None else p
+    qq = np.full(len(C2), 1 / len(C2)) if q is None else q
+    assert r.marginal_error <= 1e-8 and T.min() >= 0.0
+    assert np.abs(T.sum(1) - pp).sum() <= 1e-8 and np.abs(T.sum(0) - qq).sum() <= 1e-8
+    L = (C1[:, None, :, None] - C2[None, :, None, :]) ** 2  # (i, j, k, l)
+    direct = float(np.einsum("ijkl,ij,kl->", L, T, T))
+    assert r.value == pytest.approx(direct, rel=1e-9, abs=1e-14)
+
+
+def test_brute_force_optimum_tiny():
+    """n = 6 Euclidean costs: GW is concave on the polytope, so its minimum is a permutation."""
+    rng = np.random.default_rng(5)
+    found = 0
+    for _ in range(6):
+        C1, C2 = cost_matrix(rng.normal(size=(6, 2))), cost_matrix(rng.normal(size=(6, 3)))
+        best = min(float(((C1 - C2[np.ix_(s, s)]) ** 2).sum()) / 36
+                   for s in map(list, itertools.permutations(range(6))))
+        r = gromov_wasserstein(C1, C2, starts=["product", "random:8"])
+        assert r.lower_bound <= best + 1e-12 and r.value >= best - 1e-12
+        found += r.value <= best + 1e-12
+    assert found == 6
+
+
+def test_swap_gain_matches_brute_force():
+    rng = np.random.default_rng(2)
+    n = 7
+    for zero_diag in (True, False):
+        A, B = rng.normal(size=(n, n)), rng.normal(size=(n, n))
+        A, B = A + A.T, B + B.T
+        if zero_diag:
+            np.fill_diagonal(A, 0)
+            np.fill_diagonal(B, 0)
+        P = _Problem(A, B, np.full(n, 1 / n), np.full(n, 1 / n))
+        s = rng.permutation(n)
+        G = _swap_gain(P, A @ B[np.ix_(s, s)], B[np.ix_(s, s)])
+        for i, j in itertools.permutations(range(n), 2):
+            t = s.copy()
+            t[i], t[j] = s[j], s[i]
+            ref = (A * B[np.ix_(t, t)]).sum() - (A * B[np.ix_(s, s)]).sum()
+            assert G[i, j] == pytest.approx(ref, abs=1e-10)
+
+
+def test_swaps_and_identity_improve_on_plain_cg():
+    rng = np.random.default_rng(3)
+    layers = _residual_layers(rng, 60, depth=5)
+    C1, C2 = cost_matrix(layers[0]), cost_matrix(layers[4])
+    plain = gromov_wasserstein(C1, C2, starts=["product"], swap_rounds=0)
+    swaps = gromov_wasserstein(C1, C2, starts=["product"])
+    ours = gromov_wasserstein(C1, C2, aligned=True)
+    assert ours.value <= swaps.value < plain.value
+
+
+def test_self_distance_is_zero_and_symmetric():
+    rng = np.random.default_rng(4)
+    C1, C2 = cost_matrix(rng.normal(size=(30, 4))), cost_matrix(rng.normal(size=(30, 6)))
+    assert gromov_wasserstein(C1, C1, aligned=True).value <= 1e-14
+    a, b = gromov_wasserstein(C1, C2, aligned=True), gromov_wasserstein(C2, C1, aligned=True)
+    assert a.value == pytest.approx(b.value, rel=1e-9)
+    assert a.lower_bound == pytest.approx(b.lower_bound, rel=1e-9)
+
+
+def test_invariant_to_rigid_motion_and_scale():
+    rng = np.random.default_rng(6)
+    X, Y = rng.normal(size=(35, 5)), rng.normal(size=(35, 3))
+    R, _ = np.linalg.qr(rng.normal(size=(5, 5)))
+    base = gromov_wasserstein(cost_matrix(X), cost_matrix(Y), aligned=True)
+    moved = gromov_wasserstein(cost_matrix(7.0 * X @ R + 3.0), cost_matrix(0.1 * Y - 2.0), aligned=True)
+    assert moved.value == pytest.approx(base.value, rel=1e-8)
+
+
+def test_starts_and_result_fields():
+    rng = np.random.default_rng(7)
+    C1, C2 = cost_matrix(rng.normal(size=(25, 3))), cost_matrix(rng.normal(size=(25, 3)))
+    r = gromov_wasserstein(C1, C2, starts=["random:3", "entropic", "product"], prune=None,
+                           keep_coupling=False)
+    assert set(r.start_values) == {"random:0", "random:1", "random:2", "entropic", "product"}
+    assert r.value == min(r.start_values.values()) and r.coupling is None
+    assert r.total_iterations >= r.iterations >= 0 and r.solver == "cg-lap"
+    rec = r.record()
+    assert set(rec) == {"gw", "lower_bound", "init", "iterations", "marginal_error", "seconds", "n",
+                        "solver"}
+    assert rec["n"] == 25 and isinstance(rec["gw"], float) and isinstance(rec["init"], str)
+    # an infeasible warm start (e.g. from an entropic solver) is rounded to an exact coupling
+    T0 = torch.tensor(rng.random((25, 25)))
+    g = gromov_wasserstein(C1, C2, starts=[T0, T0.numpy()])
+    assert set(g.start_values) == {"given", "given:1"} and g.marginal_error <= 1e-8
+    # unaligned: identity is skipped and the product stands in
+    assert set(gromov_wasserstein(C1, C2, starts=["identity"]).start_values) == {"product"}
+    assert isinstance(r, GWResult)
+
+
+def test_non_uniform_solver_name_and_rounding():
+    rng = np.random.default_rng(8)
+    p, q = _weights(rng, 12), _weights(rng, 9)
+    T = round_to_coupling(rng.random((12, 9)), p, q)
+    assert np.abs(T.sum(1) - p).max() < 1e-15 and np.abs(T.sum(0) - q).max() < 1e-15
+    r = gromov_wasserstein(cost_matrix(rng.normal(size=(12, 2))), cost_matrix(rng.normal(size=(9, 2))),
+                           p, q, starts=["product", "random:2"])
+    assert r.solver == "cg-emd" and r.marginal_error <= 1e-8 and r.lower_bound <= r.value
+
+
+@pytest.fixture
+def costs():
+    rng = np.random.default_rng(9)
+    return cost_matrix(rng.normal(size=(8, 2))), cost_matrix(rng.normal(size=(6, 2)))
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    (dict(aligned=True), "^aligned=True needs n == m"),
+    (dict(p=np.full(8, 0.2)), "^p must sum to 1, sums to 1.6$"),
+    (dict(q=np.full(5, 0.2)), r"^q must have shape \(6,\), got \(5,\)$"),
+    (dict(p=np.r_[-0.1, np.full(7, 1.1 / 7)]), "^p must be finite and non-negative$"),
+    (dict(starts=["warm"]), "^starts: unknown start 'warm'"),
+    (dict(starts=["random:x"]), "^starts: 'random:x' must be"),
+    (dict(starts=[np.ones((6, 8))]), r"^starts: coupling shape \(6, 8\) != \(8, 6\)$"),
+])
+def test_bad_arguments(costs, kwargs, msg):
+    with pytest.raises(GwrayInputError, match=msg):
+        gromov_wasserstein(*costs, **kwargs)
+
+
+def test_bad_costs(costs):
+    C1, C2 = costs
+    bad = C1.copy()
+    bad[2, 5] = np.inf
+    with pytest.raises(GwrayInputError, match="^C1 row 2 col 5 is inf$"):
+        gromov_wasserstein(bad, C2)
+    with pytest.raises(GwrayInputError, match="^C2 must be square"):
+        gromov_wasserstein(C1, C2[:, :4])
+    asym = C2.copy()
+    asym[0, 3] += 0.5
+    with pytest.raises(GwrayInputError, match=r"^C2 is not symmetric: C2\[0,3\]"):
+        gromov_wasserstein(C1, asym)
+    with pytest.raises(GwrayInputError, match="^C1 is empty"):
+        gromov_wasserstein(np.zeros((0, 0)), C2)
+    with pytest.raises(GwrayInputError, match="^aligned=True needs p == q"):
+        p = _weights(np.random.default_rng(0), 8)
+        gromov_wasserstein(C1, C1, p, np.full(8, 1 / 8), aligned=True)
