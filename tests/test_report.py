@@ -127,6 +127,30 @@ def test_single_checkpoint_without_communities_json(tmp_path):
     assert len(_imgs(html)) == 3
 
 
+def test_report_of_real_pairwise_gw_output(tmp_path):
+    """Matrix, bounds and pair records from pairwise_gw on layers in two regimes → two groups."""
+    from gwray.gw.pairwise import pairwise_gw
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(24, 4))
+    layers = [np.tanh(0.5 * x) @ np.linalg.qr(rng.normal(size=(4, 4)))[0] for _ in range(3)]
+    layers += [np.sin(3 * x) * np.abs(x) @ np.linalg.qr(rng.normal(size=(4, 4)))[0] for _ in range(3)]
+    res = pairwise_gw(layers)
+    root, names = tmp_path / "pw", [f"h{i}" for i in range(6)]
+    make_run(root, [("main", None, [0] * 6)], communities=False)
+    pq.write_table(pa.Table.from_pylist(
+        [{"checkpoint": "main", "layer_i": names[i], "layer_j": names[j], "gw": res.gw[i, j],
+          "lower_bound": res.lower_bound[i, j]} for i in range(6) for j in range(6)]), root / "gw_matrix.parquet")
+    recs = [{k: v for k, v in r.items() if k not in ("i", "j")} | {
+        "checkpoint_a": "main", "layer_a": names[r["i"]], "checkpoint_b": "main", "layer_b": names[r["j"]]}
+        for r in res.records]
+    pq.write_table(pa.Table.from_pylist(recs), root / "pairs" / "part-0.parquet")
+    info = json.loads((root / "run.json").read_text())
+    (root / "run.json").write_text(json.dumps(info | {"layers": {"main": names}}))
+    html = build_report(root).read_text()
+    assert "h0 – h2; h3 – h5" in html and "start that won" in html
+
+
 def test_noncontiguous_groups_are_flagged(tmp_path):
     root, _ = make_run(tmp_path / "nc", [("main", None, [0, 0, 1, 1, 0, 0, 1, 1])], method="spectral")
     html = build_report(root).read_text()
@@ -199,14 +223,14 @@ def test_build_report_on_s3(tmp_path):
         fs = pafs.S3FileSystem(access_key="test", secret_key="test", region="us-east-1",
                                endpoint_override=f"{host}:{port}", scheme="http")
         loc = Location(fs, "gwray-runs/run")
-        local, _ = make_run(tmp_path / "run", THREE[:2])
+        local, _ = make_run(tmp_path / "run", [("main", None, [0] * 4 + [1] * 4)])
         for f in local.rglob("*"):
             if f.is_file():
                 loc.child(str(f.relative_to(local))).write_bytes(f.read_bytes())
         where = build_report(loc)
         assert where == "s3://gwray-runs/run/report.html"
         html = loc.child("report.html").read_bytes().decode()
-        assert len(_imgs(html)) == 8 and "blocks.4 – blocks.7" in html
-        assert loc.child("timeline.png").read_bytes().startswith(PNG)
+        assert len(_imgs(html)) == 3 and "blocks.4 – blocks.7" in html
+        assert loc.child("heatmap.png").read_bytes().startswith(PNG)
     finally:
         server.stop()

@@ -7,6 +7,7 @@ from scipy.spatial.distance import cdist
 
 from gwray import find_subnetworks
 from gwray.errors import GwrayInputError
+from gwray.gw.pairwise import pairwise_gw
 from gwray.graph.stability import stability
 
 
@@ -65,15 +66,12 @@ def test_stability_bad_input(kwargs, match):
         stability(**args)
 
 
-def _pairwise():
-    return pytest.importorskip("gwray.gw.pairwise", reason="gw-core's pairwise_gw not on main yet").pairwise_gw
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_pairwise_gw_two_regimes_give_two_groups_at_the_boundary(seed):
-    pairwise_gw = _pairwise()
     layers = regime_layers(sizes=(3, 5), seed=seed)
-    D = np.asarray(pairwise_gw(layers))
+    res = pairwise_gw(layers)
+    D = np.asarray(res)
+    assert (res.lower_bound <= D + 1e-12).all()
     names = [f"block{i}" for i in range(8)]
     for method in ("contiguous", "louvain", "greedy", "spectral"):
         r = find_subnetworks(D, method=method, names=names, seed=seed)
@@ -81,7 +79,6 @@ def test_pairwise_gw_two_regimes_give_two_groups_at_the_boundary(seed):
 
 
 def test_stability_with_pairwise_gw():
-    _pairwise()
     layers = regime_layers(n=24, sizes=(2, 3))
     find = functools.partial(find_subnetworks, method="contiguous")
     res = stability(layers, find, fraction=0.75, resamples=3, seed=0)

@@ -27,7 +27,7 @@ def group_color(g: int) -> str:
 def _png(fig: Figure) -> bytes:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI)  # constrained layout: one draw, no "tight" re-draw
     return buf.getvalue()
 
 
@@ -70,7 +70,7 @@ def heatmap(D: np.ndarray, names: list[str], labels=None, title: str = "") -> by
     """
     L = len(names)
     side = min(11.0, 3.2 + 0.28 * L)
-    fig = Figure(figsize=(side + 1.4, side))
+    fig = Figure(figsize=(side + 1.4, side), layout="constrained")
     ax = fig.add_subplot(111)
     im = ax.imshow(D, cmap="viridis", interpolation="nearest")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="GW distance")
@@ -147,7 +147,7 @@ def dendrogram(D: np.ndarray, names: list[str], labels=None, title: str = "") ->
     from scipy.spatial.distance import squareform
 
     L = len(names)
-    fig = Figure(figsize=(min(12.0, 3.0 + 0.3 * L), 3.6))
+    fig = Figure(figsize=(min(12.0, 3.0 + 0.3 * L), 3.6), layout="constrained")
     ax = fig.add_subplot(111)
     Z = linkage(squareform(D, checks=False), method="average")
     scipy_dendrogram(Z, labels=list(names), ax=ax, color_threshold=0,
@@ -183,7 +183,7 @@ def timeline(checkpoints: list[str], names: list[str], labels: dict, steps: dict
         every group boundary.
     """
     C, L = len(checkpoints), len(names)
-    fig = Figure(figsize=(min(13.0, 3.5 + 0.32 * L), 1.2 + 0.45 * C))
+    fig = Figure(figsize=(min(13.0, 3.5 + 0.32 * L), 1.2 + 0.45 * C), layout="constrained")
     ax = fig.add_subplot(111)
     for r, ckpt in enumerate(checkpoints):
         lab = np.asarray(labels[ckpt])
@@ -224,7 +224,7 @@ def coassignment(co: np.ndarray, names: list[str], mean_ari: float) -> bytes:
     """
     L = len(names)
     side = min(9.0, 3.0 + 0.25 * L)
-    fig = Figure(figsize=(side + 1.2, side))
+    fig = Figure(figsize=(side + 1.2, side), layout="constrained")
     ax = fig.add_subplot(111)
     im = ax.imshow(co, cmap=ListedColormap(np.linspace([1, 1, 1], [0.1, 0.3, 0.7], 256)), vmin=0,
                    vmax=1, interpolation="nearest")
@@ -252,7 +252,7 @@ def cross_heatmap(M: np.ndarray, names_a: list[str], names_b: list[str], a: str,
     """
     La, Lb = M.shape
     side = min(9.0, 3.0 + 0.25 * max(La, Lb))
-    fig = Figure(figsize=(side + 1.2, side * La / max(La, Lb) + 0.8))
+    fig = Figure(figsize=(side + 1.2, side * La / max(La, Lb) + 0.8), layout="constrained")
     ax = fig.add_subplot(111)
     im = ax.imshow(M, cmap="viridis", interpolation="nearest", aspect="auto")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="GW distance")
