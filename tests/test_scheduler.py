@@ -1,0 +1,166 @@
+"""run_pairs on the embedded Ray: same matrices as the serial path, resume, bad files in pairs/."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from gwray.activations.store import ActivationStore, ActivationWriter
+from gwray.config import load_config
+from gwray.errors import GwrayInputError
+from gwray.scheduler import assemble_matrices, plan_for, plan_pairs, run_pairs
+from gwray.scheduler.results import load_records, pairs_dir, write_records
+
+N, LAYERS = 24, 5
+
+
+def _write_run(out, checkpoints=("early", "late"), n=N, layers=LAYERS, seed=0):
+    """Synthetic activations: each layer a nonlinear map of the previous one, per checkpoint."""
+    rng = np.random.default_rng(seed)
+    data = {}
+    base = rng.normal(size=(n, 6))
+    for c in checkpoints:
+        names = [f"block{i}" for i in range(layers)]
+        writer = ActivationWriter(out, c, names)
+        X = base
+        for name in names:
+            X = np.tanh(X @ rng.normal(size=(X.shape[1], 6)) + 0.1 * rng.normal(size=(n, 6)))
+            writer.write(name, np.arange(n), X)
+            data[c, name] = X.astype(np.float32)
+        writer.commit({})
+    return data
+
+
+def _cfg(**resources):
+    res = {"workers": 2, "batch_pairs": 3, **resources}
+    return load_config({"resources": res, "compare": {"cross": "consecutive"},
+                        "gw": {"starts": ["identity", "product"], "max_iter": 100}})
+
+
+@pytest.fixture(scope="module")
+def finished(ray_local, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sched")
+    data = _write_run(out)
+    table = run_pairs(_cfg(), ActivationStore(out), out, progress=True)
+    return out, data, table
+
+
+def test_matrices_equal_serial_pairwise_gw(finished):
+    from gwray.gw.costs import cost_matrix
+    from gwray.gw.pairwise import pairwise_gw
+    from gwray.gw.solver import gromov_wasserstein
+
+    out, data, table = finished
+    plan = plan_for(ActivationStore(out), "consecutive")
+    assert table.num_rows == len(plan) == 2 * 10 + 25
+    mats = assemble_matrices(out, plan)
+    names = [f"block{i}" for i in range(LAYERS)]
+    for c in ("early", "late"):
+        serial = pairwise_gw([data[c, n] for n in names], aligned=True,
+                             starts=["identity", "product"], max_iter=100)
+        np.testing.assert_allclose(mats["gw"][c], np.asarray(serial), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(mats["lower_bound"][c], serial.lower_bound, rtol=1e-9, atol=1e-12)
+    cross = mats["cross"]["early", "late"]["gw"]
+    for i in (0, 2, 4):
+        for j in (1, 4):
+            r = gromov_wasserstein(cost_matrix(data["early", names[i]]), cost_matrix(data["late", names[j]]),
+                                   aligned=True, max_iter=100)
+            assert cross[i, j] == pytest.approx(r.value, rel=1e-9, abs=1e-12)
+    on_disk = np.load(out / "gw_matrix.npy")
+    assert on_disk.shape == (2, LAYERS, LAYERS)
+    np.testing.assert_array_equal(on_disk[0], mats["gw"]["early"])
+    long = pa.parquet.read_table(out / "gw_matrix.parquet")
+    assert long.num_rows == 2 * LAYERS * LAYERS
+    assert np.load(out / "cross" / "early__late.npy").shape == (LAYERS, LAYERS)
+
+
+def test_records_are_complete_and_costs_computed_once(finished):
+    out, _, table = finished
+    meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
+    assert int(meta["solved"]) == 45 and int(meta["resumed"]) == 0
+    assert int(meta["cost_matrices"]) == 2 * LAYERS  # once per (checkpoint, layer)
+    assert table.column("n").to_pylist() == [N] * 45
+    assert set(table.column("init").to_pylist()) <= {"identity", "product"}
+    assert (table.column("gw").to_numpy() >= table.column("lower_bound").to_numpy() - 1e-12).all()
+    assert (table.column("seconds").to_numpy() > 0).all()
+    assert len(load_records(out)) == 45
+
+
+def test_resume_skips_pairs_on_disk(finished, tmp_path):
+    out, _, table = finished
+    again = run_pairs(_cfg(), ActivationStore(out), out, progress=False)
+    assert again.schema.metadata[b"solved"] == b"0" and again.num_rows == 45
+    # drop one batch file: exactly its pairs are solved again, the matrix is unchanged
+    victim = sorted((out / "pairs").glob("*.parquet"))[0]
+    lost = pa.parquet.read_table(victim).num_rows
+    before = np.load(out / "gw_matrix.npy")
+    victim.unlink()
+    third = run_pairs(_cfg(workers=1), ActivationStore(out), out, progress=False)
+    assert int(third.schema.metadata[b"solved"]) == lost
+    assert int(third.schema.metadata[b"cost_matrices"]) <= 2 * lost
+    np.testing.assert_allclose(np.load(out / "gw_matrix.npy"), before, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["garbage", "foreign", "columns"])
+def test_bad_file_in_pairs_names_it(ray_local, tmp_path, kind):
+    out = tmp_path / "run"
+    _write_run(out, checkpoints=("only",), layers=3, n=12)
+    pairs = out / "pairs"
+    pairs.mkdir(parents=True)
+    if kind == "garbage":
+        bad = pairs / "part-0.parquet"
+        bad.write_bytes(b"PAR1 this is not parquet")
+    elif kind == "foreign":
+        bad = pairs / "notes.txt"
+        bad.write_text("hello")
+    else:
+        bad = pairs / "other.parquet"
+        pa.parquet.write_table(pa.table({"layer_a": ["x"], "gw": [1.0]}), bad)
+    with pytest.raises(GwrayInputError, match=str(bad)) as err:
+        run_pairs(_cfg(), ActivationStore(out), out, progress=False)
+    assert "\n" not in str(err.value)
+    assert sorted(p.name for p in pairs.iterdir()) == [bad.name]  # nothing solved or written
+    assert not (out / "gw_matrix.parquet").exists()
+
+
+def test_duplicate_or_missing_pair_is_an_error(tmp_path):
+    out = tmp_path / "run"
+    plan = plan_pairs({"c": ["a", "b", "c"]}, "none")
+    rec = {"gw": 1.0, "lower_bound": 0.5, "init": "product", "iterations": 3,
+           "marginal_error": 0.0, "seconds": 0.1, "n": 4, "solver": "cg-lap"}
+    rows = [{"checkpoint_a": t.checkpoint_a, "layer_a": t.layer_a, "checkpoint_b": t.checkpoint_b,
+             "layer_b": t.layer_b, **rec} for t in plan]
+    write_records(out, rows[:2])
+    with pytest.raises(GwrayInputError, match="1 planned pairs missing, e.g. c/b/c/c"):
+        assemble_matrices(out, plan)
+    first = write_records(out, rows[1:])
+    with pytest.raises(GwrayInputError, match="pair c/a/c/c also in") as err:
+        assemble_matrices(out, plan)
+    assert str(first) in str(err.value)
+    assert not (out / "gw_matrix.parquet").exists()
+    first.remove()
+    write_records(out, rows[2:])
+    mats = assemble_matrices(out, list(plan))  # a plain list of tasks works too
+    np.testing.assert_array_equal(mats["gw"]["c"], np.ones((3, 3)) - np.eye(3))
+    assert len(pairs_dir(out).files()) == 2
+
+
+def test_batched_path_on_cpu(finished):
+    """The GPU worker path (batched_gw) runs on the CPU too and returns full records."""
+    from gwray.scheduler.plan import make_batches
+    from gwray.scheduler.workers import GWWorker
+
+    out, _, _ = finished
+    store = ActivationStore(out)
+    plan = plan_for(store, "none")
+    batch = make_batches(plan[:3], {k: N for t in plan[:3] for k in t.cost_keys}, 3)[0]
+    worker = GWWorker(store, "euclidean", "mean", ["identity", "product"], 100, 1e-9,
+                      aligned=[("early", "early")], batched=True)
+    for key in batch.cost_keys:
+        worker.cost(*key)
+    records = worker.solve(batch, {})
+    assert [(r["layer_a"], r["layer_b"]) for r in records] == [(t.layer_a, t.layer_b) for t in batch.tasks]
+    for rec in records:
+        assert rec["solver"].startswith("batched") and rec["n"] == N
+        assert np.isfinite(rec["gw"]) and rec["gw"] >= rec["lower_bound"] - 1e-12
+        assert rec["marginal_error"] < 1e-6
