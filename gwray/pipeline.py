@@ -127,10 +127,9 @@ def resolve_checkpoints(cfg: RunConfig) -> list[tuple[str, str | None]]:
     GwrayInputError
         A glob that matches nothing, a listed directory that does not exist, repeated names.
     """
-    spec = cfg.model.checkpoints
+    spec, key = cfg.model.checkpoints, "config key model.checkpoints"
     if spec is None:
         return [(SINGLE, None)]
-    key = "config key model.checkpoints"
     if isinstance(spec, str):
         paths = sorted(glob.glob(os.path.expanduser(spec)))
         if not paths:
@@ -144,7 +143,7 @@ def resolve_checkpoints(cfg: RunConfig) -> list[tuple[str, str | None]]:
         paths = sorted(paths, key=lambda p: (step[p] is None, step[p] or 0, p))
     ids = [_UNSAFE_RE.sub("_", Path(p.rstrip("/")).name) for p in paths]
     if len(set(ids)) < len(ids):
-        raise GwrayInputError(f"{key}: two checkpoints have the same directory name (the id)")
+        raise GwrayInputError(f"{key}: two checkpoints have the same directory name (their id)")
     return list(zip(ids, paths))
 
 
@@ -162,14 +161,13 @@ def check_inputs(cfg: RunConfig, min_checkpoints: int = 1) -> tuple[list, str]:
         raise GwrayInputError(f"config key model.checkpoints: {min_checkpoints} or more checkpoints "
                               f"needed to compare, got {len(checkpoints)}")
     source = cfg.model.source
-    paths = [cfg.model.path] if cfg.model.checkpoints is None else [p for _, p in checkpoints]
-    for path in paths if source != "factory" else []:
-        if path is None:
+    for path in [cfg.model.path] if cfg.model.checkpoints is None else [p for _, p in checkpoints]:
+        if path is None and source != "factory":
             raise GwrayInputError(f"config key model.path: required for model.source {source}")
         if source == "hf":
             resolve_model_path(path)
-        elif "://" not in path and not os.path.exists(path):
-            raise GwrayInputError(f"toy checkpoint {path}: not found")
+        elif source == "toy" and not os.path.exists(path):
+            raise GwrayInputError(f"toy checkpoint {path}: not found (config key model.path)")
     return checkpoints, load_probe(cfg.probe).hash
 
 
@@ -216,16 +214,15 @@ class _Run:
         model = self.cfg.model.model_dump(mode="json", exclude={"checkpoints", "shards"})
         keys, old, ran = {}, self.prev.get("activations") or {}, False
         # Ray Data where it adds workers (or on a cluster); in process: same output, no start-up
-        use_ray = max(self.cfg.model.shards, self.cfg.resources.extract_actors) > 1 or \
-            bool(os.environ.get("RAY_ADDRESS"))
+        use_ray = (max(self.cfg.model.shards, self.cfg.resources.extract_actors) > 1
+                   or bool(os.environ.get("RAY_ADDRESS")))
         for ckpt, path in self.ckpts:
             keys[ckpt] = _key(model, path, self.cfg.hash("probe", "layers"))
             if old.get(ckpt) == keys[ckpt] and store.is_complete(ckpt):
                 continue
-            if ckpt in old and old[ckpt] != keys[ckpt]:
-                self.say(f"activations of {ckpt}: model/probe/layers config changed, extracting again")
+            why = "model/probe/layers config changed, " if ckpt in old else ""
+            self.say(f"activations of {ckpt}: {why}extracting {self.cfg.probe.n_samples} probe samples")
             root.child(f"checkpoint={ckpt}").remove()
-            self.say(f"activations of {ckpt}: extracting {self.cfg.probe.n_samples} probe samples")
             if use_ray:
                 self.ray()
             try:
@@ -241,7 +238,8 @@ class _Run:
     def pairs(self, store) -> None:
         from gwray.scheduler import run_pairs
 
-        acts, solve = self.info["stages"]["activations"], self.cfg.hash("costs", "gw")
+        acts = self.info["stages"]["activations"]  # gw.baselines: no GW, the communities stage
+        solve = _key(self.cfg.costs.model_dump(), self.cfg.gw.model_dump(exclude={"baselines"}))
         key = {"solve": solve, "activations": acts, "compare": self.cfg.hash("compare"),
                "order": [c for c, _ in self.ckpts]}
         prev = self.prev.get("pairs") or {}
@@ -260,7 +258,8 @@ class _Run:
         self.done("pairs", key, True)
 
     def communities(self, store) -> None:
-        key = {"pairs": self.info["stages"]["pairs"], "graph": self.cfg.hash("graph", "stability")}
+        key = {"pairs": self.info["stages"]["pairs"], "graph": self.cfg.hash("graph", "stability"),
+               "baselines": self.cfg.gw.baselines}
         if self.prev.get("communities") == key and self.loc.child("communities.json").exists():
             return self.done("communities", key, False)
         self.say(f"communities: {self.cfg.graph.method} on {len(self.ckpts)} checkpoint(s)")
@@ -282,27 +281,31 @@ class _Run:
 
 
 def _find_groups(cfg: RunConfig, gw: dict, layers: dict, store, say: _Say) -> dict:
-    """communities.json: groups per checkpoint and method, stability, how boundaries move."""
+    """communities.json: groups per checkpoint and method, stability, baselines (CKA, RSA, ... as
+    (L, L) lists, on the same activations), and how group boundaries move between checkpoints."""
     from gwray.graph.communities import find_subnetworks
+    from gwray.graph.stability import stability
+    from gwray.gw.baselines import baseline_matrices
 
-    method = cfg.graph.method
+    method, costs = cfg.graph.method, dict(metric=cfg.costs.metric, normalize=cfg.costs.normalize)
     main = "contiguous" if method == "all" else method  # whose boundaries the summary follows
-    out: dict = {"method": main, "checkpoints": {}, "stability": {}}
+    out: dict = {"method": main, "checkpoints": {}, "stability": {}, "baselines": {}}
     for ckpt, D in gw.items():
         found = find_subnetworks(D, method=method, k=cfg.graph.k, names=layers[ckpt])
         out["checkpoints"][ckpt] = (found.to_dict() if method == "all" else
                                     {"methods": {method: found.to_dict()}, "agreement": {}})
-        if cfg.stability.resamples > 0:
-            from gwray.graph.stability import stability
-
+        if cfg.stability.resamples or cfg.gw.baselines:
+            arrays = [store.read_layer(ckpt, n) for n in layers[ckpt]]
+        if cfg.gw.baselines:
+            out["baselines"][ckpt] = {kind: m.tolist() for kind, m in baseline_matrices(
+                arrays, cfg.gw.baselines, **costs).items()}
+        if cfg.stability.resamples:
             say(f"communities: stability of {ckpt} on {cfg.stability.resamples} probe resamples")
             find = functools.partial(find_subnetworks, method=main, k=cfg.graph.k, names=layers[ckpt])
-            gw_kwargs = dict(metric=cfg.costs.metric, normalize=cfg.costs.normalize,
-                             starts=tuple(cfg.gw.starts), max_iter=cfg.gw.max_iter, tol=cfg.gw.tol)
+            gw_kwargs = dict(costs, starts=tuple(cfg.gw.starts), max_iter=cfg.gw.max_iter, tol=cfg.gw.tol)
             out["stability"][ckpt] = stability(
-                [store.read_layer(ckpt, n) for n in layers[ckpt]], find, cfg.stability.fraction,
-                cfg.stability.resamples, cfg.stability.seed, gw_kwargs,
-                reference=found[main] if method == "all" else found).to_dict()
+                arrays, find, cfg.stability.fraction, cfg.stability.resamples, cfg.stability.seed,
+                gw_kwargs, reference=found[main] if method == "all" else found).to_dict()
     # Boundaries: the first layer of each group after the first, in depth order; movement: which
     # boundaries appear and disappear from one checkpoint to the next.
     bounds = {}
@@ -320,6 +323,9 @@ def run(config, out=None, overrides=None, *, progress: bool = True,
         min_checkpoints: int = 1) -> RunResult:
     """Run the whole pipeline for one config, reusing every stage already done for it.
 
+    Raises GwrayInputError on a bad config, a missing model, checkpoint or probe, or bad data
+    found by a stage; nothing half written is left, and a failed first run leaves no directory.
+
     Parameters
     ----------
     config : str, Path, dict or RunConfig
@@ -332,12 +338,6 @@ def run(config, out=None, overrides=None, *, progress: bool = True,
         Progress lines on stderr.
     min_checkpoints : int
         Fewer checkpoints is an input error (``gwray compare`` asks for 2).
-
-    Raises
-    ------
-    GwrayInputError
-        Bad config; missing model, checkpoint or probe; bad data found by a stage. Nothing half
-        written is left in the run directory, and a failed first run leaves no directory.
     """
     cfg = load_config(config, overrides)
     loc = Location.parse(out or cfg.output or os.path.join("runs", cfg.name))
@@ -355,9 +355,7 @@ def run(config, out=None, overrides=None, *, progress: bool = True,
         raise
     finally:
         if state.ray_started:
-            import ray
-
-            ray.shutdown()
+            sys.modules["ray"].shutdown()
     say("done: " + ", ".join(f"{s} {v}" for s, v in state.status.items()))
     result = load_run(loc)
     result.stages, result.report = dict(state.status), str(report)

@@ -103,6 +103,12 @@ def test_changed_config_redoes_what_it_must(tiny_run, tmp_path, capsys):
                               "communities": "ran", "report": "ran"}
     assert grouped.communities["method"] == "greedy"
 
+    baselines = run(result.config, out=out, overrides=["graph.method=greedy", "gw.baselines=[cka, rsa]"],
+                    progress=False)
+    assert baselines.stages["pairs"] == "skipped" and baselines.stages["communities"] == "ran"
+    L = len(result.layers["main"])
+    assert np.asarray(baselines.communities["baselines"]["main"]["cka"]).shape == (L, L)
+
     cosine = run(result.config, out=out, overrides=["costs.metric=cosine"])
     assert cosine.stages == {"activations": "skipped", "pairs": "ran", "communities": "ran",
                              "report": "ran"}
