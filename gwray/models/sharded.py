@@ -210,7 +210,7 @@ def start_shards(shards: int, gpus_per_shard: float = 0, cpus: float | None = No
     """Place ``shards`` actors with a placement group (one bundle each, packed where possible).
 
     A bundle asks for ``gpus_per_shard`` GPUs (CPU only when 0) and ``cpus`` CPUs: by default one,
-    or an equal fraction of the cluster's CPUs when it has fewer CPUs than shards (shards on a small
+    or an equal share of the CPUs available now when fewer are free than shards (shards on a small
     machine share cores).
     """
     import ray
@@ -218,7 +218,7 @@ def start_shards(shards: int, gpus_per_shard: float = 0, cpus: float | None = No
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     if cpus is None:
-        cpus = min(1.0, math.floor(100 * ray.cluster_resources().get("CPU", 1) / shards) / 100)
+        cpus = max(0.01, min(1.0, math.floor(100 * ray.available_resources().get("CPU", 0) / shards) / 100))
     bundle = {"CPU": cpus, **({"GPU": gpus_per_shard} if gpus_per_shard else {})}
     group = placement_group([dict(bundle) for _ in range(shards)], strategy="PACK")
     try:
