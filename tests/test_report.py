@@ -170,6 +170,8 @@ def _drop_pair(path, a, b):
     (lambda r: (r / "run.json").write_text(json.dumps(
         json.loads((r / "run.json").read_text()) | {"layers": {"main": ["a", "b", "c", "d"]}})),
      "gw_matrix.parquet: layer 'blocks.0' of checkpoint 'main' is not in run.json"),
+    (lambda r: (r / "communities.json").write_text(json.dumps({"method": "louvain", "checkpoints": {}})),
+     "communities.json: no 'louvain' groups for checkpoint 'main'"),
 ])
 def test_bad_run_dirs(tmp_path, damage, match):
     root, _ = make_run(tmp_path / "bad", [("main", None, [0, 0, 1, 1])])

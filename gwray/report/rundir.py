@@ -167,9 +167,10 @@ def load_run_dir(out: Location | str) -> RunData:
     cj = loc.child("communities.json")
     if cj.exists():
         comm, source = cj.read_json(), "communities.json"
+        method = comm.get("method")
         for c in ckpts:
-            if c not in comm.get("checkpoints", {}):
-                raise GwrayInputError(f"{cj}: no groups for checkpoint {c!r}")
+            if method not in comm.get("checkpoints", {}).get(c, {}).get("methods", {}):
+                raise GwrayInputError(f"{cj}: no {method!r} groups for checkpoint {c!r}")
     else:
         comm = _computed_communities(info, ckpts, layers, gw)
         source = "computed by the report (no communities.json in the run directory)"
