@@ -49,3 +49,62 @@ def test_tokens_k_is_deterministic_per_sample_whatever_the_batching():
 def test_pooler_rejects_bad_mode():
     with pytest.raises(GwrayInputError, match="pooling 'median'"):
         Pooler("median")
+
+
+# ---- hooks on real models -----------------------------------------------------------------------
+from gwray.activations.capture import LayerCapture, select_layers  # noqa: E402
+from gwray.config import ModelConfig  # noqa: E402
+from gwray.models.loaders import load_model  # noqa: E402
+
+TEXTS = ["The cat sat.", "A rather longer sentence about the weather in the hills today.",
+         "Short one", "Gromov and Wasserstein walk into a bar, and the bartender says nothing at all."]
+
+
+def _hand_pool(h, mask, mode):
+    m = mask.float()
+    if mode == "mean":
+        return (h * m[..., None]).sum(1) / m.sum(1, keepdim=True)
+    pos = torch.arange(h.shape[1])
+    idx = (m * (pos + 1)).argmax(1) if mode == "last" else m.argmax(1)
+    return h[torch.arange(h.shape[0]), idx]
+
+
+def _capture(loaded, select, mode, enc, runner=None):
+    specs = select_layers(loaded, select)
+    with torch.no_grad(), LayerCapture(loaded.module, specs, Pooler(mode)) as cap:
+        cap.batch(enc["attention_mask"], list(range(len(enc["input_ids"]))))
+        (runner or loaded.runner)(**enc)
+        return specs, cap.pop()
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return load_model(ModelConfig(path="minilm"), device="cpu")
+
+
+@pytest.mark.parametrize("mode", ["mean", "first", "last"])
+def test_minilm_matches_output_hidden_states(minilm, mode):
+    enc = minilm.tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = minilm.module(**enc, output_hidden_states=True).hidden_states
+    specs, got = _capture(minilm, "blocks", mode, enc)
+    assert len(specs) == 7 == len(ref) and specs[0].name == "embeddings"
+    for spec, h in zip(specs, ref):
+        rows, sids = got[spec.name]
+        assert sids.tolist() == [0, 1, 2, 3]
+        torch.testing.assert_close(rows, _hand_pool(h, enc["attention_mask"], mode), atol=1e-5, rtol=0)
+
+
+def test_globs_all_and_unknown_layer(tiny_hf_model):
+    loaded = load_model(ModelConfig(path=str(tiny_hf_model("gpt2", layers=3))), device="cpu")
+    specs = select_layers(loaded, ["transformer.h.*.mlp", "transformer.ln_f"])
+    assert [s.name for s in specs] == [f"transformer.h.{i}.mlp" for i in range(3)] + ["transformer.ln_f"]
+    enc = loaded.tokenizer(TEXTS[:2], padding=True, return_tensors="pt")
+    _, got = _capture(loaded, ["transformer.h.*.mlp"], "tokens:3", enc, runner=loaded.module)
+    assert got["transformer.h.2.mlp"][0].shape == (6, 32)
+    all_names = [s.name for s in select_layers(loaded, "all")]
+    assert "lm_head" in all_names and "transformer.h.1.attn" in all_names
+    with pytest.raises(GwrayInputError) as exc:
+        select_layers(loaded, ["transformer.h.9"])
+    msg = str(exc.value)
+    assert "\n" not in msg and "'transformer.h.9'" in msg and "close matches: transformer.h." in msg
