@@ -1,17 +1,21 @@
 """End to end through every stage: run directory contents, resume, config changes, checkpoints."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from gwray.errors import GwrayInputError
 from gwray.pipeline import load_run, resolve_checkpoints, run
 from gwray.config import load_config
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
 
 SMALL = {"probe": {"n_samples": 24, "max_tokens": 12}, "resources": {"workers": 2, "batch_pairs": 4}}
 
@@ -140,8 +144,14 @@ def test_compare_three_checkpoints(ray_local, tiny_hf_model, tmp_path):
     cfg = _cfg("unused", model={"source": "hf", "path": None, "checkpoints": str(ckpts / "checkpoint-*")})
     assert [c for c, _ in resolve_checkpoints(load_config(cfg))] == \
            ["checkpoint-30", "checkpoint-200", "checkpoint-1000"]
-    out = tmp_path / "cmp"
-    result = run(cfg, out=out, progress=False, min_checkpoints=2)
+    out, cfg_file = tmp_path / "cmp", tmp_path / "cmp.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    # through the Ray job entrypoint (it uses the Ray that is already up, as on a cluster)
+    spec = importlib.util.spec_from_file_location("compare_job", REPO / "jobs" / "compare.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    assert job.main([str(cfg_file), "--out", str(out), "--quiet"]) == 0
+    result = load_run(out)
     assert result.checkpoints == ["checkpoint-30", "checkpoint-200", "checkpoint-1000"]
     L = 4  # embeddings + 3 blocks
     assert all(result.gw[c].shape == (L, L) for c in result.checkpoints)
