@@ -8,7 +8,8 @@ import torch
 
 from gwray.errors import GwrayInputError
 from gwray.gw.costs import cost_matrix
-from gwray.gw.solver import GWResult, _Problem, _swap_gain, gromov_wasserstein, round_to_coupling
+from gwray.gw.bounds import round_to_coupling
+from gwray.gw.solver import GWResult, _Problem, _swap_gain, gromov_wasserstein
 
 
 def _weights(rng, k):

@@ -1,4 +1,5 @@
-"""Certificates for the GW estimate: Mémoli's third lower bound (TLB) and the identity upper bound.
+"""Certificates for the GW estimate: Mémoli's third lower bound (TLB) and upper bounds (the
+identity coupling's cost, rounding any plan to a feasible coupling).
 
 Both follow POT's square-loss convention  GW(T) = Σ_ijkl (C1_ik − C2_jl)² T_ij T_kl.
 
@@ -106,6 +107,33 @@ def _weights(w, k: int, name: str) -> np.ndarray:
     if abs(w.sum() - 1.0) > 1e-6:
         raise GwrayInputError(f"{name} must sum to 1, sums to {w.sum():.8g}")
     return w / w.sum()
+
+
+def round_to_coupling(T, p, q) -> np.ndarray:
+    """Nearest-feasible rounding of a non-negative plan (Altschuler et al., 2017).
+
+    Any plan rounded this way is a coupling, so its GW objective is an upper bound.
+
+    Parameters
+    ----------
+    T : array-like, shape (n, m), non-negative
+    p, q : (n,), (m,) probability weights
+
+    Returns
+    -------
+    (n, m) float64 ndarray with row sums p and column sums q (up to float rounding); a feasible
+    input comes back unchanged.
+    """
+    T = np.array(T, dtype=np.float64)
+    r = T.sum(1)
+    T *= np.minimum(p / np.where(r > 0, r, 1.0), 1.0)[:, None]
+    c = T.sum(0)
+    T *= np.minimum(q / np.where(c > 0, c, 1.0), 1.0)[None, :]
+    er, ec = p - T.sum(1), q - T.sum(0)
+    s = er.sum()
+    if s > 0:
+        T += np.outer(np.maximum(er, 0.0), np.maximum(ec, 0.0)) / s
+    return T
 
 
 def tlb(C1, C2, p=None, q=None) -> float:

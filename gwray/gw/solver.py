@@ -25,7 +25,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse import csr_matrix
 
 from gwray.errors import GwrayInputError
-from gwray.gw.bounds import _is_uniform, _weights, ot_value, w2_cost
+from gwray.gw.bounds import _is_uniform, _weights, ot_value, round_to_coupling, w2_cost
 from gwray.gw.costs import check_cost
 
 
@@ -179,18 +179,18 @@ def _swap_gain(P: _Problem, W, C2s) -> np.ndarray:
 
 
 def _swap_search(P: _Problem, cols, max_rounds: int):
-    """Pairwise-swap local search on a permutation plan (the CG fixed point is not swap-stable).
+    """Pairwise-swap local search on a permutation plan (a CG fixed point is not swap-stable).
 
-    Each round applies a greedy set of disjoint improving swaps, checked exactly with one matmul
-    (falls back to the best single swap when their interaction spoils the batch).
+    Each round applies a greedy set of disjoint improving swaps and checks the exact new value
+    (falls back to the best single swap when their interaction spoils the batch). W = C1 C2[σ][:, σ]
+    is updated in rank-2k form (2k moved rows), a full matmul only when k is large.
     Returns the improved permutation and whether it changed.
     """
     n, C1, C2 = P.n, P.C1, P.C2
     cols = cols.copy()
     C2s = C2[np.ix_(cols, cols)]
     W = C1 @ C2s
-    Q = float(np.trace(W))
-    changed = False
+    Q, changed = float(np.trace(W)), False
     for _ in range(max_rounds):
         G = _swap_gain(P, W, C2s)
         thresh = 1e-12 * max(abs(Q), 1e-300)
@@ -198,9 +198,8 @@ def _swap_search(P: _Problem, cols, max_rounds: int):
         if k == 0:
             break
         top = np.argpartition(G.ravel(), -k)[-k:]
-        top = top[np.argsort(G.ravel()[top])[::-1]]
         used, pairs = np.zeros(n, bool), []
-        for flat in top:
+        for flat in top[np.argsort(G.ravel()[top])[::-1]]:
             i, j = divmod(int(flat), n)
             if not (used[i] or used[j]):
                 used[i] = used[j] = True
@@ -210,7 +209,15 @@ def _swap_search(P: _Problem, cols, max_rounds: int):
             for i, j in subset:
                 new[i], new[j] = cols[j], cols[i]
             C2n = C2[np.ix_(new, new)]
-            Wn = C1 @ C2n
+            M = np.array(sorted({x for pair in subset for x in pair}))
+            if 4 * M.size > n:
+                Wn = C1 @ C2n
+            else:  # C2n − C2s lives in rows M and columns M
+                D = C2n - C2s
+                Wn = W + C1[:, M] @ D[M]
+                E = D[:, M]
+                E[M] = 0.0
+                Wn[:, M] += C1 @ E
             Qn = float(np.trace(Wn))
             if Qn > Q + thresh:
                 cols, C2s, W, Q, changed = new, C2n, Wn, Qn, True
@@ -220,29 +227,27 @@ def _swap_search(P: _Problem, cols, max_rounds: int):
     return cols, changed
 
 
-def round_to_coupling(T, p, q) -> np.ndarray:
-    """Nearest-feasible rounding of a non-negative (n, m) plan (Altschuler et al., 2017).
+def _polish(P: _Problem, perm, max_iter: int, tol: float, swap_rounds: int):
+    """Alternate swap search and CG from a permutation while either improves.
 
-    Row sums p, column sums q up to float rounding; a feasible input comes back unchanged.
-    """
-    T = np.array(T, dtype=np.float64)
-    r = T.sum(1)
-    T *= np.minimum(p / np.where(r > 0, r, 1.0), 1.0)[:, None]
-    c = T.sum(0)
-    T *= np.minimum(q / np.where(c > 0, c, 1.0), 1.0)[None, :]
-    er, ec = p - T.sum(1), q - T.sum(0)
-    s = er.sum()
-    if s > 0:
-        T += np.outer(np.maximum(er, 0.0), np.maximum(ec, 0.0)) / s
-    return T
+    Returns (T, value, iterations) or None when the swap search finds nothing."""
+    its, out = 0, None
+    while True:
+        perm, changed = _swap_search(P, perm, swap_rounds)
+        if not changed:
+            return out
+        T, A = P.perm_plan(perm)
+        T, A, value, k, after = _cg(P, T, A, max_iter, tol, perm=perm)
+        its += k
+        out = (T, value, its)
+        if after is None or np.array_equal(after, perm):
+            return out
+        perm = after
 
 
 def _entropic_plan(P: _Problem, outer: int = 10, inner: int = 200) -> np.ndarray:
-    """A smooth warm start: entropic GW (mirror descent, Peyré et al. 2016), rounded to feasibility.
-
-    Each outer step solves an entropic OT against the current gradient by Sinkhorn, with ε at 5 %
-    of the gradient's range (so exp() neither under- nor overflows).
-    """
+    """Entropic GW (mirror descent, Peyré et al. 2016; Sinkhorn with ε at 5 % of the gradient's
+    range, so exp() neither under- nor overflows), rounded to feasibility: a smooth warm start."""
     T, A = np.outer(P.p, P.q), np.outer(P.C1 @ P.p, P.C2 @ P.q)
     for _ in range(outer):
         M = 2.0 * A
@@ -260,10 +265,7 @@ def _entropic_plan(P: _Problem, outer: int = 10, inner: int = 200) -> np.ndarray
 
 
 def _starts(P: _Problem, starts: list, seed: int):
-    """Yield (name, T, A, first vertex or None, permutation or None) for every start.
-
-    A = C1 T C2 is computed here the cheap way (rank one for the product, one matmul for a
-    permutation)."""
+    """Yield (name, T, A = C1 T C2, first vertex or None, permutation or None) for every start."""
     rng = np.random.default_rng(seed)
     given = 0
     for s in starts:
@@ -274,7 +276,9 @@ def _starts(P: _Problem, starts: list, seed: int):
             if not np.all(np.isfinite(T)) or np.any(T < 0) or not T.any():
                 raise GwrayInputError("starts: a given coupling must be finite, non-negative, non-zero")
             T = round_to_coupling(T, P.p, P.q)
-            yield ("given" if given == 0 else f"given:{given}"), T, P.C1 @ (T @ P.C2), None, None
+            rows, cols = np.nonzero(T)
+            perm = cols if P.lap and rows.size == P.n and np.all(T[rows, cols] == 1.0 / P.n) else None
+            yield ("given" if given == 0 else f"given:{given}"), T, P.C1 @ (T @ P.C2), None, perm
             given += 1
         elif s == "identity":
             perm = np.arange(P.n) if P.lap else None
@@ -309,22 +313,6 @@ def _starts(P: _Problem, starts: list, seed: int):
                                   "entropic or an (n, m) array)")
 
 
-def _run_start(P, T, A, first, perm, max_iter, tol, cutoff, swap_rounds):
-    """CG, then alternate swap search and CG while either improves. Returns T, value, iterations."""
-    T, A, value, its, perm = _cg(P, T, A, max_iter, tol, first, cutoff, perm)
-    while swap_rounds > 0 and perm is not None and value <= cutoff:
-        perm, changed = _swap_search(P, perm, swap_rounds)
-        if not changed:
-            break
-        T, A = P.perm_plan(perm)
-        T, A, value, k, after = _cg(P, T, A, max_iter, tol, perm=perm)
-        its += k
-        if after is None or np.array_equal(after, perm):
-            break
-        perm = after
-    return T, value, its
-
-
 def gromov_wasserstein(C1, C2, p=None, q=None, *, aligned: bool = False,
                        starts=("identity", "product"), max_iter: int = 200, tol: float = 1e-9,
                        keep_coupling: bool = True, seed: int = 0, bound: bool = True,
@@ -352,8 +340,9 @@ def gromov_wasserstein(C1, C2, p=None, q=None, *, aligned: bool = False,
     keep_coupling, seed, bound : bool, int, bool
         Return the (n, m) plan; seed of the random starts; compute the TLB lower bound.
     swap_rounds : int
-        Uniform weights, n = m: up to this many rounds of pairwise-swap local search whenever CG
-        stops at a permutation (then CG resumes); 0 turns it off (plain CG, as POT).
+        Uniform weights, n = m: every unpruned start whose CG ends at a permutation gets up to
+        this many rounds of pairwise-swap local search, then CG resumes (repeated while either
+        improves); 0 turns it off (plain CG, as POT).
     prune : float or None
         Abandon a start once its value exceeds ``prune`` × the best value so far (starts run in
         the given order, so put the strongest first); None runs every start to convergence.
@@ -378,18 +367,28 @@ def gromov_wasserstein(C1, C2, p=None, q=None, *, aligned: bool = False,
     if max_iter < 0:
         raise GwrayInputError(f"max_iter must be >= 0, got {max_iter}")
     P = _Problem(A1, A2, p, q)
-    best, values, total = None, {}, 0
+    values, runs = {}, []  # runs: [value, name, iterations, T (or None), permutation (or None)]
     starts = [starts] if isinstance(starts, str) or hasattr(starts, "shape") else list(starts)
     if not aligned:  # the identity is no coupling of unaligned samples; product stands in
         starts = [s for s in starts if not (isinstance(s, str) and s == "identity")] or ["product"]
     for name, T, A, first, perm in _starts(P, starts, seed):
-        cutoff = np.inf if best is None or prune is None else prune * best[1]
-        T, value, its = _run_start(P, T, A, first, perm, max_iter, tol, cutoff, swap_rounds)
+        best = min((r[0] for r in runs), default=np.inf)
+        cutoff = np.inf if prune is None else prune * best
+        T, A, value, its, perm = _cg(P, T, A, max_iter, tol, first, cutoff, perm)
         values[name] = value
-        total += its
-        if best is None or value < best[1]:
-            best = (name, value, T, its)
-    name, value, T, its = best
+        # keep a plan only where it can still win (a permutation is rebuilt from perm)
+        pruned = value > cutoff
+        runs.append([value, name, its, T if perm is None and value < best else None,
+                     None if pruned else perm])
+    for run in runs:  # swap search + CG on every start that ended at a permutation, unpruned
+        if swap_rounds > 0 and run[4] is not None:
+            out = _polish(P, run[4], max_iter, tol, swap_rounds)
+            if out is not None:
+                run[3], run[0], run[2] = out[0], out[1], run[2] + out[2]
+                values[run[1]] = out[1]
+    value, name, its, T, perm = min(runs, key=lambda r: r[0])
+    T = P.perm_plan(perm)[0] if T is None else T
+    total = sum(r[2] for r in runs)
     lb = float("nan")
     if bound:
         lb = min(max(ot_value(w2_cost(A1, A2, p, q), p, q), 0.0), value)
