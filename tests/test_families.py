@@ -11,23 +11,28 @@ FAMILIES = ["gpt2", "gpt_neox", "llama", "bert"]
 TEXTS = ["the cat sat on the mat", "a", "gromov wasserstein distances between the layers of a network"]
 
 
-def _reference(path, family):
+def _reference(path, family, side):
     import transformers as tf
 
     cls = tf.AutoModel if family == "bert" else tf.AutoModelForCausalLM
     model = cls.from_pretrained(path).eval()
-    tok = tf.AutoTokenizer.from_pretrained(path)
+    tok = tf.AutoTokenizer.from_pretrained(path, padding_side=side)
     batch = tok(TEXTS, padding=True, return_tensors="pt")
+    # Positions over real tokens, as gwray's extraction passes them (HF's default is arange).
+    positions = (batch["attention_mask"].cumsum(1) - 1).clamp_min(0)
     with torch.no_grad():
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=positions,
+                    output_hidden_states=True)
     return model, batch, out.hidden_states
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_block_by_block_equals_output_hidden_states(tiny_hf_model, family):
+def test_block_by_block_equals_output_hidden_states(tiny_hf_model, family, side):
     path = tiny_hf_model(family, layers=3, hidden=32)
-    model, batch, expected = _reference(path, family)
+    model, batch, expected = _reference(path, family, side)
     assert batch["attention_mask"].min() == 0, "the batch must contain padding"
+    assert (batch["attention_mask"][:, 0 if side == "left" else -1] == 0).any()
     adapter = families.get_family(model.config)
     assert adapter.name == family
     got = families.hidden_states(model.base_model, adapter, batch["input_ids"], batch["attention_mask"])
@@ -53,6 +58,11 @@ def test_build_empty_is_all_meta_and_modules_exist(tiny_hf_model, family):
     # Rotary frequencies are buffers computed for real: a shard without the embeddings needs them.
     for shared in adapter.shared:
         assert all(b.device.type == "cpu" for b in base.get_submodule(shared).buffers())
+
+
+def test_position_ids_count_real_tokens_only():
+    mask = torch.tensor([[1, 1, 1, 0], [0, 0, 1, 1]])
+    assert families.position_ids(mask).tolist() == [[0, 1, 2, 2], [0, 0, 0, 1]]
 
 
 def test_llama_like_types_share_one_adapter():

@@ -158,3 +158,38 @@ def test_shard_killed_mid_run_names_it_and_leaves_nothing(ray_local, tiny_hf_mod
     start, stop = infos[1]["blocks"]
     assert f"shard 1 ({own.names[1]}), blocks {start}-{stop - 1} died" in str(err.value)
     assert not writer.dir.exists(), "a half-written checkpoint was left behind"
+
+
+def _cfg(path, probe, **model):
+    from gwray.config import load_config
+
+    return load_config({"model": {"path": str(path), **model},
+                        "probe": {"source": str(probe), "n_samples": 7, "max_tokens": 12, "batch_size": 3}})
+
+
+def test_extract_with_shards_equals_in_process_extract(pool, tiny_hf_model, tmp_path):
+    from gwray.activations.extract import extract
+
+    path = _model(tiny_hf_model, "gpt_neox")
+    probe = tmp_path / "probe.txt"
+    probe.write_text("\n".join(TEXTS[:9]) + "\n")
+    plain = extract(_cfg(path, probe), tmp_path / "plain", "c", use_ray=False)
+    split = extract(_cfg(path, probe, shards=2), tmp_path / "split", "c")
+    assert split["layers"] == plain["layers"] and split["n_rows"] == plain["n_rows"] == 7
+    a, b = ActivationStore(tmp_path / "plain"), ActivationStore(tmp_path / "split")
+    np.testing.assert_array_equal(a.sample_ids("c"), b.sample_ids("c"))
+    for name in plain["layers"]:
+        np.testing.assert_allclose(b.read_layer("c", name), a.read_layer("c", name), atol=1e-5, rtol=0)
+
+
+def test_extract_with_shards_rejects_other_selections(pool, tiny_hf_model, tmp_path):
+    from gwray.activations.extract import extract
+    from gwray.config import load_config
+
+    probe = tmp_path / "probe.txt"
+    probe.write_text("\n".join(TEXTS) + "\n")
+    cfg = _cfg(_model(tiny_hf_model, "gpt2"), probe, shards=2)
+    cfg = load_config(cfg, {"layers": {"select": ["transformer.h.0"]}})
+    with pytest.raises(GwrayInputError, match=r"^config key layers.select: with model.shards > 1 only 'blocks'"):
+        extract(cfg, tmp_path / "out", "c")
+    assert not (tmp_path / "out" / "activations" / "checkpoint=c").exists()

@@ -9,8 +9,12 @@ The hidden states it yields are exactly Hugging Face's ``output_hidden_states``:
 embedding output, index ``i + 1`` the output of block ``i``, and for families with a final norm the
 last entry is the last block's output *after* that norm (HF substitutes ``last_hidden_state``).
 
-Written against the ``masking_utils`` API of transformers >= 4.53 (tested with 5.x); blocks returning
-a tuple (older releases) or a tensor (newer) are both accepted.
+Masks come from transformers' own ``masking_utils`` builders (so they follow the configured
+attention implementation); blocks returning a tuple (older releases) or a tensor are both accepted.
+Tested with transformers 5.24.
+
+The module also materialises chosen modules of a meta-built model from safetensors files, reading
+only their tensors by name (:func:`load_modules`), which is what a shard actor does.
 """
 from __future__ import annotations
 
@@ -80,24 +84,23 @@ class Family:
         return names
 
     # ---- running ---------------------------------------------------------------------------
-    def embed(self, base: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    def embed(self, base: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Embedding output (hidden state 0).
 
         Parameters
         ----------
-        input_ids : (b, t) int64 tensor
+        input_ids, attention_mask : (b, t) int64 tensors
 
         Returns
         -------
         (b, t, d) tensor in the embedding weights' dtype.
         """
         if self.name == "bert":
-            return base.embeddings(input_ids=input_ids)
+            return base.embeddings(input_ids=input_ids, position_ids=position_ids(attention_mask))
         first = base.get_submodule(self.embeddings[0])
         hidden = first(input_ids)
         if self.name == "gpt2":
-            positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
-            hidden = hidden + base.wpe(positions)
+            hidden = hidden + base.wpe(position_ids(attention_mask))
         return hidden
 
     def context(self, base: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> dict:
@@ -113,19 +116,19 @@ class Family:
         -------
         dict
             ``masks`` (per attention kind, as HF prepares them for ``config._attn_implementation``),
-            ``position_ids`` (1, t) and, for rotary families, ``position_embeddings`` (cos, sin).
+            ``position_ids`` (b, t) and, for rotary families, ``position_embeddings`` (cos, sin).
         """
         from transformers import masking_utils as mu
 
         config = base.config
-        positions = torch.arange(hidden.shape[1], device=hidden.device)[None]
-        kwargs = dict(config=config, inputs_embeds=hidden, attention_mask=attention_mask)
+        positions = position_ids(attention_mask)
         if self.name == "bert":
-            return {"masks": {"full_attention": mu.create_bidirectional_mask(**kwargs)}, "position_ids": positions}
-        kwargs.update(cache=None, position_ids=positions)
-        masks = {"full_attention": mu.create_causal_mask(**kwargs)}
+            mask = _call_mask(mu.create_bidirectional_mask, config, hidden, attention_mask, positions)
+            return {"masks": {"full_attention": mask}, "position_ids": positions}
+        masks = {"full_attention": _call_mask(mu.create_causal_mask, config, hidden, attention_mask, positions)}
         if "sliding_attention" in self._layer_kinds(config):
-            masks["sliding_attention"] = mu.create_sliding_window_causal_mask(**kwargs)
+            masks["sliding_attention"] = _call_mask(mu.create_sliding_window_causal_mask, config, hidden,
+                                                    attention_mask, positions)
         ctx = {"masks": masks, "position_ids": positions}
         if self.shared:
             ctx["position_embeddings"] = base.get_submodule(self.shared[0])(hidden, positions)
@@ -156,6 +159,31 @@ class Family:
     def finish(self, base: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """Apply the final norm (identity for families without one)."""
         return base.get_submodule(self.final_norm)(hidden) if self.final_norm else hidden
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens, (b, t) → (b, t) int64: left padding does not shift a text.
+
+    Equals ``arange(t)`` on the real tokens of right-padded rows (HF's default there); padding
+    positions repeat a neighbour's and are masked out anyway. The unsharded extraction uses the same.
+    """
+    return (attention_mask.long().cumsum(1) - 1).clamp_min(0)
+
+
+def _call_mask(fn, config, hidden: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor):
+    """Call a ``masking_utils`` builder with the keywords its signature has.
+
+    transformers 5.9 renamed ``input_embeds`` to ``inputs_embeds`` and dropped ``cache_position``.
+    """
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    kwargs = {"config": config, "attention_mask": attention_mask,
+              ("inputs_embeds" if "inputs_embeds" in params else "input_embeds"): hidden}
+    optional = {"cache": None, "past_key_values": None, "position_ids": positions,
+                "cache_position": torch.arange(hidden.shape[1], device=hidden.device)}
+    kwargs.update({k: v for k, v in optional.items() if k in params})
+    return fn(**kwargs)
 
 
 FAMILIES = (
@@ -236,7 +264,7 @@ def hidden_states(base: nn.Module, family: Family, input_ids: torch.Tensor,
     list of ``n_blocks + 1`` tensors (b, t, d), equal to HF's ``output_hidden_states``.
     """
     with torch.no_grad():
-        hidden = family.embed(base, input_ids)
+        hidden = family.embed(base, input_ids, attention_mask)
         out = [hidden]
         ctx = family.context(base, hidden, attention_mask)
         n = family.n_blocks(base)

@@ -101,16 +101,18 @@ class ShardActor:
         Returns
         -------
         dict
-            ``index``, ``blocks`` (start, stop), ``params`` (names of the base-model parameters
-            held), ``files`` (safetensors files opened), ``bytes`` (of the tensors held),
-            ``seconds``, ``peak_rss``.
+            ``index``, ``blocks`` (start, stop), ``params`` (base-model parameter names held),
+            ``files`` (safetensors files opened), ``bytes`` (held), ``seconds``, ``peak_rss``.
         """
+        self.start, self.stop = start, stop
+        return self._named(self._load, model_dir, dtype, device)
+
+    def _load(self, model_dir: str, dtype: str, device: str) -> dict:
         import transformers
 
-        t0 = time.perf_counter()
-        self.base = None
+        t0, start, stop, self.base = time.perf_counter(), self.start, self.stop, None
         base, family = families.build_empty(transformers.AutoConfig.from_pretrained(model_dir))
-        self.family, self.start, self.stop, self.device = family, start, stop, torch.device(device)
+        self.family, self.device = family, torch.device(device)
         self.n_blocks = family.n_blocks(base)
         modules = family.modules_for(self.n_blocks, start, stop)
         report = families.load_modules(base, family, model_dir, modules, getattr(torch, dtype), self.device)
@@ -145,8 +147,12 @@ class ShardActor:
             The same keys with ``hidden`` replaced by this shard's output, or ``{"rows": b}`` from
             the last shard.
         """
+        return self._named(self._step, batch)
+
+    def _named(self, fn, *args):
+        """Run ``fn`` so that any error it raises names this shard (one line)."""
         try:
-            return self._step(batch)
+            return fn(*args)
         except GwrayInputError as exc:
             raise GwrayInputError(f"shard {self.index}: {exc}") from None
         except Exception as exc:
@@ -159,7 +165,7 @@ class ShardActor:
         mask = batch["attention_mask"].to(self.device)
         with torch.no_grad():
             if self.start == 0:
-                hidden = fam.embed(base, batch["input_ids"].to(self.device))
+                hidden = fam.embed(base, batch["input_ids"].to(self.device), mask)
                 self._emit(0, hidden, mask, sids)
             else:
                 hidden = batch["hidden"].to(self.device)
@@ -254,6 +260,7 @@ def load_shards(pool: ShardPool, model_dir: "str | Path", dtype: str = "float32"
     base, family = families.build_empty(transformers.AutoConfig.from_pretrained(model_dir))
     families.read_index(model_dir)  # a missing file fails here, before any actor loads
     ranges = plan_blocks(block_weights(base, family), shards)
+    pool.infos = []
     refs = [a.load.remote(model_dir, s, e, dtype, device) for a, (s, e) in zip(pool.actors, ranges)]
     pool.infos = _gather(pool, refs)
     return pool.infos
@@ -266,7 +273,7 @@ def _gather(pool: ShardPool, refs: list) -> list:
     try:
         return ray.get(refs)
     except ray.exceptions.RayTaskError as exc:
-        cause = exc.cause
+        cause = exc.cause if exc.cause is not None else exc
         raise (cause if isinstance(cause, (GwrayInputError, ShardFailure)) else ShardFailure(str(cause))) from None
     except ray.exceptions.RayActorError as exc:
         ids = [a._actor_id.hex() for a in pool.actors]
