@@ -316,7 +316,7 @@ def _starts(P: _Problem, starts: list, seed: int):
 def gromov_wasserstein(C1, C2, p=None, q=None, *, aligned: bool = False,
                        starts=("identity", "product"), max_iter: int = 200, tol: float = 1e-9,
                        keep_coupling: bool = True, seed: int = 0, bound: bool = True,
-                       swap_rounds: int = 50, prune: float | None = 4.0) -> GWResult:
+                       swap_rounds: int = 10, prune: float | None = 4.0) -> GWResult:
     """Square-loss GW between two cost matrices, best of several conditional-gradient starts.
 
     Parameters
