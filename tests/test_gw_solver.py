@@ -169,6 +169,11 @@ def test_starts_and_result_fields():
     T0 = torch.tensor(rng.random((25, 25)))
     g = gromov_wasserstein(C1, C2, starts=[T0, T0.numpy()])
     assert set(g.start_values) == {"given", "given:1"} and g.marginal_error <= 1e-8
+    # max_iter=0 evaluates the starts only (no CG, no swaps)
+    from gwray.gw.bounds import identity_cost
+
+    r0 = gromov_wasserstein(C1, C2, aligned=True, starts=["identity"], max_iter=0)
+    assert r0.value == pytest.approx(identity_cost(C1, C2), rel=1e-12) and r0.iterations == 0
     # unaligned: identity is skipped and the product stands in
     assert set(gromov_wasserstein(C1, C2, starts=["identity"]).start_values) == {"product"}
     assert isinstance(r, GWResult)

@@ -4,15 +4,17 @@ Objective (POT's convention): GW(T) = Σ_ijkl (C1_ik − C2_jl)² T_ij T_kl over
 For symmetric C1, C2 and feasible T this is  const − 2⟨T, A⟩  with  A = C1 T C2  and
 const = pᵀ(C1∘C1)p + qᵀ(C2∘C2)q, so the gradient is affine in T and A is carried between iterations:
 
-* linear step: maximise ⟨A, S⟩ over couplings — a linear assignment (a permutation vertex) when p, q
-  are uniform and n = m, an exact EMD otherwise;
+* linear step: maximise ⟨A, S⟩ over couplings, an exact network-simplex EMD (a permutation
+  vertex when p, q are uniform and n = m: a linear assignment);
 * B = C1 S C2 is the iteration's only n³ product: for a permutation S = P/n it is C1 @ C2[σ] / n,
   for an EMD vertex (≤ n + m − 1 non-zeros) it is C1 @ (S @ C2) with a sparse S;
 * exact line search: along T + α(S − T) the objective is a quadratic in α whose coefficients need
   only ⟨S, A⟩, ⟨S, B⟩ and ⟨T, A⟩ (⟨T, B⟩ = ⟨S, A⟩ by symmetry); then A ← A + α(B − A).
 
-Every start ends at an exactly feasible plan, so ``value`` is a true upper bound on GW; the TLB
-(:mod:`gwray.gw.bounds`) gives the lower bound.
+For distance-like costs GW is concave on the polytope, so CG walks vertex to vertex and stops at
+a permutation that no single assignment step improves but a pairwise swap often does: a swap
+search then alternates with CG. Every start ends at an exactly feasible plan, so ``value`` is a
+true upper bound on GW; the TLB (:mod:`gwray.gw.bounds`) gives the lower bound.
 """
 from __future__ import annotations
 
@@ -179,12 +181,10 @@ def _swap_gain(P: _Problem, W, C2s) -> np.ndarray:
 
 
 def _swap_search(P: _Problem, cols, max_rounds: int):
-    """Pairwise-swap local search on a permutation plan (a CG fixed point is not swap-stable).
+    """Pairwise-swap local search on a permutation; returns it improved and whether it changed.
 
-    Each round applies a greedy set of disjoint improving swaps and checks the exact new value
-    (falls back to the best single swap when their interaction spoils the batch). W = C1 C2[σ][:, σ]
-    is updated in rank-2k form (2k moved rows), a full matmul only when k is large.
-    Returns the improved permutation and whether it changed.
+    Each round applies a greedy set of k disjoint improving swaps and checks the exact new value
+    (else the best single swap). W = C1 C2[σ][:, σ] gets a rank-2k update (a matmul if k is large).
     """
     n, C1, C2 = P.n, P.C1, P.C2
     cols = cols.copy()
@@ -381,7 +381,7 @@ def gromov_wasserstein(C1, C2, p=None, q=None, *, aligned: bool = False,
         runs.append([value, name, its, T if perm is None and value < best else None,
                      None if pruned else perm])
     for run in runs:  # swap search + CG on every start that ended at a permutation, unpruned
-        if swap_rounds > 0 and run[4] is not None:
+        if swap_rounds > 0 and max_iter > 0 and run[4] is not None:
             out = _polish(P, run[4], max_iter, tol, swap_rounds)
             if out is not None:
                 run[3], run[0], run[2] = out[0], out[1], run[2] + out[2]
