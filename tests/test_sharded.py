@@ -1,7 +1,8 @@
 """Sharded models: each Ray actor holds only its blocks, and the pooled output equals HF's.
 
-One pool of 3 shard actors serves every test of the module (actors reload models), so the module
-pays the actor start-up once; the kill test uses its own pool of 2.
+One pool of 3 shard actors serves the tests of the module (actors reload models), so the module
+pays the actor start-up once. The kill test ends that pool; it comes last, and a test running
+after it anyway gets a fresh pool.
 """
 from __future__ import annotations
 
@@ -24,10 +25,18 @@ LAYERS = 4
 
 
 @pytest.fixture(scope="module")
-def pool(ray_local):
-    p = sharded.start_shards(3, cpus=0.5)  # leaves room for the kill test's own pool
-    yield p
-    p.close()
+def pools(ray_local):
+    holder = {}
+    yield holder
+    if "pool" in holder:
+        holder["pool"].close()
+
+
+@pytest.fixture
+def pool(pools):
+    if "pool" not in pools or pools["pool"].group is None:
+        pools["pool"] = sharded.start_shards(3)
+    return pools["pool"]
 
 
 def _model(tiny_hf_model, family):
@@ -133,33 +142,6 @@ def test_unsupported_architecture(pool, tmp_path):
         sharded.load_shards(pool, tmp_path, shards=2)
 
 
-def test_shard_killed_mid_run_names_it_and_leaves_nothing(ray_local, tiny_hf_model, tmp_path):
-    path = _model(tiny_hf_model, "llama")
-
-    class DyingPooler(Pooler):  # defined locally so Ray ships it by value to the actors
-        def __call__(self, hidden, attention_mask, sample_ids, layer="layer"):
-            import os
-
-            import ray
-
-            if "-shard-1-" in (ray.get_runtime_context().get_actor_name() or "") and min(sample_ids) >= 105:
-                os._exit(1)
-            return super().__call__(hidden, attention_mask, sample_ids, layer=layer)
-
-    names = ["embeddings"] + [f"block{i}" for i in range(LAYERS)]
-    writer = ActivationWriter(tmp_path, "c", names)
-    own = sharded.start_shards(2, cpus=0.2)
-    try:
-        infos = sharded.load_shards(own, path)
-        with pytest.raises(sharded.ShardFailure) as err:
-            sharded.run_pipeline(own, _batches(path, batch_size=2), DyingPooler("mean"), writer, names)
-    finally:
-        own.close()
-    start, stop = infos[1]["blocks"]
-    assert f"shard 1 ({own.names[1]}), blocks {start}-{stop - 1} died" in str(err.value)
-    assert not writer.dir.exists(), "a half-written checkpoint was left behind"
-
-
 def _cfg(path, probe, **model):
     from gwray.config import load_config
 
@@ -193,3 +175,27 @@ def test_extract_with_shards_rejects_other_selections(pool, tiny_hf_model, tmp_p
     with pytest.raises(GwrayInputError, match=r"^config key layers.select: with model.shards > 1 only 'blocks'"):
         extract(cfg, tmp_path / "out", "c")
     assert not (tmp_path / "out" / "activations" / "checkpoint=c").exists()
+
+
+def test_shard_killed_mid_run_names_it_and_leaves_nothing(pool, tiny_hf_model, tmp_path):
+    path = _model(tiny_hf_model, "llama")
+
+    class DyingPooler(Pooler):  # defined locally so Ray ships it by value to the actors
+        def __call__(self, hidden, attention_mask, sample_ids, layer="layer"):
+            import os
+
+            import ray
+
+            if "-shard-1-" in (ray.get_runtime_context().get_actor_name() or "") and min(sample_ids) >= 105:
+                os._exit(1)
+            return super().__call__(hidden, attention_mask, sample_ids, layer=layer)
+
+    names = ["embeddings"] + [f"block{i}" for i in range(LAYERS)]
+    writer = ActivationWriter(tmp_path, "c", names)
+    infos = sharded.load_shards(pool, path)  # shard 1 sits in the middle: shard 2 waits on it
+    with pytest.raises(sharded.ShardFailure) as err:
+        sharded.run_pipeline(pool, _batches(path, batch_size=2), DyingPooler("mean"), writer, names)
+    assert pool.group is None, "a failed run must stop every shard"
+    start, stop = infos[1]["blocks"]
+    assert f"shard 1 ({pool.names[1]}), blocks {start}-{stop - 1} died" in str(err.value)
+    assert not writer.dir.exists(), "a half-written checkpoint was left behind"

@@ -92,8 +92,7 @@ class ShardActor:
     """
 
     def __init__(self, index: int):
-        self.index = index
-        self.base = None
+        self.index, self.base = index, None
 
     def load(self, model_dir: str, start: int, stop: int, dtype: str = "float32", device: str = "cpu") -> dict:
         """Materialise blocks ``[start, stop)`` (+ embeddings / final norm) from the safetensors files.
@@ -220,7 +219,7 @@ def start_shards(shards: int, gpus_per_shard: float = 0, cpus: float | None = No
     machine share cores).
     """
     import ray
-    from ray.util.placement_group import placement_group
+    from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     if cpus is None:
@@ -230,8 +229,6 @@ def start_shards(shards: int, gpus_per_shard: float = 0, cpus: float | None = No
     try:
         ray.get(group.ready(), timeout=timeout)
     except ray.exceptions.GetTimeoutError:
-        from ray.util.placement_group import remove_placement_group
-
         remove_placement_group(group)
         raise GwrayInputError(f"resources.gpus_per_shard: the cluster cannot place {shards} shards of "
                               f"{bundle} within {timeout:.0f} s") from None
@@ -272,12 +269,15 @@ def _gather(pool: ShardPool, refs: list) -> list:
 
     try:
         return ray.get(refs)
-    except ray.exceptions.RayTaskError as exc:
-        cause = exc.cause if exc.cause is not None else exc
-        raise (cause if isinstance(cause, (GwrayInputError, ShardFailure)) else ShardFailure(str(cause))) from None
-    except ray.exceptions.RayActorError as exc:
+    except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
+        # A step downstream of a dead shard fails with a task error whose cause is that actor's death.
+        cause = (exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else None) or exc
+        if isinstance(cause, (GwrayInputError, ShardFailure)):
+            raise cause from None
+        if not isinstance(cause, ray.exceptions.RayActorError):
+            raise ShardFailure(f"a shard failed: {str(cause).strip().splitlines()[-1]}") from None
         ids = [a._actor_id.hex() for a in pool.actors]
-        k = ids.index(exc.actor_id) if exc.actor_id in ids else None
+        k = ids.index(cause.actor_id) if cause.actor_id in ids else None
         where = f"shard {k} ({pool.names[k]})" if k is not None else "a shard actor"
         if k is not None and pool.infos:
             start, stop = pool.infos[k]["blocks"]
