@@ -9,7 +9,8 @@ import torch
 from gwray.errors import GwrayInputError
 from gwray.gw.costs import cost_matrix
 from gwray.gw.bounds import round_to_coupling
-from gwray.gw.solver import GWResult, _Problem, _swap_gain, gromov_wasserstein
+from gwray.gw.local_search import swap_gain, swap_search
+from gwray.gw.solver import GWResult, gromov_wasserstein
 
 
 def _weights(rng, k):
@@ -115,14 +116,18 @@ def test_swap_gain_matches_brute_force():
         if zero_diag:
             np.fill_diagonal(A, 0)
             np.fill_diagonal(B, 0)
-        P = _Problem(A, B, np.full(n, 1 / n), np.full(n, 1 / n))
         s = rng.permutation(n)
-        G = _swap_gain(P, A @ B[np.ix_(s, s)], B[np.ix_(s, s)])
+        G = swap_gain(A, A @ B[np.ix_(s, s)], B[np.ix_(s, s)])
         for i, j in itertools.permutations(range(n), 2):
             t = s.copy()
             t[i], t[j] = s[j], s[i]
             ref = (A * B[np.ix_(t, t)]).sum() - (A * B[np.ix_(s, s)]).sum()
             assert G[i, j] == pytest.approx(ref, abs=1e-10)
+        # the search ends swap-stable, never worse, with W matching its permutation
+        t, changed, W = swap_search(A, B, s, 100)
+        assert changed and (A * B[np.ix_(t, t)]).sum() > (A * B[np.ix_(s, s)]).sum()
+        np.testing.assert_allclose(W, A @ B[np.ix_(t, t)], atol=1e-10)
+        assert swap_gain(A, W, B[np.ix_(t, t)]).max() <= 1e-9
 
 
 def test_swaps_and_identity_improve_on_plain_cg():
