@@ -59,16 +59,17 @@ def plan_blocks(weights: "list[int]", shards: int) -> list[tuple[int, int]]:
                     best[k][i], cut[k][i] = cost, j
     ranges, i = [], n
     for k in range(shards, 0, -1):
-        ranges.append((int(cut[k][i]), i))
+        ranges.append((int(cut[k][i]), int(i)))
         i = cut[k][i]
     return ranges[::-1]
 
 
 def block_weights(base, family) -> list[int]:
     """Parameters each block brings to its shard (embeddings on block 0, final norm on the last)."""
-    count = lambda name: sum(p.numel() for p in base.get_submodule(name).parameters())  # noqa: E731
-    n = family.n_blocks(base)
-    weights = [count(family.block_name(i)) for i in range(n)]
+    def count(name: str) -> int:
+        return sum(p.numel() for p in base.get_submodule(name).parameters())
+
+    weights = [count(family.block_name(i)) for i in range(family.n_blocks(base))]
     weights[0] += sum(count(name) for name in family.embeddings)
     if family.final_norm:
         weights[-1] += count(family.final_norm)
@@ -280,8 +281,7 @@ def _gather(pool: ShardPool, refs: list) -> list:
         k = ids.index(cause.actor_id) if cause.actor_id in ids else None
         where = f"shard {k} ({pool.names[k]})" if k is not None else "a shard actor"
         if k is not None and pool.infos:
-            start, stop = pool.infos[k]["blocks"]
-            where += f", blocks {start}-{stop - 1}"
+            where += ", blocks {}-{}".format(pool.infos[k]["blocks"][0], pool.infos[k]["blocks"][1] - 1)
         raise ShardFailure(f"{where} died mid-run (out of memory or killed?)") from None
 
 
