@@ -8,7 +8,7 @@ Every GW/graph setting (probe size and seed, cost metric, GW starts, grouping me
 configs/paper/<experiment>.yaml, the same files ``gwray run`` takes; training, compression and
 healing settings are the constants below. Toy experiments compute in process (no Ray) on the
 same probe rows the pipeline would read; MiniLM goes through ``gwray.pipeline.run``.
-Writes OUT/results/<experiment>.json (all numbers) and OUT/figures/*.png.
+Writes OUT/results/<experiment>.json (all numbers), OUT/tables.md and OUT/figures/*.png.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ TOYS = {  # experiment -> (config, task, training overrides of gwray.models.toy.
     "modular_curriculum": ("toy_modular_curriculum.yaml", "modular", {"strategy": "curriculum"}),
 }
 COMPRESS = ("digits", "modular_joint")
-FULL = dict(ks=[0, 1, 2, 3, 4, 6, 8, 10], seeds=5, heal_steps=100, save_every=None, train={})
+FULL = dict(ks=[0, 1, 2, 3, 4, 6, 8], seeds=3, heal_steps=50, save_every=None, train={})
 QUICK = dict(ks=[0, 2], seeds=2, heal_steps=5, save_every=100, n_samples=32,
              train=dict(depth=4, width=32, hidden=64, steps=200, batch_size=128))
 
@@ -186,7 +186,7 @@ def plot_all(summary: dict, figdir: Path) -> None:
                 ax.axhline(b, color="w", lw=0.8)
                 ax.axvline(b, color="w", lw=0.8)
             ax.set_title(titles[kind], fontsize=9)
-            ax.set_xticks(range(len(s["names"])), [n.replace("blocks.", "") for n in s["names"]], fontsize=6)
+            ax.set_xticks(range(len(s["names"])), [_short(n) for n in s["names"]], fontsize=6)
             ax.set_yticks([])
             fig.colorbar(im, ax=ax, fraction=0.046)
         fig.suptitle(f"{name}: white lines = GW groups ({s['k']})", fontsize=9)
@@ -237,6 +237,46 @@ def plot_compression(plt, name: str, rows: list, figdir: Path) -> None:
     plt.close(fig)
 
 
+def _short(name: str) -> str:
+    return name.replace("blocks.", "").replace("encoder.layer.", "L").replace("embeddings", "emb")
+
+
+def _groups(groups) -> str:
+    short = [[_short(n) for n in g] for g in groups]
+    return "; ".join(g[0] if len(g) == 1 else f"{g[0]}-{g[-1]}" for g in short)
+
+
+def tables(summary: dict) -> str:
+    """The markdown tables of docs/results.md (groups, baseline agreement, compression)."""
+    lines = ["| experiment | accuracy (test) | GW groups (k) | CKA groups (ARI vs GW) | RSA groups (ARI) | "
+             "identity groups (ARI) |", "|---|---|---|---|---|---|"]
+    for name, s in summary.items():
+        acc = f"{s['test_accuracy']:.3f}" if "test_accuracy" in s else "-"
+        bg = s.get("baseline_groups", {})
+        cells = [f"{_groups(bg[k]['groups'])} ({bg[k]['ari_vs_gw']:.2f})" if k in bg else "-"
+                 for k in ("cka", "rsa", "identity")]
+        lines.append(f"| {name} | {acc} | {_groups(s['groups'])} ({s['k']}) | " + " | ".join(cells) + " |")
+    for name, s in summary.items():
+        if "timeline" in s:
+            lines += ["", f"{name}: GW groups per checkpoint", "", "| step | groups |", "|---|---|"]
+            lines += [f"| {t['step']} | {_groups(t['groups'])} |" for t in s["timeline"]]
+    for name, s in summary.items():
+        rows = s.get("compression")
+        if not rows:
+            continue
+        ks = sorted({r["k"] for r in rows})
+        lines += ["", f"{name}: test accuracy after dropping k blocks (no healing / healed; random = mean "
+                  "of seeds)", "", "| method | " + " | ".join(f"k={k}" for k in ks) + " |",
+                  "|---|" + "---|" * len(ks)]
+        for method in ("groups", "bi", "angular", "random"):
+            cells = []
+            for k in ks:
+                sel = [r for r in rows if r["method"] == method and r["k"] == k]
+                cells.append(f"{np.mean([r['accuracy'] for r in sel]):.3f} / {np.mean([r['healed'] for r in sel]):.3f}")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/paper")
@@ -248,12 +288,13 @@ def main(argv=None) -> int:
     root = Path(args.out).resolve()
     root.mkdir(parents=True, exist_ok=True)
     settings = QUICK if args.quick else FULL
-    unknown = [n for n in args.only.split(",") if n not in TOYS and n != "minilm"]
+    names = [n for n in args.only.split(",") if n]  # --only "" redraws figures and tables only
+    unknown = [n for n in names if n not in TOYS and n != "minilm"]
     if unknown:
         ap.error(f"--only: unknown experiment {unknown[0]!r}")
     results = root / "results"  # one JSON per experiment: several invocations can run at once
     results.mkdir(exist_ok=True)
-    for name in args.only.split(","):
+    for name in names:
         if name == "minilm":
             data = minilm_experiment(root)
         else:
@@ -263,6 +304,7 @@ def main(argv=None) -> int:
         tmp.replace(results / f"{name}.json")
     summary = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
     plot_all(summary, root / "figures")
+    (root / "tables.md").write_text(tables(summary))
     say(f"wrote {results} and {root / 'figures'}")
     return 0
 

@@ -72,3 +72,4 @@ def test_quick_experiments_job_writes_results(tmp_path):
     assert len(set(base)) == 1 and base[0] == pytest.approx(digits["test_accuracy"])
     assert (out / "figures" / "digits_matrices.png").is_file()
     assert (out / "figures" / "digits_compression.png").is_file()
+    assert "digits: test accuracy after dropping k blocks" in (out / "tables.md").read_text()
