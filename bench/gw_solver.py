@@ -108,7 +108,7 @@ def run_set(title: str, layers: list[np.ndarray], pairs) -> dict:
         t = time.perf_counter()
         v_pot = float(ot.gromov.gromov_wasserstein2(costs[i], costs[j], loss_fun="square_loss"))
         t_pot = time.perf_counter() - t
-        r = gromov_wasserstein(costs[i], costs[j], aligned=True, keep_coupling=False)
+        r = gromov_wasserstein(costs[i], costs[j], aligned=True, keep_coupling=False, blas_threads=None)
         steps = r.total_iterations + 1  # CG linear steps + the bound's assignment
         tot["pot"] += t_pot
         tot["ours"] += r.seconds
@@ -124,7 +124,7 @@ def run_set(title: str, layers: list[np.ndarray], pairs) -> dict:
     cg_t, cg_its = 0.0, 0
     for i, j in pairs[:3]:
         r = gromov_wasserstein(costs[i], costs[j], starts=["product"], swap_rounds=0, prune=None,
-                               bound=False, keep_coupling=False)
+                               bound=False, keep_coupling=False, blas_threads=None)
         cg_t, cg_its = cg_t + r.seconds, cg_its + r.iterations
     print(f"-- ours <= POT on {tot['le']}/{len(pairs)} pairs; ours/POT value: median "
           f"{np.median(tot['ratio']):.3f}, max {max(tot['ratio']):.3f}; total time POT "
@@ -141,10 +141,20 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
     ap.add_argument("--layers", type=int, default=6, help="synthetic layers per size")
     ap.add_argument("--minilm-n", type=int, default=512)
+    ap.add_argument("--blas-threads", type=int, default=1,
+                    help="BLAS threads for POT, ours and the floor alike (ours defaults to 1)")
     args = ap.parse_args()
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=args.blas_threads, user_api="blas"):
+        run_all(args)
+
+
+def run_all(args) -> None:
     if args.quick:
         args.sizes, args.layers, args.minilm_n = [256], 4, 256
-    print("note: timings on a shared machine (several agents on 2 cores); ratios are same-run.")
+    print("note: timings on a shared machine (several agents on 2 cores); ratios are same-run; "
+          f"BLAS threads = {args.blas_threads} for POT, ours and the floor.")
     sets = []
     for n in args.sizes:
         layers = residual_mlp_layers(n, depth=args.layers)
