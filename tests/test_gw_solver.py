@@ -207,6 +207,8 @@ def costs():
     (dict(p=np.r_[-0.1, np.full(7, 1.1 / 7)]), "^p must be finite and non-negative$"),
     (dict(starts=["warm"]), "^starts: unknown start 'warm'"),
     (dict(starts=["random:x"]), "^starts: 'random:x' must be"),
+    (dict(starts=["random:0"]), "^starts: 'random:0' must be"),
+    (dict(starts=[]), "^starts is empty"),
     (dict(starts=[np.ones((6, 8))]), r"^starts: coupling shape \(6, 8\) != \(8, 6\)$"),
 ])
 def test_bad_arguments(costs, kwargs, msg):

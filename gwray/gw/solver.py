@@ -241,10 +241,10 @@ def _starts(P: _Problem, starts: list, seed: int):
             T = _entropic_plan(P)
             yield "entropic", T, P.C1 @ (T @ P.C2), None, None
         elif s.startswith("random:"):
-            try:
-                k = int(s.split(":", 1)[1])
-            except ValueError:
-                raise GwrayInputError(f"starts: {s!r} must be 'random:K' with an integer K") from None
+            k = s.split(":", 1)[1]
+            if not k.isdigit() or int(k) < 1:
+                raise GwrayInputError(f"starts: {s!r} must be 'random:K' with an integer K >= 1")
+            k = int(k)
             for r in range(k):
                 if P.lap:
                     cols = rng.permutation(P.n)
@@ -335,6 +335,8 @@ def _solve(C1, C2, p, q, aligned, starts, max_iter, tol, keep_coupling, seed, bo
     P = _Problem(A1, A2, p, q)
     values, runs = {}, []  # runs: [value, name, iterations, T (or None), permutation (or None)]
     starts = [starts] if isinstance(starts, str) or hasattr(starts, "shape") else list(starts)
+    if not starts:
+        raise GwrayInputError("starts is empty: name at least one start (e.g. 'product')")
     if not aligned:  # the identity is no coupling of unaligned samples; product stands in
         starts = [s for s in starts if not (isinstance(s, str) and s == "identity")] or ["product"]
     for name, T, A, first, perm in _starts(P, starts, seed):
