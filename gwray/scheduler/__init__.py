@@ -25,18 +25,18 @@ log = logging.getLogger(__name__)
 
 
 def _checkpoints(store) -> list[str]:
-    ids = list(store.checkpoints())
     complete = getattr(store, "is_complete", None)
-    return [c for c in ids if complete is None or complete(c)]
+    return [c for c in store.checkpoints() if complete is None or complete(c)]
 
 
 def plan_for(store, cross: str) -> Plan:
-    """The plan of a run: every complete checkpoint of ``store`` (in its order) and its layers.
+    """The plan of a run: every complete checkpoint of ``store`` and its layers.
 
     Parameters
     ----------
     store : ActivationStore
-        Anything with ``checkpoints()`` and ``layer_names(checkpoint)``.
+        Anything with ``checkpoints()`` (in training order: ``final`` means the last) and
+        ``layer_names(checkpoint)``.
     cross : str
         ``compare.cross``.
     """
@@ -122,8 +122,8 @@ def run_pairs(cfg, store, out: Location | str, *, progress: bool = True) -> pa.T
     if progress:
         print(line, file=sys.stderr)
     log.info(line)
-    assemble_matrices(out, plan)
     table = load_records(out)
+    assemble_matrices(out, plan, records=table)
     keys = {t.key for t in plan}
     mask = [k in keys for k in row_keys(table)]
     table = table.filter(pa.array(mask, pa.bool_()))

@@ -148,7 +148,8 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def assemble_matrices(out: Location | str, plan: Sequence[PairTask]) -> dict:
+def assemble_matrices(out: Location | str, plan: Sequence[PairTask], *,
+                      records: pa.Table | None = None) -> dict:
     """Build the GW matrices of a finished run and write them next to ``OUT/pairs/``.
 
     Parameters
@@ -158,6 +159,8 @@ def assemble_matrices(out: Location | str, plan: Sequence[PairTask]) -> dict:
     plan : sequence of PairTask
         What should have been solved (a :class:`~gwray.scheduler.plan.Plan`, or its tasks in
         plan order).
+    records : pyarrow.Table, optional
+        :func:`load_records` of ``out`` when the caller already has it (saves a second read).
 
     Returns
     -------
@@ -177,7 +180,8 @@ def assemble_matrices(out: Location | str, plan: Sequence[PairTask]) -> dict:
         A bad file in ``pairs/``, a pair recorded twice, or a planned pair missing.
     """
     out = Location.parse(out)
-    rows = _planned_rows(load_records(out), plan, pairs_dir(out))
+    records = load_records(out) if records is None else records
+    rows = _planned_rows(records, plan, pairs_dir(out))
     layers = _layer_order(plan)
     result: dict = {"layers": layers, "gw": {}, "lower_bound": {}, "cross": {}}
     long_rows, cross_rows = [], []

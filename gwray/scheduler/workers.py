@@ -44,7 +44,7 @@ class GWWorker:
     metric, normalize : str
         ``costs`` config, passed to :func:`gwray.gw.costs.cost_matrix`.
     starts : list of str
-        ``gw.starts``; ``"identity"`` is dropped for pairs whose samples are not aligned.
+        ``gw.starts`` (the solver skips ``"identity"`` for pairs whose samples are not aligned).
     max_iter : int
     tol : float
     aligned : iterable of (str, str)
@@ -97,10 +97,6 @@ class GWWorker:
         for k in refs:
             self._cache.move_to_end(k)
 
-    def _starts(self, aligned: bool) -> list[str]:
-        starts = [s for s in self.starts if aligned or s != "identity"]
-        return starts or ["product"]
-
     def solve(self, batch: Batch, refs: Mapping[LayerKey, "ray.ObjectRef"]) -> list[dict]:
         """Solve every pair of ``batch``; ``refs`` maps each needed (checkpoint, layer) to its cost ref.
 
@@ -122,7 +118,7 @@ class GWWorker:
             if r is None:
                 (ka, kb), al = t.cost_keys, (t.checkpoint_a, t.checkpoint_b) in self.aligned
                 r = gromov_wasserstein(self._cache[ka], self._cache[kb], aligned=al,
-                                       starts=self._starts(al), max_iter=self.max_iter,
+                                       starts=self.starts, max_iter=self.max_iter,
                                        tol=self.tol, keep_coupling=False)
             rec = {"n": batch.n[0], **r.record()}
             records.append({"checkpoint_a": t.checkpoint_a, "layer_a": t.layer_a,
@@ -166,7 +162,7 @@ class WorkerPool:
         Resources of each actor (``resources.cpus_per_worker`` / ``gpus_per_worker``).
     depth : int
         Batches queued per actor, so a worker starts its next batch while the driver is still
-        writing the previous one.
+        writing the previous one (1 once fewer batches than workers are left).
     window : int
         How many queued batches the affinity search looks at.
     **worker_kwargs
@@ -177,16 +173,11 @@ class WorkerPool:
                  window: int = 64, **worker_kwargs):
         self._cls = ray.remote(GWWorker).options(num_cpus=num_cpus, num_gpus=num_gpus,
                                                   max_restarts=-1, max_task_retries=0)
-        self._kwargs = worker_kwargs
         self.slots = [_Slot(self._cls.remote(**worker_kwargs)) for _ in range(workers)]
         self.depth, self.window = depth, window
         self.costs: dict[LayerKey, tuple[object, int]] = {}  # key → (ref, slot index)
         self.ready: set[LayerKey] = set()
         self.cost_tasks = 0
-
-    def pids(self) -> list[int]:
-        """Process ids of the live actors (tests use them to kill one)."""
-        return ray.get([s.actor.ping.remote() for s in self.slots])
 
     def _usable(self, batch: Batch, idx: int) -> bool:
         return all(k in self.ready or k not in self.costs or self.costs[k][1] == idx
@@ -239,7 +230,10 @@ class WorkerPool:
         inflight: dict = {}  # solve ref → (batch, slot index)
         while pending or inflight:
             for idx, slot in enumerate(self.slots):
-                while pending and slot.ping is None and slot.running < self.depth:
+                # queue ahead only while there is work for everyone: near the end a second queued
+                # batch would leave another worker idle
+                depth = self.depth if len(pending) >= len(self.slots) else 1
+                while pending and slot.ping is None and slot.running < depth:
                     pos = self._pick(pending, idx)
                     if pos is None:
                         break
