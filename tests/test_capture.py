@@ -69,12 +69,12 @@ def _hand_pool(h, mask, mode):
     return h[torch.arange(h.shape[0]), idx]
 
 
-def _capture(loaded, select, mode, enc, runner=None):
+def _capture(loaded, select, mode, enc, runner=None, strict=True):
     specs = select_layers(loaded, select)
     with torch.no_grad(), LayerCapture(loaded.module, specs, Pooler(mode)) as cap:
         cap.batch(enc["attention_mask"], list(range(len(enc["input_ids"]))))
         (runner or loaded.runner)(**enc)
-        return specs, cap.pop()
+        return specs, cap.pop(strict=strict)
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +108,16 @@ def test_globs_all_and_unknown_layer(tiny_hf_model):
         select_layers(loaded, ["transformer.h.9"])
     msg = str(exc.value)
     assert "\n" not in msg and "'transformer.h.9'" in msg and "close matches: transformer.h." in msg
+
+
+def test_all_modules_of_minilm_pool(minilm):
+    enc = minilm.tokenizer(TEXTS[:2], padding=True, return_tensors="pt")
+    specs, got = _capture(minilm, "all", "mean", enc, runner=minilm.module, strict=False)
+    assert len(got) > 50 and "encoder" in got and "pooler" in got  # ModelOutput, (b, d) alike
+    assert "encoder.layer" not in [s.name for s in specs]  # containers are never called
+    uncalled = {type(dict(minilm.module.named_modules())[s.name]).__name__ for s in specs if s.name not in got}
+    assert uncalled <= {"Dropout"}  # attention dropout lives inside the fused SDPA kernel
+    torch.testing.assert_close(got["encoder"][0], got["encoder.layer.5"][0])
+    assert all(rows.shape[0] == 2 for rows, _ in got.values())
+    with pytest.raises(GwrayInputError, match="the forward pass never produced it"):
+        _capture(minilm, "all", "mean", enc, runner=minilm.module)

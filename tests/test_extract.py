@@ -109,6 +109,13 @@ def test_nan_activation_names_layer_and_sample(ray_local, tmp_path, nan_model, p
     _no_checkpoint(tmp_path)
 
 
+def test_all_keeps_the_modules_the_forward_pass_calls(tmp_path, gpt2, probe_txt):
+    manifest = extract(_cfg(gpt2, probe_txt, select="all"), tmp_path, "main", use_ray=False)
+    names = manifest["layers"]
+    assert "lm_head" in names and "transformer.h.2.mlp.c_fc" in names and "transformer.h" not in names
+    assert len(manifest["dims"]) == len(names) and manifest["dims"][names.index("lm_head")] == 30522
+
+
 def test_bad_inputs_leave_nothing(tmp_path, gpt2, probe_txt):
     cases = [
         (_cfg(str(tmp_path / "no-model"), probe_txt), ["no-model", "not found"]),

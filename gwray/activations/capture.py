@@ -11,7 +11,8 @@ Layer selection (``layers.select``):
   the block module; the last block's entry is the base model's ``last_hidden_state``
   (so a final norm such as GPT-2's ``ln_f`` is included, exactly as HF does).
   Factory / toy models: the layer names their loader returned.
-- ``"all"`` — every named sub-module, in registration order.
+- ``"all"`` — every named sub-module except containers (ModuleList / ModuleDict), in
+  registration order.
 - a list of module names or globs (``"encoder.layer.*.output"``); an unknown name raises
   :class:`~gwray.errors.GwrayInputError` listing close matches.
 """
@@ -163,8 +164,9 @@ def select_layers(loaded, select) -> list[LayerSpec]:
         return ([LayerSpec(EMBEDDINGS, blocks[0], "input")]
                 + [LayerSpec(n, n) for n in blocks[:-1]]
                 + [LayerSpec(blocks[-1], base, "last_hidden_state")])
-    if select == "all":
-        return [LayerSpec(n, n) for n in names]
+    if select == "all":  # containers are never called: they have no output of their own
+        containers = (torch.nn.ModuleList, torch.nn.ModuleDict)
+        return [LayerSpec(n, n) for n, m in loaded.module.named_modules() if n and not isinstance(m, containers)]
     if isinstance(select, str):
         select = [select]
     chosen: list[str] = []
@@ -217,18 +219,26 @@ class LayerCapture:
     def batch(self, attention_mask: torch.Tensor | None, sample_ids) -> None:
         self._mask, self._sids, self._out = attention_mask, sample_ids, {}
 
-    def pop(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def pop(self, strict: bool = True) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The pooled layers of the last forward; ``strict``: every selected layer must be there."""
         out, self._out = self._out, {}
         missing = [s.name for s in self.specs if s.name not in out]
-        if missing:
+        if missing and strict:
             raise GwrayInputError(f"layer {missing[0]}: the forward pass never produced it (is the module used?)")
         return out
 
     def _keep(self, name: str, value) -> None:
+        if hasattr(value, "to_tuple"):  # an HF ModelOutput: its first field is the hidden state
+            value = value.to_tuple()
         if isinstance(value, (tuple, list)):
             value = value[0] if value else None
         if not isinstance(value, torch.Tensor):
             raise GwrayInputError(f"layer {name}: output is {type(value).__name__}, not a tensor")
+        b = len(self._sids)
+        if value.ndim == 0:
+            raise GwrayInputError(f"layer {name}: output is a scalar, not one row per sample")
+        if value.shape[0] == 1 and b > 1:  # broadcast over the batch (e.g. position embeddings)
+            value = value.expand(b, *value.shape[1:])
         # A module called twice in one forward (weight sharing) keeps its last call, as HF does.
         self._out[name] = self.pooler(value, self._mask, self._sids, layer=name)
 

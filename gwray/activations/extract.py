@@ -53,10 +53,13 @@ class BatchExtractor:
     def __init__(self, cfg, checkpoint_path, writer: ActivationWriter | None = None, device=None):
         self.loaded = load_model(cfg.model, checkpoint_path, device)
         self.specs = select_layers(self.loaded, cfg.layers.select)
-        self.layer_names = [s.name for s in self.specs]
-        if writer is not None and self.layer_names != writer.layer_names:
-            raise RuntimeError(f"layers {self.layer_names} differ from the writer's {writer.layer_names}")
+        if writer is not None:  # the writer's layers (for "all": those the forward pass really calls)
+            by_name = {s.name: s for s in self.specs}
+            if any(n not in by_name for n in writer.layer_names):
+                raise RuntimeError(f"layers {writer.layer_names} are not all in this model's selection")
+            self.specs = [by_name[n] for n in writer.layer_names]
         self.pooler = Pooler(cfg.layers.pooling, seed=cfg.probe.seed)
+        self._strict = True
         self.max_tokens = cfg.probe.max_tokens
         self.writer = writer
         self.run = _runner(self.loaded, self.specs)
@@ -64,6 +67,26 @@ class BatchExtractor:
         self.kwargs = {"use_cache": False} if config is not None and "use_cache" in config.to_dict() else {}
         # Positions counted over real tokens: left padding does not shift them (as HF generate does).
         self.positions = "position_ids" in inspect.signature(self.run.forward).parameters
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    def keep_used(self, batch: dict) -> list[str]:
+        """Drop the selected modules one forward pass on ``batch`` never calls (``all`` selects them too).
+
+        Returns
+        -------
+        list of str
+            The layer names kept.
+        """
+        self._strict = False
+        try:
+            fired = self.pooled(batch)
+        finally:
+            self._strict = True
+        self.specs = [s for s in self.specs if s.name in fired]
+        return self.layer_names
 
     @torch.inference_mode()
     def pooled(self, batch: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -98,7 +121,7 @@ class BatchExtractor:
                     x = x.to(param.dtype)
                 capture.batch(None, sids)
                 self.run(x.to(device))
-            return capture.pop()
+            return capture.pop(strict=self._strict)
 
     def __call__(self, batch: dict) -> dict:
         """Write one batch's parts; returns ``{"sample_id": (b,)}`` (what Ray Data passes on)."""
@@ -188,10 +211,12 @@ def extract(cfg, out: "Location | str", checkpoint: str, checkpoint_path: str | 
     pooler = Pooler(cfg.layers.pooling, seed=cfg.probe.seed)
     out = Location.parse(out)
     extractor = None
-    if use_ray or cfg.model.shards > 1:
+    if cfg.model.shards > 1 or (use_ray and cfg.layers.select != "all"):
         names = layer_names(cfg, checkpoint_path)
-    else:  # load once: the in-process worker's layer names are the dataset's
-        extractor = BatchExtractor(cfg, checkpoint_path)
+    else:  # load here: the in-process worker's layers (for "all": those called) are the dataset's
+        extractor = BatchExtractor(cfg, checkpoint_path, device="cpu" if use_ray else None)
+        if cfg.layers.select == "all":
+            extractor.keep_used(probe.batch(0, min(2, len(probe))))
         names = extractor.layer_names
     writer = ActivationWriter(out, checkpoint, names, dtype=cfg.layers.storage_dtype)
     try:
