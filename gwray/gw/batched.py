@@ -159,7 +159,7 @@ def _prox_loop(C1, C2, p, q, logT, eps, max_iter, inner, check_every, tol):
 
 def batched_gw(C1, C2, *, p=None, q=None, aligned: bool = True,
                starts=("identity", "product"), epsilon: float = 1.0,
-               max_iter: int = 50, inner_iter: int = 5, check_every: int = 10,
+               max_iter: int = 50, inner_iter: int = 3, check_every: int = 5,
                tol: float = 1e-4, polish_iter: int = 50, keep_coupling: bool = True,
                device=None, dtype=torch.float64) -> list[GWResult]:
     """Square-loss GW for B pairs of equal size at once, each value from a feasible plan.
