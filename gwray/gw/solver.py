@@ -260,6 +260,7 @@ def _starts(P: _Problem, starts: list, seed: int):
 
 
 _BLAS: ThreadpoolController | None = None
+_POLISH_WITHIN = 2.0  # polish starts whose CG value is within 2x the best CG value
 
 
 def gromov_wasserstein(C1, C2, p=None, q=None, *, aligned: bool = False,
@@ -290,9 +291,9 @@ def gromov_wasserstein(C1, C2, p=None, q=None, *, aligned: bool = False,
     keep_coupling, seed, bound : bool, int, bool
         Return the (n, m) plan; seed of the random starts; compute the TLB lower bound.
     swap_rounds : int
-        Uniform weights, n = m: every unpruned start whose CG ends at a permutation gets up to
-        this many rounds of pairwise-swap local search, then CG resumes (repeated while either
-        improves); 0 turns it off (plain CG, as POT).
+        Uniform weights, n = m: every start whose CG ends at a permutation within 2x the best CG
+        value gets up to this many rounds of pairwise-swap local search, then CG resumes
+        (repeated while either improves); 0 turns it off (plain CG, as POT).
     prune : float or None
         Abandon a start once its value exceeds ``prune`` × the best value so far (starts run in
         the given order, so put the strongest first); None runs every start to convergence.
@@ -348,8 +349,9 @@ def _solve(C1, C2, p, q, aligned, starts, max_iter, tol, keep_coupling, seed, bo
         pruned = value > cutoff
         runs.append([value, name, its, T if perm is None and value < best else None,
                      None if pruned else perm])
-    for run in runs:  # swap search + CG on every start that ended at a permutation, unpruned
-        if swap_rounds > 0 and max_iter > 0 and run[4] is not None:
+    for run in sorted(runs, key=lambda r: r[0]):  # swap search + CG on permutation ends
+        if swap_rounds > 0 and max_iter > 0 and run[4] is not None and \
+                run[0] <= _POLISH_WITHIN * min(r[0] for r in runs):
             out = _polish(P, run[4], max_iter, tol, swap_rounds)
             if out is not None:
                 run[3], run[0], run[2] = out[0], out[1], run[2] + out[2]
