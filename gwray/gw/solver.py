@@ -266,7 +266,7 @@ _POLISH_WITHIN = 2.0  # polish starts whose CG value is within 2x the best CG va
 def gromov_wasserstein(C1, C2, p=None, q=None, *, aligned: bool = False,
                        starts=("identity", "product"), max_iter: int = 200, tol: float = 1e-9,
                        keep_coupling: bool = True, seed: int = 0, bound: bool = True,
-                       swap_rounds: int = 10, prune: float | None = 4.0,
+                       swap_rounds: int = 30, prune: float | None = 4.0,
                        blas_threads: int | None = 1) -> GWResult:
     """Square-loss GW between two cost matrices, best of several conditional-gradient starts.
 
