@@ -7,8 +7,11 @@ aligned=True), their ratios, the share of pairs where ours ≤ POT, and our time
 against the floor measured in the same run (one n×n matmul + one linear_sum_assignment).
 
 Targets: ours ≤ POT on 100 % of pairs; total time ≤ 1/10 of POT's; time/iteration ≤ 1.3× floor.
+POT, ours and the floor all run with the same BLAS thread count (--blas-threads, default 1: on a
+loaded machine a 2-thread BLAS call waits for both threads and is many times slower).
 
 Usage: python bench/gw_solver.py [--quick] [--sizes 256 512 1024] [--layers 6] [--minilm-n 512]
+                                 [--blas-threads 1]
 """
 from __future__ import annotations
 
