@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -170,6 +171,15 @@ def cluster():
         c.stop()
 
 
+def entrypoint(config: Path) -> list[str]:
+    """k8s/rayjob-analyze.yaml's entrypoint with the image's paths mapped to this machine:
+    the repository for /home/ray/gwray, ``config`` for the ConfigMap's file."""
+    manifest = yaml.safe_load((ROOT / "k8s" / "rayjob-analyze.yaml").read_text())
+    python, script, cfg, *rest = shlex.split(manifest["spec"]["entrypoint"])
+    assert script.startswith("/home/ray/gwray/") and cfg.startswith("/etc/gwray/")
+    return [python, str(ROOT / script.removeprefix("/home/ray/gwray/")), str(config), *rest]
+
+
 def submit(cluster, cfg: dict, out: str, *, wait: bool = True, env: dict | None = None,
            timeout: float = 150):
     cfg_file = Path(cluster.tmp) / f"{cfg['name']}-{uuid.uuid4().hex[:6]}.yaml"
@@ -178,8 +188,7 @@ def submit(cluster, cfg: dict, out: str, *, wait: bool = True, env: dict | None 
     args = ["submit", f"--submission-id={sid}"] + ([] if wait else ["--no-wait"])
     if env:
         args.append("--runtime-env-json=" + json.dumps({"env_vars": env}))
-    r = cluster.job(*args, "--", "python", str(ROOT / "jobs" / "analyze.py"), str(cfg_file),
-                    "--out", out, timeout=timeout)
+    r = cluster.job(*args, "--", *entrypoint(cfg_file), "--out", out, timeout=timeout)
     return sid, r
 
 
@@ -237,7 +246,9 @@ def test_s3_output_killed_then_resumed(cluster, s3):
         time.sleep(0.2)
     assert first, cluster.job("logs", sid).stdout[-3000:]
     assert cluster.api("POST", f"/api/jobs/{sid}/stop")["stopped"]
+    t0 = time.time()
     while cluster.api("GET", f"/api/jobs/{sid}")["status"] not in ("STOPPED", "FAILED", "SUCCEEDED"):
+        assert time.time() - t0 < 60, "the job did not stop"
         time.sleep(0.2)
     kept = _keys(client, "run/pairs/")
     assert 1 <= len(kept) < N_PAIRS, f"the job was not stopped mid-way ({len(kept)} pairs)"

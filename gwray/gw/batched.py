@@ -108,7 +108,7 @@ def _monotone_plan(C1, C2, p, q):
 
 
 def _objective(C1sq_p, C2sq_q, cross, T):
-    """GW objective: sum_ik C1_ik^2 p_i p_k + sum_jl C2_jl^2 q_j q_l - 2 <C1 T C2, T>; shape (B,)."""
+    """GW objective, shape (B,): sum C1_ik^2 p_i p_k + sum C2_jl^2 q_j q_l - 2 <C1 T C2, T>."""
     return C1sq_p + C2sq_q - 2.0 * (cross * T).sum(dim=(1, 2))
 
 
