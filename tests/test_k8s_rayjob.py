@@ -71,8 +71,9 @@ class LocalCluster:
 
     def __init__(self):
         self.tmp = tempfile.mkdtemp(prefix="gwk", dir="/tmp")  # short: socket paths < 108 chars
-        # Ray 2.60 turns token authentication on for `ray start` clusters: this cluster gets its
-        # own token, passed to every process launched here (as the `authOptions` of KubeRay)
+        # Ray 2.60's `ray start` turns token authentication on when a token file exists (a local
+        # ray.init() writes ~/.ray/auth_token): so that clients agree whatever the machine holds,
+        # this cluster gets its own token, passed to every process launched here
         self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
                     "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
                     "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex,
