@@ -36,6 +36,9 @@ TOYS = {  # experiment -> (config, task, training overrides of gwray.models.toy.
     "digits": ("toy_digits.yaml", "digits", {}),
     "modular_joint": ("toy_modular_joint.yaml", "modular", {"strategy": "joint"}),
     "modular_curriculum": ("toy_modular_curriculum.yaml", "modular", {"strategy": "curriculum"}),
+    # Same number of composed-task steps as joint (3000) after 30 % inner-task steps.
+    "modular_curriculum_long": ("toy_modular_curriculum_long.yaml", "modular",
+                                {"strategy": "curriculum", "steps": 4286}),
 }
 COMPRESS = ("digits", "modular_joint")
 FULL = dict(ks=[0, 1, 2, 3, 4, 6, 8], seeds=3, heal_steps=50, save_every=None, train={})
@@ -53,17 +56,28 @@ def hidden(model, x) -> list[np.ndarray]:
         return [h.double().numpy() for h in model.hidden_states(torch.as_tensor(x))]
 
 
-def decodability(layers, target, seed: int = 0) -> list[float]:
-    """Held-out accuracy of a linear probe (logistic regression) for ``target`` from each layer."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import train_test_split
+def decodability(model, data: dict, targets) -> dict:
+    """Held-out accuracy of a linear probe (logistic regression) per layer and target.
 
-    out = []
-    for X in layers:
-        Xtr, Xte, ytr, yte = train_test_split(X, target, test_size=0.5, random_state=seed)
-        clf = LogisticRegression(max_iter=300).fit(Xtr, ytr)
-        out.append(float(clf.score(Xte, yte)))
+    Fitted on the residual stream of the whole training split, scored on the whole test split.
+    ``targets`` maps a name to a function (x (n, ...) -> labels (n,)).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    tr, te = hidden(model, data["x_train"]), hidden(model, data["x_test"])
+    out = {}
+    for name, fn in targets.items():
+        ytr, yte = fn(data["x_train"], data["y_train"]), fn(data["x_test"], data["y_test"])
+        out[name] = [float(LogisticRegression(max_iter=200).fit(a, ytr).score(b, yte)) for a, b in zip(tr, te)]
     return out
+
+
+def decode_targets(meta: dict) -> dict:
+    if meta["task"] != "modular":
+        return {"class": lambda x, y: y}
+    p = meta["p"]
+    return {"inner (a+b) mod p": lambda x, y: (x[:, 0] + x[:, 1]) % p, "output": lambda x, y: y,
+            "c": lambda x, y: x[:, 2]}
 
 
 def ari(a, b) -> float:
@@ -116,18 +130,12 @@ def toy_experiment(name: str, root: Path, s: dict, quick: bool) -> dict:
     x = probe.arrays
     summary = {"config": config, "meta": model.meta, "test_accuracy": accuracy(model, data["x_test"], data["y_test"]),
                "train_accuracy": accuracy(model, data["x_train"], data["y_train"]), **final}
+    summary["decodability"] = decodability(model, data, decode_targets(model.meta))
     if task == "modular":
-        p = model.meta["p"]
-        inner = (x[:, 0] + x[:, 1]) % p
-        summary["decodability"] = {"inner (a+b) mod p": decodability(layers, inner),
-                                   "output": decodability(layers, inner * x[:, 2] % p), "c": decodability(layers, x[:, 2])}
         say(f"{name}: groups over {len(ckpts)} checkpoints")
         summary["timeline"] = [{k: a[k] for k in ("step", "labels", "k", "groups")}
                                for a in (analyze(c, cfg, baselines=False) for c in ckpts[:-1])]
         summary["timeline"].append({k: final[k] for k in ("step", "labels", "k", "groups")})
-    else:
-        labels = probe_labels(mdir, probe)
-        summary["decodability"] = {"class": decodability(layers, labels)}
     if name in COMPRESS:
         say(f"{name}: compression")
         summary["compression"] = compression_curves(
@@ -135,10 +143,6 @@ def toy_experiment(name: str, root: Path, s: dict, quick: bool) -> dict:
             D=np.array(final["matrices"]["gw"]), names=names, random_seeds=s["seeds"],
             heal_steps=s["heal_steps"], probe=x)
     return summary
-
-
-def probe_labels(mdir: Path, probe) -> np.ndarray:
-    return np.load(mdir / "probe_labels.npy")[probe.sample_ids]
 
 
 def minilm_experiment(root: Path) -> dict:
@@ -282,6 +286,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="runs/paper")
     ap.add_argument("--only", default=",".join([*TOYS, "minilm"]), help="comma-separated experiments")
     ap.add_argument("--quick", action="store_true", help="tiny models and probes (CI)")
+    ap.add_argument("--decode-only", action="store_true",
+                    help="recompute only the linear-probe decodability of finished toy experiments")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (more oversubscribes a busy box)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -295,7 +301,11 @@ def main(argv=None) -> int:
     results = root / "results"  # one JSON per experiment: several invocations can run at once
     results.mkdir(exist_ok=True)
     for name in names:
-        if name == "minilm":
+        if args.decode_only:
+            data = json.loads((results / f"{name}.json").read_text())
+            model, _ = load_toy(root / "models" / name / data["checkpoint"])
+            data["decodability"] = decodability(model, task_data(model.meta), decode_targets(model.meta))
+        elif name == "minilm":
             data = minilm_experiment(root)
         else:
             data = toy_experiment(name, root, settings, args.quick)
