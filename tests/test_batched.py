@@ -160,6 +160,8 @@ def test_loop_reads_device_only_at_checks(monkeypatch):
     ((np.zeros((1, 3, 3)), np.zeros((1, 3, 3))), {"epsilon": 0.0}, "epsilon: must be a positive"),
     ((np.zeros((1, 3, 3)), np.zeros((1, 3, 3))), {"max_iter": 0}, "max_iter: must be a positive"),
     ((np.zeros((1, 3, 3)), [[["a"]]]), {}, "C2: not a numeric array"),
+    ((np.zeros((1, 3, 3)), np.zeros((1, 3, 3))), {"device": "gpu7"}, "device: 'gpu7'"),
+    ((np.zeros((1, 3, 3)), np.zeros((1, 3, 3))), {"starts": ["random:3"]}, "starts: "),
 ])
 def test_bad_input_one_line_error(args, kwargs, match):
     with pytest.raises(GwrayInputError, match=match) as info:

@@ -183,8 +183,12 @@ def batched_gw(C1, C2, *, p=None, q=None, aligned: bool = True,
         Proximal step, relative to the pair's cost scale (smaller = bolder steps).
     max_iter : int
         Proximal iterations at most; ``inner_iter`` Sinkhorn sweeps each.
-    check_every : int
-        Iterations between convergence checks (relative objective change ``<= tol``).
+    inner_iter : int
+        Log-domain Sinkhorn sweeps per proximal step (the plan need not be exact: it is rounded).
+    check_every, tol : int, float
+        Every ``check_every`` iterations (one device-to-host read of a boolean), pairs whose
+        objective changed by at most ``tol`` relative since the last check are frozen; the loop
+        ends when all are. The best plan seen at a check is the one returned.
     polish_iter : int
         Conditional-gradient iterations after rounding (``gromov_wasserstein(..., starts=[T])``).
     keep_coupling : bool
@@ -202,9 +206,19 @@ def batched_gw(C1, C2, *, p=None, q=None, aligned: bool = True,
         ``init`` ("batched-identity" or "batched-product"),
         ``solver`` ("batched-prox+" followed by the polish solver's name) and ``seconds``
         (the batch's loop time shared equally, plus the pair's own polish).
+
+    Raises
+    ------
+    GwrayInputError
+        Shapes other than two equal (B, n, n), NaN/inf or asymmetric costs, bad weights, an
+        unknown start, a non-positive parameter, an unknown device (one line naming which).
     """
     if device is None:
         device = C1.device if isinstance(C1, torch.Tensor) else torch.device("cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise GwrayInputError(f"device: {device!r} is not a torch device ({exc})") from None
     t0 = time.perf_counter()
     C1t = _as_tensor(C1, "C1", device, dtype)
     C2t = _as_tensor(C2, "C2", device, dtype)
