@@ -137,6 +137,28 @@ def test_pods_non_root_with_limits(name):
                 assert {"cpu", "memory"} <= set(c["resources"][part]), f"{where} {part}"
 
 
+def _bytes(quantity: str) -> float:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9}
+    num, unit = re.fullmatch(r"([\d.]+)([A-Za-z]*)", str(quantity)).groups()
+    return float(num) * units.get(unit, 1)
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_object_store_fits_shm_and_memory(name):
+    """Ray's object store lives in /dev/shm (a memory emptyDir): a store larger than the
+    emptyDir's sizeLimit gets the pod evicted, so each group sets it explicitly below both."""
+    spec = cluster_spec(load(name))
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    for g in groups:
+        pod = g["template"]["spec"]
+        (shm,) = [v for v in pod["volumes"] if v["name"] == "dshm"]
+        assert shm["emptyDir"]["medium"] == "Memory"
+        (c,) = pod["containers"]
+        assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+        store = float(g["rayStartParams"]["object-store-memory"])
+        assert store < _bytes(shm["emptyDir"]["sizeLimit"]) < _bytes(c["resources"]["limits"]["memory"])
+
+
 @pytest.mark.parametrize("name", MANIFESTS)
 def test_gpu_group(name):
     groups = {g["groupName"]: g for g in cluster_spec(load(name))["workerGroupSpecs"]}
