@@ -230,7 +230,9 @@ def s3():
 
 def _keys(client, prefix: str) -> dict[str, str]:
     got = client.list_objects_v2(Bucket="gwray-runs", Prefix=prefix).get("Contents", [])
-    return {o["Key"]: o["ETag"] for o in got if not o["Key"].endswith("/")}  # no folder markers
+    # no folder markers, no hidden temporary names (readers skip them too)
+    return {o["Key"]: o["ETag"] for o in got
+            if not o["Key"].endswith("/") and not o["Key"].rsplit("/", 1)[-1].startswith((".", "_"))}
 
 
 @pytest.mark.slow
