@@ -39,6 +39,9 @@ TOYS = {  # experiment -> (config, task, training overrides of gwray.models.toy.
     # Same number of composed-task steps as joint (3000) after 30 % inner-task steps.
     "modular_curriculum_long": ("toy_modular_curriculum_long.yaml", "modular",
                                 {"strategy": "curriculum", "steps": 4286}),
+    # Same, but each stage has its own AdamW + cosine schedule (stage 2 = a joint run from stage 1).
+    "modular_curriculum_restart": ("toy_modular_curriculum_restart.yaml", "modular",
+                                   {"strategy": "curriculum", "steps": 4286, "restart_schedule": True}),
 }
 COMPRESS = ("digits", "modular_joint")
 FULL = dict(ks=[0, 1, 2, 3, 4, 6, 8], seeds=3, heal_steps=50, save_every=None, train={})

@@ -61,10 +61,12 @@ def test_modular_data_is_the_composed_task():
     assert meta["n_classes"] == 5
 
 
-def test_curriculum_trains_and_models_take_tokens(tmp_path):
+@pytest.mark.parametrize("restart", [False, True])
+def test_curriculum_trains_and_models_take_tokens(tmp_path, restart):
     torch.set_num_threads(1)
     saved = train_toy("modular", tmp_path, p=5, strategy="curriculum", depth=2, width=16, hidden=32,
-                      steps=20, batch_size=32)
+                      steps=20, batch_size=32, save_every=5, restart_schedule=restart)
+    assert [read_meta(p)["step"] for p in saved] == [0, 5, 10, 15, 20]
     model, names = load_toy(saved[-1])
     assert model.meta["strategy"] == "curriculum" and len(names) == 3
     probe = write_probe(saved[-1], tmp_path / "p.npy", n=10)
