@@ -1,9 +1,9 @@
 """Where a run directory lives: a local path or an object-store URI, through ``pyarrow.fs``.
 
 Every stage writes through :class:`Location`, so ``output: s3://bucket/run`` works the same as a
-local folder. Writes are whole-file and atomic: locally a hidden temporary name in the same folder
-then a rename; on object stores a single PUT, which is atomic by itself. Readers skip names that
-start with ``.`` or ``_`` so that a temporary file left by a killed writer is never read.
+local folder. Writes are whole-file and atomic: a hidden temporary name in the same folder, then a
+move (a rename locally, a server-side copy on object stores). Readers skip names that start with
+``.`` or ``_`` so that a temporary file left by a killed writer is never read.
 """
 from __future__ import annotations
 
@@ -107,10 +107,9 @@ class Location:
         """Write the whole file atomically (a reader sees the old file, or the new one, never half)."""
         parent = posixpath.dirname(self.path)
         self.fs.create_dir(parent, recursive=True)
-        if not self.is_local:  # one PUT: atomic on object stores
-            with self.fs.open_output_stream(self.path) as f:
-                f.write(data)
-            return
+        # Object stores too get a hidden temporary key: closing an interrupted upload stream
+        # (a killed job unwinding) completes it with whatever was written, so only a finished
+        # write may reach the real name. The move is a server-side copy there, a rename here.
         tmp = posixpath.join(parent, f".{self.name}.{uuid.uuid4().hex}.tmp")
         try:
             with self.fs.open_output_stream(tmp) as f:

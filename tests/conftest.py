@@ -85,3 +85,29 @@ def tiny_hf_model(tmp_path_factory, minilm_dir):
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def s3_bucket():
+    """A local S3 endpoint (moto's server on 127.0.0.1) with an empty bucket ``gwray-runs``.
+
+    Yields ``(client, endpoint, fs)``: a boto3 client, ``"host:port"`` and a pyarrow S3FileSystem.
+    """
+    pytest.importorskip("moto", reason="moto[server] (test extra) runs the local S3 endpoint")
+    import boto3
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"{host}:{port}"
+        client = boto3.client("s3", endpoint_url=f"http://{endpoint}", region_name="us-east-1",
+                              aws_access_key_id="test", aws_secret_access_key="test")
+        client.create_bucket(Bucket="gwray-runs")
+        fs = pafs.S3FileSystem(access_key="test", secret_key="test", region="us-east-1",
+                               endpoint_override=endpoint, scheme="http")
+        yield client, endpoint, fs
+    finally:
+        server.stop()

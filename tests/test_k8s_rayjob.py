@@ -211,21 +211,9 @@ def test_rayjob_entrypoint_on_two_node_cluster(cluster, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def s3():
-    pytest.importorskip("moto", reason="moto[server] (test extra) runs the local S3 endpoint")
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
-                              aws_access_key_id="test", aws_secret_access_key="test")
-        client.create_bucket(Bucket="gwray-runs")
-        yield client, f"{host}:{port}"
-    finally:
-        server.stop()
+def s3(s3_bucket):
+    client, endpoint, _ = s3_bucket
+    return client, endpoint
 
 
 def _keys(client, prefix: str) -> dict[str, str]:

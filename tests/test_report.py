@@ -207,32 +207,18 @@ def test_report_renders_in_headless_chromium(multi, tmp_path):
     assert shot.read_bytes().startswith(PNG)
 
 
-def test_build_report_on_s3(tmp_path):
+def test_build_report_on_s3(tmp_path, s3_bucket):
     """The same run directory on an S3 endpoint (moto, local): read and written through Location."""
-    pytest.importorskip("moto", reason="moto (test extra) is needed for the local S3 endpoint")
-    from moto.server import ThreadedMotoServer
-    import boto3
-    import pyarrow.fs as pafs
-
     from gwray.storage import Location
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        boto3.client("s3", endpoint_url=f"http://{host}:{port}", aws_access_key_id="test",
-                     aws_secret_access_key="test", region_name="us-east-1").create_bucket(Bucket="gwray-runs")
-        fs = pafs.S3FileSystem(access_key="test", secret_key="test", region="us-east-1",
-                               endpoint_override=f"{host}:{port}", scheme="http")
-        loc = Location(fs, "gwray-runs/run")
-        local, _ = make_run(tmp_path / "run", [("main", None, [0] * 4 + [1] * 4)])
-        for f in local.rglob("*"):
-            if f.is_file():
-                loc.child(str(f.relative_to(local))).write_bytes(f.read_bytes())
-        where = build_report(loc)
-        assert where == "s3://gwray-runs/run/report.html"
-        html = loc.child("report.html").read_bytes().decode()
-        assert len(_imgs(html)) == 3 and "blocks.4 – blocks.7" in html
-        assert loc.child("heatmap.png").read_bytes().startswith(PNG)
-    finally:
-        server.stop()
+    _, _, fs = s3_bucket
+    loc = Location(fs, "gwray-runs/report-run")
+    local, _ = make_run(tmp_path / "run", [("main", None, [0] * 4 + [1] * 4)])
+    for f in local.rglob("*"):
+        if f.is_file():
+            loc.child(str(f.relative_to(local))).write_bytes(f.read_bytes())
+    where = build_report(loc)
+    assert where == "s3://gwray-runs/report-run/report.html"
+    html = loc.child("report.html").read_bytes().decode()
+    assert len(_imgs(html)) == 3 and "blocks.4 – blocks.7" in html
+    assert loc.child("heatmap.png").read_bytes().startswith(PNG)

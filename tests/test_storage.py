@@ -36,3 +36,16 @@ def test_column_projection_reads_one_column(tmp_path):
 def test_bad_uri_is_named():
     with pytest.raises(GwrayInputError, match="nosuch://x"):
         Location.parse("nosuch://x")
+
+
+def test_s3_writes_are_whole_and_leave_no_temporary(s3_bucket):
+    client, _, fs = s3_bucket
+    root = Location(fs, "gwray-runs/storage-test")
+    root.child("pairs", "a.parquet").write_table(pa.table({"x": [1, 2]}))
+    with pytest.raises(TypeError):  # an interrupted write: nothing may reach the real key
+        root.child("pairs", "b.parquet").write_bytes(object())
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket="gwray-runs",
+                                                     Prefix="storage-test/").get("Contents", [])]
+    assert [k for k in keys if not k.endswith("/")] == ["storage-test/pairs/a.parquet"]
+    assert [f.name for f in root.child("pairs").files(".parquet")] == ["a.parquet"]
+    assert root.child("pairs", "a.parquet").read_table().column("x").to_pylist() == [1, 2]
