@@ -21,7 +21,7 @@ demo: venv
 	$(BIN)/gwray demo
 
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 bench: venv
 	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done
