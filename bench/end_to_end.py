@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -68,15 +69,26 @@ def naive(n: int, max_tokens: int = 64, batch: int = 32):
     return time.perf_counter() - t0, layers, values, time.perf_counter() - t_gw
 
 
-def gwray_cli(n: int, workers: int, out: Path) -> float:
-    """Wall seconds of `gwray run configs/minilm.yaml` at n samples (a fresh run directory)."""
+def gwray_cli(n: int, workers: int, out: Path) -> tuple[float, dict]:
+    """Wall seconds of `gwray run configs/minilm.yaml` at n samples (a fresh run directory), and
+    the seconds each stage took, read from the run's progress lines."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "gwray.cli", "run", str(REPO / "configs" / "minilm.yaml"),
            "--out", str(out), "--set", f"probe.n_samples={n}", "--set", f"resources.workers={workers}",
            "--set", "gw.baselines=[]", "--set", "graph.method=contiguous"]
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=REPO, env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    return time.perf_counter() - t0
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, HF_HUB_OFFLINE="1"), text=True,
+                          stderr=subprocess.PIPE)
+    wall = time.perf_counter() - t0
+    sys.stderr.write(proc.stderr)
+    if proc.returncode:
+        raise SystemExit(f"gwray run failed with exit code {proc.returncode}")
+    stamps = [(float(t), what) for t, what in re.findall(r"\[gwray\s+([\d.]+)s\] (\w+)", proc.stderr)]
+    stages: dict = {}
+    for (t, what), (t_next, _) in zip(stamps, stamps[1:]):
+        label = {"starting": "Ray start", "run": "start"}.get(what, what)
+        stages[label] = stages.get(label, 0.0) + t_next - t
+    return wall, stages
 
 
 def main(argv=None) -> int:
@@ -91,7 +103,7 @@ def main(argv=None) -> int:
 
     print(f"end to end, all-MiniLM-L6-v2, n = {args.n}, 21 layer pairs, {os.cpu_count()} CPUs "
           "(shared machine: figures taken under load)")
-    t_gwray = gwray_cli(args.n, args.workers, args.out)
+    t_gwray, stages = gwray_cli(args.n, args.workers, args.out)
     t_naive, acts, pot, t_pot = naive(args.n)
     run = load_run(args.out)
     names, G = run.layers["main"], run.matrix
@@ -101,6 +113,8 @@ def main(argv=None) -> int:
 
     print(f"\nwall: naive {t_naive:.1f} s (of which serial POT GW {t_pot:.1f} s), "
           f"gwray run {t_gwray:.1f} s  →  {t_naive / t_gwray:.2f}× faster (target ≥ 3×)")
+    print("gwray stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items())
+          + f"; POT loop / gwray GW stage = {t_pot / stages.get('pairs', float('nan')):.2f}×")
     print(f"activations: max relative difference gwray vs naive {diff:.2e} (same problems)")
     print(f"\n{'layer i':>16} {'layer j':>16} {'POT':>12} {'gwray':>12} {'gwray/POT':>10}")
     lower = 0
