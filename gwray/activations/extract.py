@@ -221,9 +221,9 @@ def extract(cfg, out: "Location | str", checkpoint: str, checkpoint_path: str | 
     writer = ActivationWriter(out, checkpoint, names, dtype=cfg.layers.storage_dtype)
     try:
         if cfg.model.shards > 1:
-            from gwray.models.sharded import extract_sharded  # owner: sharded
+            from gwray.models.sharded import extract_sharded
 
-            extract_sharded(cfg, out, checkpoint, checkpoint_path, pooler, writer, probe)
+            extract_sharded(cfg, out, checkpoint, checkpoint_path, pooler, writer, probe, tokenize)
         elif use_ray:
             try:
                 done = _extract_ray(cfg, checkpoint_path, writer, probe)

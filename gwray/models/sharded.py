@@ -331,7 +331,8 @@ def run_pipeline(pool: ShardPool, batches, pooler, writer, layer_names: list[str
         raise
 
 
-def extract_sharded(cfg, out, checkpoint: str, checkpoint_path: str | None, pooler, writer, probe) -> int:
+def extract_sharded(cfg, out, checkpoint: str, checkpoint_path: str | None, pooler, writer, probe,
+                    tokenize) -> int:
     """Write one checkpoint's activations with the model split over ``cfg.model.shards`` Ray actors.
 
     Called by :func:`gwray.activations.extract.extract` (which builds ``pooler`` and ``writer``,
@@ -351,6 +352,9 @@ def extract_sharded(cfg, out, checkpoint: str, checkpoint_path: str | None, pool
         Its ``layer_names`` are the ``blocks`` selection: embeddings, then every block.
     probe : gwray.activations.probes.ProbeSet
         Text probe; micro-batches are ``cfg.probe.batch_size`` consecutive samples.
+    tokenize : callable
+        ``tokenize(tokenizer, texts, max_tokens) -> {"input_ids", "attention_mask"}``: passed in by
+        activations/ (models/ never imports activations/).
 
     Returns
     -------
@@ -365,8 +369,6 @@ def extract_sharded(cfg, out, checkpoint: str, checkpoint_path: str | None, pool
     ShardFailure
         A shard died or failed mid-run (named); no part of this checkpoint is left on disk.
     """
-    # Imported here, not at module level: activations calls this function, models never loads activations.
-    from gwray.activations.probes import tokenize
     from gwray.models.loaders import load_model
 
     if cfg.model.source != "hf":
