@@ -23,6 +23,9 @@ import ray
 
 from gwray.scheduler.plan import Batch, LayerKey
 
+# The starts batched_gw runs on the device; the others ("random:K", "entropic") are CG-only.
+BATCHED_STARTS = ("identity", "product")
+
 _LOST = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError,
          ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError)
 """System failures (a process or node gone), as opposed to errors raised by gwray code."""
@@ -137,7 +140,9 @@ class GWWorker:
             if tasks:
                 C1 = np.stack([self._cache[t.cost_keys[0]] for t in tasks])
                 C2 = np.stack([self._cache[t.cost_keys[1]] for t in tasks])
-                rs = batched_gw(C1, C2, aligned=al, keep_coupling=False, device=device)
+                starts = [s for s in self.starts if s in BATCHED_STARTS and (al or s != "identity")]
+                rs = batched_gw(C1, C2, aligned=al, starts=starts or ["product"], polish_iter=self.max_iter,
+                                keep_coupling=False, device=device)
                 out.update({t.key: r for t, r in zip(tasks, rs)})
         return out
 
