@@ -83,6 +83,27 @@ def decode_targets(meta: dict) -> dict:
             "c": lambda x, y: x[:, 2]}
 
 
+def stability_of(model, cfg, final: dict, resamples: int = 5) -> dict:
+    """Mean ARI of groups on 80 % probe subsets vs the full-probe groups: GW and CKA groupings."""
+    from functools import partial
+
+    from gwray.graph.stability import stability
+
+    layers = hidden(model, load_probe(cfg.probe).arrays)
+    find = partial(find_subnetworks, method=cfg.graph.method, k=cfg.graph.k, names=final["names"])
+    gw_kwargs = dict(metric=cfg.costs.metric, normalize=cfg.costs.normalize, starts=tuple(cfg.gw.starts),
+                     max_iter=cfg.gw.max_iter, tol=cfg.gw.tol)
+    cka_groups = final["baseline_groups"]["cka"]["groups"]
+    cka_ref = [next(g for g, members in enumerate(cka_groups) if n in members) for n in final["names"]]
+    out = {}
+    for kind, ref, fn in (("gw", final["labels"], None),
+                          ("cka", cka_ref, lambda ls, kw: 1 - np.clip(baseline_matrices(ls, ["cka"])["cka"], 0, 1))):
+        r = stability(layers, find, fraction=0.8, resamples=resamples, seed=0, gw_kwargs=gw_kwargs,
+                      reference=np.array(ref), matrix_fn=fn)
+        out[kind] = {"mean_ari": float(np.mean(r.ari)), "ari": [float(a) for a in r.ari]}
+    return out
+
+
 def ari(a, b) -> float:
     from sklearn.metrics import adjusted_rand_score
 
@@ -291,6 +312,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny models and probes (CI)")
     ap.add_argument("--decode-only", action="store_true",
                     help="recompute only the linear-probe decodability of finished toy experiments")
+    ap.add_argument("--stability-only", action="store_true",
+                    help="add probe-resampling stability (GW and CKA groups) to finished toy experiments")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (more oversubscribes a busy box)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -308,6 +331,12 @@ def main(argv=None) -> int:
             data = json.loads((results / f"{name}.json").read_text())
             model, _ = load_toy(root / "models" / name / data["checkpoint"])
             data["decodability"] = decodability(model, task_data(model.meta), decode_targets(model.meta))
+        elif args.stability_only:
+            data = json.loads((results / f"{name}.json").read_text())
+            model, _ = load_toy(root / "models" / name / data["checkpoint"])
+            cfg = load_config(REPO / "configs" / "paper" / TOYS[name][0],
+                              {"probe": {"source": str(root / "models" / name / "probe.npy")}})
+            data["stability"] = stability_of(model, cfg, data)
         elif name == "minilm":
             data = minilm_experiment(root)
         else:
