@@ -130,6 +130,18 @@ class _Problem:
         return float(max(np.abs(T.sum(1) - self.p).sum(), np.abs(T.sum(0) - self.q).sum()))
 
 
+def _line_search(tA: float, sA: float, sB: float):
+    """Exact step along T + α(S − T) from ⟨T, A⟩, ⟨S, A⟩ and ⟨S, B⟩ (⟨T, B⟩ = ⟨S, A⟩).
+
+    Returns α in [0, 1], ⟨S − T, A⟩ and ⟨S − T, C1 (S − T) C2⟩."""
+    dA = sA - tA                     # ⟨S − T, A⟩
+    dBA = sB - 2.0 * sA + tA         # ⟨S − T, C1 (S − T) C2⟩
+    a, b = -2.0 * dBA, -4.0 * dA     # value(α) = value + b α + a α²
+    if a > 0:
+        return min(1.0, max(0.0, -b / (2.0 * a))), dA, dBA
+    return (1.0 if a + b < 0 else 0.0), dA, dBA
+
+
 def _cg(P: _Problem, T, A, max_iter: int, tol: float, first=None, cutoff=np.inf, perm=None):
     """Conditional gradient from the feasible plan T (with A = C1 T C2).
 
@@ -140,19 +152,19 @@ def _cg(P: _Problem, T, A, max_iter: int, tol: float, first=None, cutoff=np.inf,
     """
     tA = float(np.vdot(T, A))
     value, it = P.const - 2.0 * tA, 0
+    if first is not None and P.lap and cutoff < np.inf and max_iter > 0:
+        # for a permutation vertex ⟨S, C1 S C2⟩ = Σ C1 ∘ C2[σ][:, σ] / n², O(n²): a start whose
+        # first step cannot get under the cutoff is dropped before that step's matmul
+        rows, cols, vals = first
+        sB = float(np.vdot(P.C1, P.C2[np.ix_(cols, cols)])) / P.n ** 2
+        alpha, dA, dBA = _line_search(tA, float(vals @ A[rows, cols]), sB)
+        if P.const - 2.0 * (tA + 2.0 * alpha * dA + alpha * alpha * dBA) > cutoff:
+            return T, A, P.objective(T, A), 1, perm
     while it < max_iter:
         it += 1
         rows, cols, vals = first if (it == 1 and first is not None) else P.vertex(A)
         B = P.times_c(rows, cols, vals)
-        sA = float(vals @ A[rows, cols])
-        sB = float(vals @ B[rows, cols])
-        dA = sA - tA                     # ⟨S − T, A⟩
-        dBA = sB - 2.0 * sA + tA         # ⟨S − T, C1 (S − T) C2⟩
-        a, b = -2.0 * dBA, -4.0 * dA     # value(α) = value + b α + a α²
-        if a > 0:
-            alpha = min(1.0, max(0.0, -b / (2.0 * a)))
-        else:
-            alpha = 1.0 if a + b < 0 else 0.0
+        alpha, dA, dBA = _line_search(tA, float(vals @ A[rows, cols]), float(vals @ B[rows, cols]))
         if alpha <= 0.0:
             break
         if alpha >= 1.0:
