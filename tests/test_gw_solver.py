@@ -140,6 +140,41 @@ def test_swaps_and_identity_improve_on_plain_cg():
     assert ours.value <= swaps.value < plain.value
 
 
+def test_pruning_keeps_the_value_and_drops_a_far_product_start(monkeypatch):
+    """Identity first, product dropped before its first matmul when far above; same value as
+    running every start to the end."""
+    from gwray.gw import solver
+
+    rng = np.random.default_rng(8)
+    layers = _residual_layers(rng, 50, depth=5)
+    for a, b in [(0, 1), (0, 4), (2, 3)]:
+        C1, C2 = cost_matrix(layers[a]), cost_matrix(layers[b])
+        full = gromov_wasserstein(C1, C2, aligned=True, prune=None, starts=["product", "identity"])
+        fast = gromov_wasserstein(C1, C2, aligned=True, starts=["product", "identity"])
+        assert fast.value == pytest.approx(full.value, rel=1e-12)
+        assert list(fast.start_values) == ["identity", "product"]  # identity ran first
+    # neighbours: the product start cannot come within 2x, so it costs no n³ product at all
+    C1, C2 = cost_matrix(layers[3]), cost_matrix(layers[4])
+    calls, times_c = [], solver._Problem.times_c
+    monkeypatch.setattr(solver._Problem, "times_c",
+                        lambda self, *a: calls.append(1) or times_c(self, *a))
+    r = gromov_wasserstein(C1, C2, aligned=True, swap_rounds=0)
+    ident = gromov_wasserstein(C1, C2, aligned=True, starts=["identity"], swap_rounds=0)
+    assert r.init == "identity" and r.start_values["product"] > 2 * r.value
+    assert r.total_iterations == ident.total_iterations + 1 and len(calls) == 2 * ident.iterations
+
+
+def test_swap_search_with_given_w_matches_fresh():
+    rng = np.random.default_rng(9)
+    A = cost_matrix(rng.normal(size=(40, 3)))
+    B = cost_matrix(rng.normal(size=(40, 3)))
+    s = rng.permutation(40)
+    t1, c1, W1 = swap_search(A, B, s, 20)
+    t2, c2, W2 = swap_search(A, B, s, 20, W=A @ B[np.ix_(s, s)])
+    assert c1 and c2 and np.array_equal(t1, t2)
+    np.testing.assert_allclose(W2, A @ B[np.ix_(t2, t2)], rtol=1e-10, atol=1e-10)
+
+
 def test_self_distance_is_zero_and_symmetric():
     rng = np.random.default_rng(4)
     C1, C2 = cost_matrix(rng.normal(size=(30, 4))), cost_matrix(rng.normal(size=(30, 6)))
