@@ -58,7 +58,7 @@ class GWResult:
     n, m : int
         Sizes of C1 and C2.
     start_values : dict
-        Final (or, when pruned, last) objective of every start that ran.
+        Final objective of every start that ran (when pruned, of the last plan it reached).
     """
 
     value: float
