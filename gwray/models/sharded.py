@@ -353,8 +353,7 @@ def extract_sharded(cfg, out, checkpoint: str, checkpoint_path: str | None, pool
     probe : gwray.activations.probes.ProbeSet
         Text probe; micro-batches are ``cfg.probe.batch_size`` consecutive samples.
     tokenize : callable
-        ``tokenize(tokenizer, texts, max_tokens) -> {"input_ids", "attention_mask"}``: passed in by
-        activations/ (models/ never imports activations/).
+        ``tokenize(tokenizer, texts, max_tokens) -> {"input_ids", "attention_mask"}`` (from activations/).
 
     Returns
     -------
