@@ -27,8 +27,16 @@ def planted(labels, seed=0):
     return D
 
 
-def make_run(root, checkpoints, method="contiguous", communities=True, stability=False):
-    """A run dir as the pipeline leaves it: run.json, gw_matrix.parquet, pairs/, communities.json.
+def fake_baselines(D):
+    """CKA, RSA (similarities, diagonal 1) and identity distortion (a distance) for a GW matrix D."""
+    return {"cka": (1 - D / D.max()).tolist(), "rsa": (1 - 2 * D / D.max()).tolist(),
+            "identity": (1.5 * D).tolist()}
+
+
+def make_run(root, checkpoints, method="contiguous", communities=True, stability=False,
+             baselines=False):
+    """A run dir as the pipeline leaves it: run.json, gw_matrix.parquet, pairs/, communities.json
+    (with boundaries, movement and, given baselines=True, baseline matrices).
     checkpoints: list of (id, step, labels)."""
     root.mkdir(parents=True, exist_ok=True)
     layers = {c: [f"blocks.{i}" for i in range(len(lab))] for c, _, lab in checkpoints}
@@ -37,7 +45,7 @@ def make_run(root, checkpoints, method="contiguous", communities=True, stability
             "layers": layers, "config": {"graph": {"method": method, "k": "auto"}}, "stages": {}}
     (root / "run.json").write_text(json.dumps(info))
     rows, recs, comm = [], [], {"method": "contiguous" if method == "all" else method,
-                                "checkpoints": {}, "stability": {}, "movement": []}
+                                "checkpoints": {}, "stability": {}, "baselines": {}}
     for r, (c, _, lab) in enumerate(checkpoints):
         D, names = planted(lab, seed=r), layers[c]
         for i in range(len(names)):
@@ -53,11 +61,19 @@ def make_run(root, checkpoints, method="contiguous", communities=True, stability
         found = find_subnetworks(D, method=method, names=names)
         comm["checkpoints"][c] = (found.to_dict() if method == "all" else
                                   {"methods": {method: found.to_dict()}, "agreement": {}})
+        if baselines:
+            comm["baselines"][c] = fake_baselines(D)
         if stability:
             L = len(names)
             st = StabilityResult(np.eye(L) * 0.5 + 0.5, np.array([1.0, 0.8]), np.zeros((2, L), int),
                                  np.asarray(lab), 0.8, 51, 0, names)
             comm["stability"][c] = st.to_dict()
+    bounds = {c: [names[i] for i in range(1, len(lab)) if lab[i] != lab[i - 1]]
+              for (c, _, lab), names in zip(checkpoints, layers.values())}
+    comm["boundaries"] = bounds
+    comm["movement"] = [{"from": a, "to": b, "added": [n for n in bounds[b] if n not in bounds[a]],
+                         "removed": [n for n in bounds[a] if n not in bounds[b]]}
+                        for a, b in zip(list(bounds), list(bounds)[1:])]
     pq.write_table(pa.Table.from_pylist(rows), root / "gw_matrix.parquet")
     cross = [{"checkpoint_a": a, "checkpoint_b": b, "layer_i": x, "layer_j": y,
               "gw": 0.01 * abs(i - j), "lower_bound": 0.0}
@@ -157,6 +173,66 @@ def test_noncontiguous_groups_are_flagged(tmp_path):
     assert "not contiguous in depth" in html and "blocks.0, blocks.1, blocks.4, blocks.5" in html
 
 
+@pytest.fixture(scope="module")
+def two(tmp_path_factory):
+    """The same two-checkpoint run built without and with baseline matrices → both reports."""
+    base = tmp_path_factory.mktemp("two")
+    plain, _ = make_run(base / "plain", THREE[:2])
+    withb, comm = make_run(base / "withb", THREE[:2], baselines=True)
+    return build_report(plain).read_text(), build_report(withb).read_text(), comm
+
+
+def test_baselines_beside_gw_one_figure_per_checkpoint(two):
+    plain, withb, comm = two
+    assert len(_imgs(withb)) == len(_imgs(plain)) + 2  # one more figure per checkpoint
+    for c in ("step-100", "step-200"):
+        assert f'alt="GW matrix of {c} beside cka, rsa, identity"' in withb
+    # baseline figure inside its checkpoint section, right after the heatmap
+    sec = withb[withb.index("Checkpoint step-200"):]
+    assert sec.index("GW distance heatmap") < sec.index("GW beside the baselines") < sec.index("<h3>Groups")
+    for row in ("<td><code>cka</code></td><td>linear CKA (debiased)</td><td>similar</td>",
+                "<td><code>rsa</code></td><td>RSA: Spearman of cost matrices</td><td>similar</td>",
+                "<td><code>identity</code></td><td>identity-coupling distortion</td><td>distant</td>",
+                "<td><code>gw</code></td><td>GW distance</td><td>distant</td>"):
+        assert withb.count(row) == 2, row
+    pngs = [base64.b64decode(b) for b in _imgs(withb)]
+    assert all(p.startswith(PNG) for p in pngs)
+
+
+def test_without_baselines_nothing_changes(two, tmp_path):
+    plain, _, _ = two
+    # heatmap, gap, dendrogram per checkpoint + timeline + one cross matrix
+    assert len(_imgs(plain)) == 8
+    assert "baselines" not in plain and "CKA" not in plain
+    root, _ = make_run(tmp_path / "nokey", THREE[:2])
+    comm = json.loads((root / "communities.json").read_text())
+    del comm["baselines"]  # communities.json from before gw.baselines existed
+    (root / "communities.json").write_text(json.dumps(comm))
+    assert len(_imgs(build_report(root).read_text())) == 8
+
+
+def test_only_some_baselines(tmp_path):
+    root, comm = make_run(tmp_path / "some", [("main", None, [0] * 4 + [1] * 4)], baselines=True)
+    comm["baselines"]["main"].pop("identity")
+    (root / "communities.json").write_text(json.dumps(comm))
+    html = build_report(root).read_text()
+    assert len(_imgs(html)) == 4 and 'beside cka, rsa"' in html and "<code>identity</code>" not in html
+
+
+def test_movement_table_under_timeline(two):
+    plain, _, comm = two
+    assert comm["movement"] == [{"from": "step-100", "to": "step-200", "added": ["blocks.4", "blocks.8"],
+                                 "removed": ["blocks.6"]}]
+    row = "<tr><td>step-100</td><td>step-200</td><td>blocks.4, blocks.8</td><td>blocks.6</td></tr>"
+    assert row in plain
+    assert plain.index("timeline of group boundaries") < plain.index(row) < plain.index("Layer correspondence")
+
+
+def _edit_comm(root, change):
+    path = root / "communities.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | change))
+
+
 def _drop_pair(path, a, b):
     rows = [r for r in pq.read_table(path).to_pylist() if {r["layer_i"], r["layer_j"]} != {a, b}]
     pq.write_table(pa.Table.from_pylist(rows), path)
@@ -172,6 +248,14 @@ def _drop_pair(path, a, b):
      "gw_matrix.parquet: layer 'blocks.0' of checkpoint 'main' is not in run.json"),
     (lambda r: (r / "communities.json").write_text(json.dumps({"method": "louvain", "checkpoints": {}})),
      "communities.json: no 'louvain' groups for checkpoint 'main'"),
+    (lambda r: _edit_comm(r, {"baselines": {"main": {"cka": [[1.0, 0.5], [0.5, 1.0]]}}}),
+     r"communities.json: baseline 'cka' of checkpoint 'main' has shape \(2, 2\), expected \(4, 4\)"),
+    (lambda r: _edit_comm(r, {"baselines": {"main": {"svcca": np.eye(4).tolist()}}}),
+     "communities.json: unknown baseline 'svcca' for checkpoint 'main'"),
+    (lambda r: _edit_comm(r, {"baselines": {"other": {"cka": np.eye(4).tolist()}}}),
+     "communities.json: baselines for checkpoint 'other', which is not in run.json"),
+    (lambda r: _edit_comm(r, {"baselines": {"main": {"rsa": "high"}}}),
+     "communities.json: baseline 'rsa' of checkpoint 'main' is not a numeric matrix"),
 ])
 def test_bad_run_dirs(tmp_path, damage, match):
     root, _ = make_run(tmp_path / "bad", [("main", None, [0, 0, 1, 1])])

@@ -26,8 +26,10 @@ def build_report(out: Location | str) -> Path | str:
     - ``dendrogram.png`` — its average-linkage hierarchy, leaves coloured by group;
     - ``timeline.png`` — with two or more checkpoints: group boundaries per checkpoint, step order;
     - ``report.html`` — self-contained: all of the above for every checkpoint embedded as base64,
-      up to ``MAX_CROSS`` cross-checkpoint layer matrices, tables of groups and scores per
-      method, stability, solver quality, run settings.
+      the GW matrix beside the baseline matrices (CKA, RSA, identity distortion) of each
+      checkpoint that has them in communities.json, the boundary movement between consecutive
+      checkpoints, up to ``MAX_CROSS`` cross-checkpoint layer matrices, tables of groups and
+      scores per method, stability, solver quality, run settings.
 
     Parameters
     ----------
@@ -54,6 +56,9 @@ def build_report(out: Location | str) -> Path | str:
                                            f"{res['k']} groups ({data.method})"),
                 "gap": figures.gap_view(D, data.lower_bound[ckpt], names, f"solver certainty · {ckpt}")}
         imgs["dendrogram"] = (figures.dendrogram(D, names, labels) if len(names) > 1 else imgs["heatmap"])
+        if data.baselines.get(ckpt):
+            imgs["baselines"] = figures.beside_baselines(D, data.baselines[ckpt], names, labels,
+                                                         f"GW beside the baselines · {ckpt}")
         st = (data.communities.get("stability") or {}).get(ckpt)
         if st and st.get("co_assignment"):
             imgs["coassignment"] = figures.coassignment(np.asarray(st["co_assignment"]), names,

@@ -1,4 +1,5 @@
-"""The report's figures as PNG bytes: heatmap, solver-certainty (gap) view, dendrogram, timeline.
+"""The report's figures as PNG bytes: heatmap, GW beside its baselines, solver-certainty (gap)
+view, dendrogram, timeline, co-assignment, cross-checkpoint matrices.
 
 Figures are drawn on ``matplotlib.figure.Figure`` with the Agg canvas directly (never pyplot), so
 nothing depends on a display, a global backend or global figure state. Every function returns
@@ -15,6 +16,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 DPI = 110
+#: matrix kind → (what it is, whether high means similar); "gw" and gwray.gw.baselines.KINDS
+MEANING = {"gw": ("GW distance", False), "cka": ("linear CKA (debiased)", True),
+           "rsa": ("RSA: Spearman of cost matrices", True),
+           "identity": ("identity-coupling distortion", False)}
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
             "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896")
 
@@ -50,6 +55,32 @@ def _boundaries(labels) -> list[int]:
     return [i for i in range(1, len(lab)) if lab[i] != lab[i - 1]]
 
 
+def _side(L: int, cap: float = 11.0) -> float:
+    """Height in inches of an (L, L) matrix panel: grows with L up to ``cap``."""
+    return min(cap, 3.2 + 0.28 * L)
+
+
+def _matrix_panel(fig: Figure, ax, M: np.ndarray, names: list[str], label: str, labels=None,
+                  **imshow) -> None:
+    """Draw the (L, L) matrix M on ax in depth order, with its colour bar and layer ticks.
+
+    Given group ids ``labels`` (shape (L,)), white lines mark the boundaries where the group
+    changes between consecutive layers, and a strip above the matrix shows each layer's group
+    colour (non-contiguous groups repeat). ``imshow`` goes to ``Axes.imshow`` (cmap, vmin, vmax).
+    """
+    im = ax.imshow(M, interpolation="nearest", **imshow)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=label)
+    _ticks(ax, names)
+    if labels is None:
+        return
+    for b in _boundaries(labels):
+        ax.axhline(b - 0.5, color="white", lw=2)
+        ax.axvline(b - 0.5, color="white", lw=2)
+    for i, g in enumerate(labels):
+        ax.add_patch(Rectangle((i - 0.5, -1.6), 1, 0.9, color=group_color(g), clip_on=False))
+    ax.set_ylim(len(names) - 0.5, -1.7)
+
+
 def heatmap(D: np.ndarray, names: list[str], labels=None, title: str = "") -> bytes:
     """The distance matrix in depth order, group boundaries as lines, group colours on a strip.
 
@@ -68,21 +99,52 @@ def heatmap(D: np.ndarray, names: list[str], labels=None, title: str = "") -> by
     bytes
         PNG.
     """
-    L = len(names)
-    side = min(11.0, 3.2 + 0.28 * L)
+    side = _side(len(names))
     fig = Figure(figsize=(side + 1.4, side), layout="constrained")
     ax = fig.add_subplot(111)
-    im = ax.imshow(D, cmap="viridis", interpolation="nearest")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="GW distance")
-    _ticks(ax, names)
-    if labels is not None:
-        for b in _boundaries(labels):
-            ax.axhline(b - 0.5, color="white", lw=2)
-            ax.axvline(b - 0.5, color="white", lw=2)
-        for i, g in enumerate(labels):  # the group strip above the matrix
-            ax.add_patch(Rectangle((i - 0.5, -1.6), 1, 0.9, color=group_color(g), clip_on=False))
-        ax.set_ylim(L - 0.5, -1.7)
+    _matrix_panel(fig, ax, D, names, "GW distance", labels, cmap="viridis")
     ax.set_title(title, fontsize=11, pad=4)
+    return _png(fig)
+
+
+def beside_baselines(D: np.ndarray, baselines: dict, names: list[str], labels=None,
+                     title: str = "") -> bytes:
+    """The GW matrix beside the baseline matrices of the same layers, one panel each.
+
+    Every panel has the same layer order and the same group boundaries (the GW groups).
+    Similarities (CKA, RSA) are drawn with the reversed colour map, so that dark means "alike"
+    in every panel and the panels can be compared by eye; each panel's title says whether high
+    values mean similar or distant.
+
+    Parameters
+    ----------
+    D : np.ndarray, shape (L, L)
+        GW distances.
+    baselines : dict
+        kind (a key of ``MEANING``: "cka", "rsa", "identity") → (L, L) matrix, as
+        :func:`gwray.gw.baselines.baseline_matrices` returns (NaN cells are drawn blank).
+    names : list of str, length L
+    labels : array_like, shape (L,), optional
+        Group id per layer.
+    title : str
+
+    Returns
+    -------
+    bytes
+        PNG: two panels per row.
+    """
+    panels = [("gw", D), *baselines.items()]
+    ncols = min(2, len(panels))
+    nrows = -(-len(panels) // ncols)
+    side = _side(len(names), 6.0)
+    fig = Figure(figsize=(ncols * (side + 1.4), nrows * side + 0.4), layout="constrained")
+    for k, (kind, M) in enumerate(panels):
+        what, similar = MEANING[kind]
+        ax = fig.add_subplot(nrows, ncols, k + 1)
+        _matrix_panel(fig, ax, M, names, what, labels, cmap="viridis_r" if similar else "viridis")
+        ax.set_title(f"{what} · high = {'similar' if similar else 'distant'}", fontsize=10, pad=4)
+    fig.suptitle(f"{title} (dark = alike in every panel)" if title else "dark = alike in every panel",
+                 fontsize=11)
     return _png(fig)
 
 
@@ -105,13 +167,12 @@ def gap_view(gw: np.ndarray, lower_bound: np.ndarray, names: list[str], title: s
     with np.errstate(divide="ignore", invalid="ignore"):
         gap = np.where(gw > 0, (gw - lower_bound) / gw, 0.0)
     gap[np.eye(L, dtype=bool)] = np.nan
-    side = min(8.0, 3.0 + 0.22 * L)
+    side = _side(L, 8.0)
     fig = Figure(figsize=(2 * side + 1.5, side), layout="constrained")
     ax = fig.add_subplot(121)
     top = float(np.nanmax(gap)) if L > 1 else 1.0
-    im = ax.imshow(np.clip(gap, 0, 1), cmap="Reds", vmin=0, vmax=max(1e-3, top), interpolation="nearest")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="(gw − lower bound) / gw")
-    _ticks(ax, names)
+    _matrix_panel(fig, ax, np.clip(gap, 0, 1), names, "(gw − lower bound) / gw", cmap="Reds", vmin=0,
+                  vmax=max(1e-3, top))
     ax.set_title("relative gap per pair (0 = proven optimal)", fontsize=10)
     ax2 = fig.add_subplot(122)
     iu = np.triu_indices(L, 1)
@@ -222,14 +283,11 @@ def coassignment(co: np.ndarray, names: list[str], mean_ari: float) -> bytes:
     bytes
         PNG.
     """
-    L = len(names)
-    side = min(9.0, 3.0 + 0.25 * L)
+    side = _side(len(names), 9.0)
     fig = Figure(figsize=(side + 1.2, side), layout="constrained")
     ax = fig.add_subplot(111)
-    im = ax.imshow(co, cmap=ListedColormap(np.linspace([1, 1, 1], [0.1, 0.3, 0.7], 256)), vmin=0,
-                   vmax=1, interpolation="nearest")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of resamples in the same group")
-    _ticks(ax, names)
+    _matrix_panel(fig, ax, co, names, "share of resamples in the same group",
+                  cmap=ListedColormap(np.linspace([1, 1, 1], [0.1, 0.3, 0.7], 256)), vmin=0, vmax=1)
     ax.set_title(f"co-assignment over resamples (mean ARI to full data {mean_ari:.2f})", fontsize=10)
     return _png(fig)
 
@@ -251,7 +309,7 @@ def cross_heatmap(M: np.ndarray, names_a: list[str], names_b: list[str], a: str,
         PNG; a white dot marks each row's closest layer in b (where that layer "went").
     """
     La, Lb = M.shape
-    side = min(9.0, 3.0 + 0.25 * max(La, Lb))
+    side = _side(max(La, Lb), 9.0)
     fig = Figure(figsize=(side + 1.2, side * La / max(La, Lb) + 0.8), layout="constrained")
     ax = fig.add_subplot(111)
     im = ax.imshow(M, cmap="viridis", interpolation="nearest", aspect="auto")

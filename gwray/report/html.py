@@ -10,6 +10,7 @@ import base64
 import json
 from html import escape
 
+from gwray.report.figures import MEANING
 from gwray.report.rundir import RunData, solver_quality
 
 CSS = """
@@ -92,6 +93,15 @@ def _stability(st: dict | None) -> str:
             f"ARI <b>{_num(st.get('mean_ari'))}</b> (min {_num(st.get('min_ari'))}).</p>")
 
 
+def _baselines_key(kinds: list[str]) -> str:
+    rows = [[f"<code>{escape(k)}</code>", escape(MEANING[k][0]),
+             "similar" if MEANING[k][1] else "distant"] for k in ("gw", *kinds)]
+    return ("<p>The same layers, in the same order and with the same group boundaries, compared by "
+            "the usual measures computed on the same activations. Similarities are drawn with the "
+            "colour map reversed: dark means alike in every panel.</p>"
+            + _table(["panel", "what it is", "high values mean"], rows))
+
+
 def _summary_line(data: RunData, ckpt: str) -> str:
     r = data.result(ckpt)
     parts = "; ".join(describe_group(g, r["names"]) for g in r["groups"])
@@ -109,7 +119,7 @@ def render_html(data: RunData, images: dict, color) -> str:
     data : RunData
     images : dict
         ``{"timeline": png or None, "cross": {(a, b): png}, "<ckpt>": {"heatmap", "gap",
-        "dendrogram", "coassignment"?: png bytes}}``.
+        "dendrogram", "coassignment"?, "baselines"?: png bytes}}``.
     color : callable
         group id → CSS colour (the figures' palette).
 
@@ -140,8 +150,12 @@ def render_html(data: RunData, images: dict, color) -> str:
     for ckpt in data.checkpoints:
         entry, imgs = data.communities["checkpoints"][ckpt], images[ckpt]
         out += [f"<h2 id='ckpt-{escape(ckpt)}'>Checkpoint {escape(ckpt)}</h2>",
-                _img(imgs["heatmap"], f"GW distance heatmap of {ckpt}"),
-                f"<h3>Groups ({escape(method)})</h3>", _groups_table(data.result(ckpt), color),
+                _img(imgs["heatmap"], f"GW distance heatmap of {ckpt}")]
+        if imgs.get("baselines"):
+            kinds = list(data.baselines[ckpt])
+            out += ["<h3>GW beside the baselines</h3>", _baselines_key(kinds),
+                    _img(imgs["baselines"], f"GW matrix of {ckpt} beside {', '.join(kinds)}")]
+        out += [f"<h3>Groups ({escape(method)})</h3>", _groups_table(data.result(ckpt), color),
                 "<h3>Scores per method</h3>", _scores_table(entry["methods"])]
         if entry.get("agreement"):
             out.append(_table(["methods", "agreement (adjusted Rand index)"],

@@ -7,7 +7,9 @@ Files read (DESIGN.md "On-disk contracts"), all through :class:`gwray.storage.Lo
   ``gwray_version``, ``probe_hash``.
 - ``gw_matrix.parquet`` (required): ``checkpoint, layer_i, layer_j, gw, lower_bound``, long format.
 - ``communities.json`` (optional): as ``pipeline.py`` writes it — ``method``, ``checkpoints`` {id:
-  {methods: {m: SubnetworkResult.to_dict()}, agreement}}, ``stability`` {id: ...}, ``movement``.
+  {methods: {m: SubnetworkResult.to_dict()}, agreement}}, ``stability`` {id: ...}, ``movement``
+  [{from, to, added, removed}], ``baselines`` {id: {kind: (L, L) nested list}} with kinds of
+  :data:`gwray.gw.baselines.KINDS` (empty or absent unless ``gw.baselines`` was set).
   When absent, groups are computed here in memory with ``config.graph`` (never written).
 - ``pairs/*.parquet`` (optional): the pair records, for the solver-quality table.
 - ``cross/gw_matrix.parquet`` (optional): ``checkpoint_a, checkpoint_b, layer_i, layer_j, gw``,
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gwray.errors import GwrayInputError
+from gwray.gw.baselines import KINDS
 from gwray.storage import Location
 
 PAIR_COLUMNS = ("checkpoint_a", "layer_a", "checkpoint_b", "layer_b", "gw", "lower_bound", "init",
@@ -41,6 +44,7 @@ class RunData:
     communities_source: str
     pairs: list  # pair-record dicts (may be empty)
     cross: dict  # (ckpt_a, ckpt_b) → (L_a, L_b) GW matrix, rows = layers of ckpt_a
+    baselines: dict  # ckpt → {kind: (L_c, L_c) float64}; only checkpoints that have them
 
     @property
     def method(self) -> str:
@@ -122,6 +126,26 @@ def _cross(loc: Location, layers: dict) -> dict:
     return out
 
 
+def _baselines(where: Location, comm: dict, layers: dict) -> dict:
+    out: dict = {}
+    for c, mats in (comm.get("baselines") or {}).items():
+        if c not in layers:
+            raise GwrayInputError(f"{where}: baselines for checkpoint {c!r}, which is not in run.json")
+        L, out[c] = len(layers[c]), {}
+        for kind, M in mats.items():
+            if kind not in KINDS:
+                raise GwrayInputError(f"{where}: unknown baseline {kind!r} for checkpoint {c!r} "
+                                      f"(expected one of {', '.join(KINDS)})")
+            try:
+                out[c][kind] = np.asarray(M, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise GwrayInputError(f"{where}: baseline {kind!r} of checkpoint {c!r} is not a numeric matrix") from None
+            if out[c][kind].shape != (L, L):
+                raise GwrayInputError(f"{where}: baseline {kind!r} of checkpoint {c!r} has shape "
+                                      f"{out[c][kind].shape}, expected ({L}, {L}) for its layers")
+    return out
+
+
 def _computed_communities(info: dict, ckpts: list, layers: dict, gw: dict) -> dict:
     from gwray.graph.communities import find_subnetworks
 
@@ -151,7 +175,8 @@ def load_run_dir(out: Location | str) -> RunData:
     ------
     GwrayInputError
         No run.json / gw_matrix.parquet, a checkpoint or layer unknown to run.json, a missing
-        matrix cell, or communities.json naming a checkpoint without a matrix.
+        matrix cell, communities.json naming a checkpoint without a matrix, or a baseline matrix
+        of an unknown kind or a shape other than its checkpoint's (L, L).
     """
     loc = Location.parse(out)
     rj = loc.child("run.json")
@@ -174,7 +199,8 @@ def load_run_dir(out: Location | str) -> RunData:
     else:
         comm = _computed_communities(info, ckpts, layers, gw)
         source = "computed by the report (no communities.json in the run directory)"
-    return RunData(loc, info, ckpts, steps, layers, gw, lb, comm, source, _pairs(loc), _cross(loc, layers))
+    return RunData(loc, info, ckpts, steps, layers, gw, lb, comm, source, _pairs(loc),
+                   _cross(loc, layers), _baselines(cj, comm, layers))
 
 
 def solver_quality(data: RunData, ckpt: str) -> dict:
