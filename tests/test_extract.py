@@ -84,6 +84,21 @@ def test_ray_data_path_equals_in_process(ray_local, tmp_path, gpt2, probe_txt):
     np.testing.assert_array_equal(a.sample_ids("main"), np.arange(42))
 
 
+@pytest.mark.parametrize("use_ray", [False, True])
+def test_progress_on_stderr_only_when_asked(ray_local, tmp_path, gpt2, probe_txt, capsys, use_ray):
+    cfg = _cfg(gpt2, probe_txt)
+    extract(cfg, tmp_path / "quiet", "main", use_ray=use_ray, progress=False)
+    quiet = capsys.readouterr()
+    extract(cfg, tmp_path / "loud", "main", use_ray=use_ray, progress=True)
+    loud = capsys.readouterr()
+    if use_ray:  # a start and an end line: samples and seconds
+        assert re.search(r"extract main: 42 samples, 4 layers via Ray Data\n", loud.err), loud.err
+        assert re.search(r"extract main: 42 samples done in \d+\.\d s\n", loud.err), loud.err
+    else:  # the tqdm bar: samples done / total, rate
+        assert re.search(r"extract main: 100%.*42/42 \[.*sample/s\]", loud.err), loud.err
+    assert "extract main" not in quiet.err + quiet.out + loud.out
+
+
 @pytest.fixture(scope="module")
 def nan_model(tmp_path_factory, gpt2):
     """The tiny GPT-2 with a NaN embedding for the token "zebra"."""

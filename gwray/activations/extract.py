@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
+import time
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from gwray import __version__
 from gwray.activations.capture import LayerCapture, Pooler, select_layers
@@ -181,7 +184,7 @@ def _extract_ray(cfg, checkpoint_path, writer: ActivationWriter, probe: ProbeSet
 
 
 def extract(cfg, out: "Location | str", checkpoint: str, checkpoint_path: str | None = None,
-            use_ray: bool = True) -> dict:
+            use_ray: bool = True, progress: bool = True) -> dict:
     """Extract one checkpoint's activations into ``OUT/activations/checkpoint=<id>/``.
 
     Parameters
@@ -195,6 +198,10 @@ def extract(cfg, out: "Location | str", checkpoint: str, checkpoint_path: str | 
         The checkpoint's model directory (default ``cfg.model.path``).
     use_ray : bool
         Ray Data pipeline (Ray must be initialised) or the in-process loop.
+    progress : bool
+        On stderr: the in-process loop shows a tqdm bar (samples done / total, rate, ETA); the
+        Ray Data and sharded paths, whose batches run in actors, print a start and an end line
+        (samples, seconds).
 
     Returns
     -------
@@ -219,6 +226,12 @@ def extract(cfg, out: "Location | str", checkpoint: str, checkpoint_path: str | 
             extractor.keep_used(probe.batch(0, min(2, len(probe))))
         names = extractor.layer_names
     writer = ActivationWriter(out, checkpoint, names, dtype=cfg.layers.storage_dtype)
+    # Batches that run in actors tick no bar in this process: a start and an end line instead.
+    in_actors, t0 = cfg.model.shards > 1 or use_ray, time.perf_counter()
+    if progress and in_actors:
+        how = f"{cfg.model.shards} shards" if cfg.model.shards > 1 else "Ray Data"
+        print(f"extract {checkpoint}: {len(probe)} samples, {len(names)} layers via {how}",
+              file=sys.stderr, flush=True)
     try:
         if cfg.model.shards > 1:
             from gwray.models.sharded import extract_sharded
@@ -236,13 +249,19 @@ def extract(cfg, out: "Location | str", checkpoint: str, checkpoint_path: str | 
                 raise RuntimeError(f"Ray Data extraction returned {done} of {len(probe)} samples")
         else:
             extractor.writer = writer
-            for batch in batches(probe, cfg.probe.batch_size):
-                extractor(batch)
+            with tqdm(total=len(probe), unit="sample", desc=f"extract {checkpoint}", file=sys.stderr,
+                      disable=not progress) as bar:
+                for batch in batches(probe, cfg.probe.batch_size):
+                    extractor(batch)
+                    bar.update(len(batch["sample_id"]))
         meta = {"pooling": cfg.layers.pooling, "select": cfg.layers.select, "probe_hash": probe.hash,
                 "probe_source": probe.source, "max_tokens": cfg.probe.max_tokens, "seed": cfg.probe.seed,
                 "model": checkpoint_path or cfg.model.path or cfg.model.factory, "gwray_version": __version__}
-        return writer.commit(meta)
+        manifest = writer.commit(meta)
     except BaseException:
         writer.abort()
         raise
-
+    if progress and in_actors:
+        print(f"extract {checkpoint}: {len(probe)} samples done in {time.perf_counter() - t0:.1f} s",
+              file=sys.stderr, flush=True)
+    return manifest
