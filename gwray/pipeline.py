@@ -171,17 +171,6 @@ def check_inputs(cfg: RunConfig, min_checkpoints: int = 1) -> tuple[list, str]:
     return checkpoints, load_probe(cfg.probe).hash
 
 
-class _RunStore(ActivationStore):
-    """This run's checkpoints in training order (the scheduler plans from ``checkpoints()``)."""
-
-    def __init__(self, root, ids: list[str]):
-        super().__init__(root)
-        self.ids = list(ids)
-
-    def checkpoints(self) -> list[str]:
-        return list(self.ids)
-
-
 class _Run:
     """One run's state: config, location, stage keys (run.json), progress and Ray."""
 
@@ -226,7 +215,8 @@ class _Run:
             if use_ray:
                 self.ray()
             try:
-                extract(self.cfg, self.loc, ckpt, checkpoint_path=path, use_ray=use_ray)
+                extract(self.cfg, self.loc, ckpt, checkpoint_path=path, use_ray=use_ray,
+                        progress=self.say.enabled)
             finally:
                 if not store.is_complete(ckpt):  # never leave a half checkpoint behind
                     root.child(f"checkpoint={ckpt}").remove()
@@ -253,8 +243,10 @@ class _Run:
             self.say("pairs: resuming, the pairs already solved are kept")
         self.ray()
         self.say(f"pairs: GW of every layer pair on {self.cfg.resources.workers} workers")
-        run_pairs(self.cfg, _RunStore(self.loc, [c for c, _ in self.ckpts]), self.loc,
-                  progress=self.say.enabled)  # also writes gw_matrix.parquet / .npy, cross/
+        # This run's ids in training order: by name, checkpoint-1000 would pair with -200, and
+        # checkpoints an earlier config left in OUT would be planned too. Also writes gw_matrix.*.
+        run_pairs(self.cfg, store, self.loc, progress=self.say.enabled,
+                  checkpoints=[c for c, _ in self.ckpts])
         self.done("pairs", key, True)
 
     def communities(self, store) -> None:

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
+from gwray.activations.store import ActivationStore, ActivationWriter
 from gwray.errors import GwrayInputError
+from gwray.scheduler import plan_for
 from gwray.scheduler.plan import checkpoint_pairs, make_batches, plan_pairs
 
 
@@ -59,6 +62,26 @@ def test_cross_pairs_cover_every_layer_combination():
     plan = plan_pairs({"a": ["x", "y"], "b": ["x", "y", "z"]}, "consecutive")
     cross = {(t.layer_a, t.layer_b) for t in plan if not t.within}
     assert cross == {(x, y) for x in ["x", "y"] for y in ["x", "y", "z"]}
+
+
+def test_plan_for_follows_the_given_checkpoints_not_the_disk(tmp_path):
+    """Training order, not name order (which puts 1000 before 200 before 30); stale ids dropped."""
+    for ckpt in ("checkpoint-1000", "checkpoint-200", "checkpoint-30", "old-config"):
+        writer = ActivationWriter(tmp_path, ckpt, ["a", "b"])
+        for name in ("a", "b"):
+            writer.write(name, np.arange(3), np.ones((3, 2)))
+        writer.commit({})
+    store = ActivationStore(tmp_path)
+    run = ["checkpoint-30", "checkpoint-200", "checkpoint-1000"]
+    plan = plan_for(store, "consecutive", checkpoints=run)
+    assert plan.checkpoint_pairs() == [("checkpoint-30", "checkpoint-200"),
+                                       ("checkpoint-200", "checkpoint-1000")]
+    assert {(t.checkpoint_a, t.checkpoint_b) for t in plan if not t.within} == set(plan.checkpoint_pairs())
+    assert list(plan.layers) == run and "old-config" not in {t.checkpoint_a for t in plan}
+    assert len(plan) == 3 * 1 + 2 * 4
+    assert list(plan_for(store, "none").layers) == sorted(run + ["old-config"])  # default: the store's
+    with pytest.raises(GwrayInputError, match=r"^checkpoint 'checkpoint-5': no complete activations in "):
+        plan_for(store, "consecutive", checkpoints=["checkpoint-5", *run])
 
 
 def test_bad_inputs_name_the_thing():

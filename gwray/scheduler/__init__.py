@@ -29,21 +29,33 @@ def _checkpoints(store) -> list[str]:
     return [c for c in store.checkpoints() if complete is None or complete(c)]
 
 
-def plan_for(store, cross: str) -> Plan:
-    """The plan of a run: every complete checkpoint of ``store`` and its layers.
+def plan_for(store, cross: str, checkpoints: list[str] | None = None) -> Plan:
+    """The plan of a run: its checkpoints in the activation dataset and their layers.
 
     Parameters
     ----------
     store : ActivationStore
-        Anything with ``checkpoints()`` (in training order: ``final`` means the last) and
-        ``layer_names(checkpoint)``.
+        Anything with ``checkpoints()``, ``layer_names(checkpoint)`` and optionally
+        ``is_complete(checkpoint)``.
     cross : str
         ``compare.cross``.
+    checkpoints : list of str, optional
+        The run's checkpoint ids in training order (``final`` means the last; ``consecutive``
+        pairs neighbours in this order). Checkpoints on disk but not listed are not planned.
+        Default: every complete checkpoint of ``store``, in ``store.checkpoints()`` order.
+
+    Raises
+    ------
+    GwrayInputError
+        A listed checkpoint without complete activations (raised by ``store.layer_names``), or
+        a bad ``cross`` (:func:`plan_pairs`).
     """
-    return plan_pairs({c: list(store.layer_names(c)) for c in _checkpoints(store)}, cross)
+    ids = _checkpoints(store) if checkpoints is None else checkpoints
+    return plan_pairs({c: list(store.layer_names(c)) for c in ids}, cross)
 
 
-def run_pairs(cfg, store, out: Location | str, *, progress: bool = True) -> pa.Table:
+def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
+              checkpoints: list[str] | None = None) -> pa.Table:
     """Solve every planned GW pair of a run on Ray workers, resuming from ``OUT/pairs/``.
 
     Parameters
@@ -59,6 +71,9 @@ def run_pairs(cfg, store, out: Location | str, *, progress: bool = True) -> pa.T
         Run directory; records go to ``OUT/pairs/``, matrices to ``OUT/gw_matrix.*``.
     progress : bool
         Show a tqdm bar (pairs done / total, rate, ETA) and a final totals line on stderr.
+    checkpoints : list of str, optional
+        The run's checkpoint ids in training order (see :func:`plan_for`); default: every
+        complete checkpoint of ``store``.
 
     Returns
     -------
@@ -70,7 +85,8 @@ def run_pairs(cfg, store, out: Location | str, *, progress: bool = True) -> pa.T
     Raises
     ------
     GwrayInputError
-        A bad file in ``OUT/pairs/``, a bad layer, or bad config values.
+        A bad file in ``OUT/pairs/``, a bad layer, a listed checkpoint without activations, or
+        bad config values.
     """
     import ray
     from tqdm.auto import tqdm
@@ -80,7 +96,7 @@ def run_pairs(cfg, store, out: Location | str, *, progress: bool = True) -> pa.T
     if not ray.is_initialized():
         raise RuntimeError("run_pairs needs Ray to be initialised (pipeline.py / jobs do it)")
     out, t0 = Location.parse(out), time.perf_counter()
-    plan = plan_for(store, cfg.compare.cross)
+    plan = plan_for(store, cfg.compare.cross, checkpoints)
     done = done_keys(load_records(out)) & {t.key for t in plan}
     todo = [t for t in plan if t.key not in done]
     stats = {"solved": 0, "resumed": len(done), "cost_matrices": 0, "solver_seconds": 0.0,
