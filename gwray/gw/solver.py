@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import ot
-from scipy.optimize import linear_sum_assignment
 from scipy.sparse import csr_matrix
 from threadpoolctl import ThreadpoolController
 
 from gwray.errors import GwrayInputError
+from gwray.gw.assignment import linear_assignment
 from gwray.gw.bounds import _is_uniform, _weights, ot_value, round_to_coupling, w2_cost
 from gwray.gw.costs import check_cost
 from gwray.gw.local_search import swap_search
@@ -89,22 +89,29 @@ class _Problem:
         self.n, self.m = C1.shape[0], C2.shape[0]
         self.lap = self.n == self.m and _is_uniform(p) and _is_uniform(q)
         self.const = float(p @ (C1 * C1) @ p + q @ (C2 * C2) @ q)
+        self.duals, self.last = None, None  # the last assignment's column duals and permutation
 
     def vertex(self, A):
         """argmax over couplings of ⟨A, S⟩ as (rows, cols, vals) of the sparse vertex S.
 
-        Network-simplex EMD in both cases (uniform, n = m: a permutation vertex): on real layer
-        gradients, smooth and near-degenerate, it is 3-4x faster than linear_sum_assignment, and
-        2-3x faster again once row and column means are taken out (same argmax: they add a
-        constant over couplings)."""
-        M = A.mean(axis=1, keepdims=True) + A.mean(axis=0, keepdims=True) - A
+        Uniform weights, n = m (a permutation vertex): the first call is a network-simplex EMD
+        with row and column means taken out (same argmax; 2-3x faster than without, 5x faster
+        than linear_sum_assignment on real layer gradients), whose column potentials then
+        warm-start an exact shortest-augmenting-path assignment for every later call
+        (:mod:`gwray.gw.assignment`, ~10x faster again). Otherwise an exact EMD."""
+        if self.lap and self.duals is not None:
+            cols, self.duals = linear_assignment(A, self.duals, self.last)
+            self.last = cols
+            return np.arange(self.n), cols, np.full(self.n, 1.0 / self.n)
+        col_means = A.mean(axis=0, keepdims=True)
+        M = A.mean(axis=1, keepdims=True) + col_means - A
         M -= M.min()
-        S = ot.emd(self.p, self.q, M, numItermax=max(100_000, 50 * self.n * self.m))
-        rows, cols = np.nonzero(S)
-        if self.lap and rows.size != self.n:  # degenerate output: fall back to a pure assignment
-            rows, cols = linear_sum_assignment(A, maximize=True)
-        vals = np.full(self.n, 1.0 / self.n) if self.lap else S[rows, cols]
-        return rows, cols, vals
+        S, log = ot.emd(self.p, self.q, M, numItermax=max(100_000, 50 * self.n * self.m), log=True)
+        if not self.lap:
+            rows, cols = np.nonzero(S)
+            return rows, cols, S[rows, cols]
+        self.duals = log["v"] - col_means[0]  # the potentials of −A, see gwray.gw.assignment
+        return self.vertex(A)
 
     def times_c(self, rows, cols, vals):
         """B = C1 S C2 for the sparse plan S: one n×n×m matmul."""
