@@ -170,3 +170,42 @@ def test_batched_path_on_cpu(finished):
         C1, C2 = (worker._cache[k] for k in task.cost_keys)
         serial = gromov_wasserstein(C1, C2, aligned=True, max_iter=100, tol=1e-9).value
         assert rec["gw"] <= serial * 1.01 + 1e-12, (task.layer_a, task.layer_b, rec["gw"], serial)
+
+
+def test_cost_tasks_run_while_the_worker_is_busy_solving(finished, tmp_path):
+    """A cost another worker waits for must not queue behind this worker's solves: a solve blocked
+    on a cost that is not there yet still lets the same actor compute and return another cost."""
+    import ray
+
+    from gwray.scheduler.plan import make_batches
+    from gwray.scheduler.workers import WorkerPool
+
+    out, _, _ = finished
+    store = ActivationStore(out)
+    plan = plan_for(store, "none")
+    batch = make_batches(plan[:1], {k: N for k in plan[0].cost_keys}, 1)[0]
+    release = tmp_path / "release"
+
+    @ray.remote(num_cpus=0)
+    def late_cost(path, C):
+        import os
+        import time
+        while not os.path.exists(path):
+            time.sleep(0.05)
+        return C
+
+    pool = WorkerPool(1, 1, 0, store=store, metric="euclidean", normalize="mean",
+                      starts=["identity"], max_iter=50, tol=1e-9, aligned=[("early", "early")])
+    actor = pool.slots[0].actor
+    try:
+        C = np.zeros((N, N))
+        refs = {k: late_cost.remote(str(release), C) for k in batch.cost_keys}
+        solving = actor.solve.remote(batch, refs)  # blocks in ray.get until `release` exists
+        other = plan[-1].cost_keys[1]
+        got = ray.get(actor.cost.remote(*other), timeout=60)
+        assert got.shape == (N, N) and not ray.wait([solving], timeout=0)[0]
+        release.touch()
+        assert len(ray.get(solving, timeout=60)) == 1
+    finally:
+        release.touch()
+        pool.shutdown()

@@ -1,7 +1,9 @@
 """GW worker actors and the driver loop that feeds them batches.
 
 Each cost matrix is computed once, by the worker that first needs it (``GWWorker.cost``, an actor
-task whose result lives in the Ray object store), and every later batch gets the *reference*: a
+task whose result lives in the Ray object store; it runs in its own concurrency group, so it does
+not wait behind the worker's queued solves while other workers need it), and every later batch
+gets the *reference*: a
 worker that already holds the matrix uses its own copy, another one pulls it from the object store.
 The driver never touches the matrices. Batches go to the free worker that already holds most of
 their matrices, and a batch is only handed out when every matrix it needs is either ready or will be
@@ -14,6 +16,7 @@ worker that failed gets no new work until it answers a ping.
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,17 +70,21 @@ class GWWorker:
         self.aligned = set(map(tuple, aligned))
         self.batched, self.cache_bytes = batched, cache_bytes
         self._cache: OrderedDict[LayerKey, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()  # ``cost`` runs in its own thread (concurrency group)
 
     def ping(self) -> int:
         """The worker's process id (also tells the driver the actor is alive)."""
         return os.getpid()
 
     def _keep(self, key: LayerKey, C: np.ndarray) -> None:
-        self._cache[key] = C
-        self._cache.move_to_end(key)
-        while len(self._cache) > 1 and sum(c.nbytes for c in self._cache.values()) > self.cache_bytes:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[key] = C
+            self._cache.move_to_end(key)
+            while (len(self._cache) > 1
+                   and sum(c.nbytes for c in self._cache.values()) > self.cache_bytes):
+                self._cache.popitem(last=False)
 
+    @ray.method(concurrency_group="costs")
     def cost(self, checkpoint: str, layer: str) -> np.ndarray:
         """Cost matrix of one layer, (n, n) float64, from the activation dataset (kept here too)."""
         from gwray.gw.costs import cost_matrix
@@ -88,8 +95,12 @@ class GWWorker:
         self._keep((checkpoint, layer), C)
         return C
 
-    def _fetch(self, refs: Mapping[LayerKey, "ray.ObjectRef"]) -> None:
-        missing = [k for k in refs if k not in self._cache]
+    def _fetch(self, keys: Iterable[LayerKey],
+               refs: Mapping[LayerKey, "ray.ObjectRef"]) -> dict[LayerKey, np.ndarray]:
+        """The cost matrices of ``keys``, from this worker's cache or else the object store."""
+        with self._lock:
+            held = {k: self._cache[k] for k in keys if k in self._cache}
+        missing = [k for k in keys if k not in held]
         if missing:
             try:
                 arrays = ray.get([refs[k] for k in missing])
@@ -97,8 +108,12 @@ class GWWorker:
                 raise CostUnavailable(missing) from exc
             for k, C in zip(missing, arrays):
                 self._keep(k, C)
-        for k in refs:
-            self._cache.move_to_end(k)
+                held[k] = C
+        with self._lock:
+            for k in held:
+                if k in self._cache:
+                    self._cache.move_to_end(k)
+        return held
 
     def solve(self, batch: Batch, refs: Mapping[LayerKey, "ray.ObjectRef"]) -> list[dict]:
         """Solve every pair of ``batch``; ``refs`` maps each needed (checkpoint, layer) to its cost ref.
@@ -109,10 +124,10 @@ class GWWorker:
             Full pair records (DESIGN.md: names, gw, lower_bound, init, iterations,
             marginal_error, seconds, n, solver), in batch order.
         """
-        self._fetch(refs)
+        costs = self._fetch(batch.cost_keys, refs)
         results = {}
         if self.batched and batch.n[0] == batch.n[1]:
-            results = self._solve_batched(batch)
+            results = self._solve_batched(batch, costs)
         from gwray.gw.solver import gromov_wasserstein
 
         records = []
@@ -120,7 +135,7 @@ class GWWorker:
             r = results.get(t.key)
             if r is None:
                 (ka, kb), al = t.cost_keys, (t.checkpoint_a, t.checkpoint_b) in self.aligned
-                r = gromov_wasserstein(self._cache[ka], self._cache[kb], aligned=al,
+                r = gromov_wasserstein(costs[ka], costs[kb], aligned=al,
                                        starts=self.starts, max_iter=self.max_iter,
                                        tol=self.tol, keep_coupling=False)
             rec = {"n": batch.n[0], **r.record()}
@@ -128,7 +143,7 @@ class GWWorker:
                             "checkpoint_b": t.checkpoint_b, "layer_b": t.layer_b, **rec})
         return records
 
-    def _solve_batched(self, batch: Batch) -> dict:
+    def _solve_batched(self, batch: Batch, costs: Mapping[LayerKey, np.ndarray]) -> dict:
         import torch
 
         from gwray.gw.batched import batched_gw
@@ -138,8 +153,8 @@ class GWWorker:
         for al in (True, False):
             tasks = [t for t in batch.tasks if ((t.checkpoint_a, t.checkpoint_b) in self.aligned) == al]
             if tasks:
-                C1 = np.stack([self._cache[t.cost_keys[0]] for t in tasks])
-                C2 = np.stack([self._cache[t.cost_keys[1]] for t in tasks])
+                C1 = np.stack([costs[t.cost_keys[0]] for t in tasks])
+                C2 = np.stack([costs[t.cost_keys[1]] for t in tasks])
                 starts = [s for s in self.starts if s in BATCHED_STARTS and (al or s != "identity")]
                 rs = batched_gw(C1, C2, aligned=al, starts=starts or ["product"], polish_iter=self.max_iter,
                                 keep_coupling=False, device=device)
@@ -176,8 +191,9 @@ class WorkerPool:
 
     def __init__(self, workers: int, num_cpus: float, num_gpus: float, depth: int = 2,
                  window: int = 64, **worker_kwargs):
-        self._cls = ray.remote(GWWorker).options(num_cpus=num_cpus, num_gpus=num_gpus,
-                                                  max_restarts=-1, max_task_retries=0)
+        actor = ray.remote(concurrency_groups={"costs": 1})(GWWorker)
+        self._cls = actor.options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1,
+                                  max_task_retries=0)
         self.slots = [_Slot(self._cls.remote(**worker_kwargs)) for _ in range(workers)]
         self.depth, self.window = depth, window
         self.costs: dict[LayerKey, tuple[object, int]] = {}  # key → (ref, slot index)
