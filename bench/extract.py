@@ -62,12 +62,11 @@ def interleaved(model, tok, worker, probe, reps: int, batch=32) -> tuple[float, 
     """
     import numpy as np
 
-    from gwray.activations.extract import batches
 
     spent = {"plain": 0.0, "gwray": 0.0}
     err = 0.0
     for r in range(reps + 1):  # pass 0 warms up and is not timed
-        for i, b in enumerate(batches(probe, batch)):
+        for i, b in enumerate(probe.batches(batch)):
             out = {}
             for which in (("plain", "gwray") if (i + r) % 2 == 0 else ("gwray", "plain")):
                 t = time.perf_counter()

@@ -69,3 +69,20 @@ def test_bad_probes_name_the_thing(tmp_path):
     (tmp_path / "p.csv").write_text("a\nb\n")
     _error(ProbeConfig(source=str(tmp_path / "p.csv"), n_samples=2), "p.csv", ".csv")
     _error(ProbeConfig(source="builtin:klingon"), "builtin:klingon", "builtin:english")
+
+
+def test_batches_cover_every_sample_once_grouped_by_length(tmp_path):
+    probe = load_probe(ProbeConfig(n_samples=200, seed=3))
+    got = list(probe.batches(32))
+    assert [len(b["sample_id"]) for b in got] == [32] * 6 + [8]
+    ids = np.concatenate([b["sample_id"] for b in got])
+    assert sorted(ids.tolist()) == sorted(probe.sample_ids.tolist())
+    text_of = dict(zip(probe.sample_ids.tolist(), probe.texts))
+    assert all(text_of[i] == t for b in got for i, t in zip(b["sample_id"].tolist(), b["text"]))
+    lengths = [len(t) for b in got for t in b["text"]]
+    assert lengths == sorted(lengths)  # each batch pads to about the same length
+    arrays = tmp_path / "x.npy"
+    np.save(arrays, np.arange(30.0).reshape(10, 3))
+    probe = load_probe(ProbeConfig(source=str(arrays), n_samples=10))
+    got = list(probe.batches(4))  # arrays keep their order
+    np.testing.assert_array_equal(np.concatenate([b["x"] for b in got]), np.arange(30.0).reshape(10, 3))

@@ -2,9 +2,9 @@
 
 Two paths with identical output: a Ray Data pipeline (the probe as a dataset of batch-sized blocks
 → ``map_batches`` with a model actor class → parts written by the actors → manifest written by the
-driver) and a plain in-process loop (tests, notebooks). Both cut the probe into the same
-consecutive batches of ``probe.batch_size`` samples, so they run the same forward passes. Models
-with ``model.shards > 1`` go to :func:`gwray.models.sharded.extract_sharded`.
+driver) and a plain in-process loop (tests, notebooks). Both cut the probe into the same batches
+of ``probe.batch_size`` samples (:meth:`ProbeSet.batches`), so they run the same forward passes.
+Models with ``model.shards > 1`` go to :func:`gwray.models.sharded.extract_sharded`.
 
 Any failure removes the partial checkpoint: a dataset is complete (manifest present) or absent.
 """
@@ -139,12 +139,6 @@ def layer_names(cfg, checkpoint_path: str | None = None) -> list[str]:
     return [s.name for s in select_layers(loaded, cfg.layers.select)]
 
 
-def batches(probe: ProbeSet, batch_size: int):
-    """Consecutive batches of ``batch_size`` samples (the last may be shorter)."""
-    for start in range(0, len(probe), batch_size):
-        yield probe.batch(start, start + batch_size)
-
-
 def _unwrap_input_error(exc: BaseException) -> GwrayInputError | None:
     """The GwrayInputError raised inside a Ray Data actor, if any, as one line.
 
@@ -168,7 +162,7 @@ def _extract_ray(cfg, checkpoint_path, writer: ActivationWriter, probe: ProbeSet
     import ray
 
     blocks = []
-    for batch in batches(probe, cfg.probe.batch_size):
+    for batch in probe.batches(cfg.probe.batch_size):
         cols = {"sample_id": batch["sample_id"]}
         if "text" in batch:
             cols["text"] = batch["text"]
@@ -251,7 +245,7 @@ def extract(cfg, out: "Location | str", checkpoint: str, checkpoint_path: str | 
             extractor.writer = writer
             with tqdm(total=len(probe), unit="sample", desc=f"extract {checkpoint}", file=sys.stderr,
                       disable=not progress) as bar:
-                for batch in batches(probe, cfg.probe.batch_size):
+                for batch in probe.batches(cfg.probe.batch_size):
                     extractor(batch)
                     bar.update(len(batch["sample_id"]))
         meta = {"pooling": cfg.layers.pooling, "select": cfg.layers.select, "probe_hash": probe.hash,

@@ -351,7 +351,7 @@ def extract_sharded(cfg, out, checkpoint: str, checkpoint_path: str | None, pool
     writer : gwray.activations.store.ActivationWriter
         Its ``layer_names`` are the ``blocks`` selection: embeddings, then every block.
     probe : gwray.activations.probes.ProbeSet
-        Text probe; micro-batches are ``cfg.probe.batch_size`` consecutive samples.
+        Text probe; micro-batches are :meth:`ProbeSet.batches` of ``cfg.probe.batch_size``.
     tokenize : callable
         ``tokenize(tokenizer, texts, max_tokens) -> {"input_ids", "attention_mask"}`` (from activations/).
 
@@ -383,8 +383,7 @@ def extract_sharded(cfg, out, checkpoint: str, checkpoint_path: str | None, pool
     size = cfg.probe.batch_size
 
     def batches():
-        for lo in range(0, len(probe), size):
-            part = probe.batch(lo, lo + size)
+        for part in probe.batches(size):
             enc = tokenize(skeleton.tokenizer, part["text"], cfg.probe.max_tokens)
             yield {"sample_ids": np.asarray(part["sample_id"], dtype=np.int64), "input_ids": enc["input_ids"],
                    "attention_mask": enc["attention_mask"]}
