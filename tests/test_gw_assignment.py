@@ -63,3 +63,25 @@ def test_non_finite_weights_are_an_error():
     A = np.full((3, 3), -np.inf)
     with pytest.raises(ValueError, match="no perfect assignment"):
         linear_assignment(A, np.zeros(3))
+
+
+def test_kernels_compile_without_a_writable_cache(monkeypatch):
+    """numba refuses cache=True at decoration when no cache location is writable: the kernel
+    must then compile per process instead of breaking the import."""
+    import numba
+
+    from gwray.gw import jit
+
+    real = numba.njit
+
+    def strict(*args, **kwargs):
+        if kwargs.get("cache"):
+            raise RuntimeError("cannot cache function: no locator available")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jit.nb, "njit", strict)
+
+    def double(x):
+        return 2 * x
+
+    assert jit.njit(double)(21) == 42

@@ -16,11 +16,12 @@ speed depends on how close v is to the new optimum.
 """
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
 
+from gwray.gw.jit import njit
 
-@nb.njit(cache=True)
+
+@njit
 def _shortest_path(A, u, v, col4row, row4col, start, dist, pred, seen_rows, cols):
     """Dijkstra from the free row ``start`` over reduced costs to the nearest free column.
 
@@ -58,7 +59,7 @@ def _shortest_path(A, u, v, col4row, row4col, start, dist, pred, seen_rows, cols
     return sink, reach, nseen, todo
 
 
-@nb.njit(cache=True)
+@njit
 def _assign(A, v, prev):
     """Complete assignment from column duals v and a previous permutation (−1: none)."""
     n, m = A.shape

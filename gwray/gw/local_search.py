@@ -8,11 +8,12 @@ O(n²), so a round costs no more than one matmul.
 """
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
 
+from gwray.gw.jit import njit
 
-@nb.njit(cache=True)
+
+@njit
 def best_swaps(C1: np.ndarray, W: np.ndarray, C2s: np.ndarray):
     """Every position's best swap partner and the gain in Q of that swap, in one O(n²) pass.
 
