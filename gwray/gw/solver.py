@@ -107,10 +107,11 @@ class _Problem:
         M = A.mean(axis=1, keepdims=True) + col_means - A
         M -= M.min()
         S, log = ot.emd(self.p, self.q, M, numItermax=max(100_000, 50 * self.n * self.m), log=True)
+        rows, cols = np.nonzero(S)
         if not self.lap:
-            rows, cols = np.nonzero(S)
             return rows, cols, S[rows, cols]
         self.duals = log["v"] - col_means[0]  # the potentials of −A, see gwray.gw.assignment
+        self.last = cols if rows.size == self.n else None  # its edges are tight: kept as they are
         return self.vertex(A)
 
     def times_c(self, rows, cols, vals):

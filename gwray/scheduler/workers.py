@@ -1,13 +1,13 @@
 """GW worker actors and the driver loop that feeds them batches.
 
 Each cost matrix is computed once, by the worker that first needs it (``GWWorker.cost``, an actor
-task whose result lives in the Ray object store; it runs in its own concurrency group, so it does
-not wait behind the worker's queued solves while other workers need it), and every later batch
-gets the *reference*: a
-worker that already holds the matrix uses its own copy, another one pulls it from the object store.
-The driver never touches the matrices. Batches go to the free worker that already holds most of
-their matrices, and a batch is only handed out when every matrix it needs is either ready or will be
-computed earlier in the same worker's queue, so two workers never wait on each other.
+task whose result lives in the Ray object store; it runs in its own concurrency group, so it never
+waits behind that worker's queued solves while another worker needs it), and every later batch
+gets the *reference*: a worker that already holds the matrix uses its own copy, another one pulls
+it from the object store. The driver never touches the matrices. Batches go to the free worker
+that already holds most of their matrices, and a batch is only handed out when every matrix it
+needs is either ready or will be computed by the same worker, so two workers never wait on each
+other's solves.
 
 Fault tolerance is the driver's own bookkeeping: a batch whose worker dies (``RayActorError``) or
 whose cost matrix is gone is put back in the queue (the actor restarts, ``max_restarts=-1``); a
