@@ -59,6 +59,9 @@ class GWResult:
         Sizes of C1 and C2.
     start_values : dict
         Final objective of every start that ran (when pruned, of the last plan it reached).
+    permutation : numpy.ndarray of shape (n,), int32, or None
+        The returned plan as ``i -> permutation[i]`` when it is a permutation plan (uniform
+        weights, n = m): the compact form of the plan, a valid start for a later solve.
     """
 
     value: float
@@ -73,6 +76,7 @@ class GWResult:
     m: int
     start_values: dict = field(default_factory=dict)
     total_iterations: int = 0
+    permutation: np.ndarray | None = None
 
     def record(self) -> dict:
         """DESIGN.md's pair-record fields (gw, lower_bound, init, iterations, ..., n, solver)."""
@@ -239,7 +243,15 @@ def _starts(P: _Problem, starts: list, seed: int):
     rng = np.random.default_rng(seed)
     given = 0
     for s in starts:
-        if not isinstance(s, str):
+        if not isinstance(s, str) and np.ndim(s) == 1:  # a permutation i -> s[i]: no dense plan
+            cols = _check_permutation(s, P.n, P.m)
+            T, A = P.perm_plan(cols)
+            if not P.lap:  # non-uniform weights: the nearest coupling to that matching
+                T = round_to_coupling(T, P.p, P.q)
+                A, cols = P.C1 @ (T @ P.C2), None
+            yield ("given" if given == 0 else f"given:{given}"), T, A, None, cols
+            given += 1
+        elif not isinstance(s, str):
             T = np.asarray(s.detach().cpu().numpy() if hasattr(s, "detach") else s, dtype=np.float64)
             if T.shape != (P.n, P.m):
                 raise GwrayInputError(f"starts: coupling shape {T.shape} != ({P.n}, {P.m})")
@@ -283,6 +295,25 @@ def _starts(P: _Problem, starts: list, seed: int):
                                   "entropic or an (n, m) array)")
 
 
+def _check_permutation(s, n: int, m: int) -> np.ndarray:
+    cols = np.asarray(s)
+    if n != m or cols.shape != (n,) or cols.dtype.kind not in "iu":
+        raise GwrayInputError(f"starts: a permutation start must be ({n},) integers with n == m "
+                              f"(got {cols.shape} {cols.dtype}, m = {m})")
+    cols = cols.astype(np.int64)
+    if not np.array_equal(np.sort(cols), np.arange(n)):
+        raise GwrayInputError("starts: a 1-D start must be a permutation of 0..n-1")
+    return cols
+
+
+def _as_permutation(T: np.ndarray, n: int) -> np.ndarray | None:
+    """``cols`` with T = P_cols / n when T is a permutation plan, else None."""
+    rows, cols = np.nonzero(T)
+    if rows.size != n or not np.array_equal(rows, np.arange(n)) or np.unique(cols).size != n:
+        return None
+    return cols.astype(np.int32)
+
+
 _BLAS: ThreadpoolController | None = None
 _POLISH_WITHIN = 2.0  # polish starts whose CG value is within 2x the best value so far
 
@@ -307,8 +338,10 @@ def gromov_wasserstein(C1, C2, p=None, q=None, *, aligned: bool = False,
         used as a start (needs n = m and p = q).
     starts : sequence
         Any of "identity" (only used when ``aligned``), "product", "random:K" (K random vertices),
-        "entropic" (entropic GW, rounded to feasibility) and (n, m) arrays (warm-start couplings,
-        rounded to feasibility; init name "given"). The best final plan wins.
+        "entropic" (entropic GW, rounded to feasibility), (n, m) arrays (warm-start couplings,
+        rounded to feasibility) and (n,) integer permutations ``i -> s[i]`` (a permutation plan,
+        n = m; e.g. a previous result's ``permutation``); given starts are named "given",
+        "given:1", ... in order. The best final plan wins.
     max_iter, tol : int, float
         Per start: at most ``max_iter`` CG iterations; stop when the objective decreases by less
         than ``tol`` (absolute) or ``tol`` relative to its value, as POT does.
@@ -389,4 +422,5 @@ def _solve(C1, C2, p, q, aligned, starts, max_iter, tol, keep_coupling, seed, bo
     return GWResult(value=value, lower_bound=lb, coupling=T if keep_coupling else None, init=name,
                     iterations=its, marginal_error=P.marginal_error(T),
                     seconds=time.perf_counter() - t0, solver="cg-lap" if P.lap else "cg-emd",
-                    n=P.n, m=P.m, start_values=values, total_iterations=total)
+                    n=P.n, m=P.m, start_values=values, total_iterations=total,
+                    permutation=_as_permutation(T, P.n) if P.lap else None)
