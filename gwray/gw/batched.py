@@ -1,40 +1,44 @@
-"""Many GW problems of equal size at once in torch: the path GPU workers use.
+"""GW for many pairs at once on an accelerator (or torch's CPU): the path GPU workers use.
 
-For B pairs of (n, n) cost matrices the square-loss GW objective (POT's convention)
+The serial solver's algorithm (:mod:`gwray.gw.solver`: identity and product starts, conditional
+gradient with exact line search and carried gradient, swap search, TLB) runs for B pairs of equal
+sizes at once with every step on the device (:mod:`gwray.gw.device_cg`, ``device_assignment``,
+``device_local_search``, ``device_bounds``); no host solver is called. The search runs in
+float32 (TF32 matmuls on a GPU unless ``tf32=False``); every reported value is then recomputed in
+float64 from the final plan (O(n²) for a permutation), and the lower bound is certified in float64
+(a c-transform), so approximate steps can only cost quality, never correctness.
 
-    GW(T) = sum_{ijkl} (C1_ik - C2_jl)^2 T_ij T_kl
-
-is minimised by a proximal-point scheme (Xu et al., 2019, "Gromov-Wasserstein learning"):
-
-    T_{t+1} = argmin_{T in Pi(p, q)} <grad GW(T_t), T> + eps * s * KL(T | T_t),
-
-each step an entropic OT problem whose kernel is T_t * exp(-grad / (eps * s)), solved by a few
-log-domain Sinkhorn sweeps. ``s`` is the pair's cost scale (mean C1 times mean C2), so ``epsilon``
-is dimensionless. All B pairs advance together with batched matmuls; convergence is tested on
-the device every ``check_every`` iterations (one boolean read), and converged pairs are frozen.
-
-Each plan is then handed to the conditional-gradient solver as a warm start
-(:func:`gwray.gw.solver.gromov_wasserstein` with ``starts=[T]``), which rounds it to an exactly
-feasible plan (Altschuler, Weed and Rigollet, 2017, Algorithm 2) and polishes it for a few
-iterations, so every returned value is the objective of a feasible coupling: a true upper bound
-on GW, next to the solver's TLB lower bound.
+Host reads: every synchronisation goes through :func:`host_read` (a counter), one boolean every
+few iterations inside the loops and the results at the end.
 """
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import numpy as np
 import torch
 
 from gwray.errors import GwrayInputError
-from gwray.gw.solver import GWResult, gromov_wasserstein
+from gwray.gw.device_assignment import round_plan
+from gwray.gw.device_bounds import certified_tlb, slb
+from gwray.gw.device_cg import Pairs, State, cg, polish
+from gwray.gw.device_local_search import permuted
+from gwray.gw.solver import GWResult
 
-__all__ = ["batched_gw"]
+__all__ = ["batched_gw", "plan_batch", "device_costs", "host_read", "HOST_READS"]
 
-# Share of the product plan mixed into the identity start: the KL step multiplies entries, so an
-# exact zero could never grow; a tiny share lets a better nearby plan appear without blurring.
-_MIX = 1e-6
+STARTS = ("identity", "product")
+_PRUNE = 2.0  # as the serial solver: the product start is dropped when its first step ends > 2x
+HOST_READS = {"count": 0}
+"""How many times the engine synchronised with the device (tests bound it)."""
+
+
+def host_read(x: torch.Tensor):
+    """The engine's one way to read the device: a 0-d bool → bool, anything else → numpy."""
+    HOST_READS["count"] += 1
+    return bool(x) if x.dim() == 0 and x.dtype == torch.bool else x.cpu().numpy()
 
 
 def _as_tensor(x, name: str, device, dtype) -> torch.Tensor:
@@ -47,230 +51,306 @@ def _as_tensor(x, name: str, device, dtype) -> torch.Tensor:
     return torch.as_tensor(arr, device=device).to(dtype)
 
 
-def _check_finite(x: torch.Tensor, name: str) -> None:
-    bad = ~torch.isfinite(x)
-    if bool(bad.any()):
-        where = tuple(int(i) for i in bad.nonzero()[0].tolist())
-        raise GwrayInputError(f"{name}: non-finite value (NaN or inf) at pair {where[0]}, "
-                              f"index {where[1:]}")
-
-
 def _check_costs(C: torch.Tensor, name: str) -> None:
     if C.ndim != 3 or C.shape[1] != C.shape[2]:
         raise GwrayInputError(f"{name}: expected shape (B, n, n), got {tuple(C.shape)}")
     if C.shape[0] == 0 or C.shape[1] == 0:
         raise GwrayInputError(f"{name}: empty batch or empty layer, shape {tuple(C.shape)}")
-    _check_finite(C, name)
+    bad = ~torch.isfinite(C)
+    if host_read(bad.any()):
+        where = host_read(bad.nonzero()[0]).tolist()
+        raise GwrayInputError(f"{name}: non-finite value (NaN or inf) at pair {where[0]}, "
+                              f"index {tuple(where[1:])}")
     asym = (C - C.transpose(1, 2)).abs().amax(dim=(1, 2))
     scale = C.abs().amax(dim=(1, 2)).clamp_min(1.0)
-    bad = (asym > 1e-8 * scale).nonzero()
-    if len(bad):
-        raise GwrayInputError(f"{name}: pair {int(bad[0, 0])} is not symmetric "
-                              f"(max |C - C^T| = {float(asym[bad[0, 0]]):.3g})")
+    bad = asym > 1e-8 * scale
+    if host_read(bad.any()):
+        b = int(host_read(bad.nonzero()[0, 0]))
+        raise GwrayInputError(f"{name}: pair {b} is not symmetric "
+                              f"(max |C - C^T| = {float(host_read(asym[b])):.3g})")
 
 
-def _weights(w, name: str, B: int, n: int, device, dtype) -> torch.Tensor:
+def _weights(w, name: str, B: int, n: int, device) -> torch.Tensor:
     if w is None:
-        return torch.full((B, n), 1.0 / n, device=device, dtype=dtype)
-    w = _as_tensor(w, name, device, dtype)
+        return torch.full((B, n), 1.0 / n, device=device, dtype=torch.float64)
+    w = _as_tensor(w, name, device, torch.float64)
     if w.ndim == 1:
         w = w.expand(B, -1)
     if tuple(w.shape) != (B, n):
         raise GwrayInputError(f"{name}: expected shape ({B}, {n}) or ({n},), got {tuple(w.shape)}")
-    _check_finite(w, name)
-    if bool((w <= 0).any()):
-        raise GwrayInputError(f"{name}: weights must be positive (the log-domain loop needs it)")
+    if not host_read(torch.isfinite(w).all()):
+        raise GwrayInputError(f"{name}: non-finite weight (NaN or inf)")
+    if host_read((w <= 0).any()):
+        raise GwrayInputError(f"{name}: weights must be positive (Sinkhorn's log domain needs it)")
     err = (w.sum(dim=1) - 1.0).abs()
-    if bool((err > 1e-6).any()):
-        b = int(err.argmax())
-        raise GwrayInputError(f"{name}: weights of pair {b} sum to {float(w[b].sum()):.9g}, not 1")
-    return w.contiguous()
+    if host_read((err > 1e-6).any()):
+        b = int(host_read(err.argmax()))
+        raise GwrayInputError(f"{name}: weights of pair {b} sum to {float(host_read(w[b].sum())):.9g}, not 1")
+    return (w / w.sum(dim=1, keepdim=True)).contiguous()
 
 
-def _monotone_plan(C1, C2, p, q):
-    """Where conditional gradient goes first from the product plan, for every pair at once.
+def plan_batch(n: int, m: int, device, budget_bytes: int | None = None) -> int:
+    """How many pairs of sizes (n, m) fit in one batch on ``device``.
 
-    At ``T = p q^T`` the gradient is rank one, ``-4 (C1 p)(C2 q)^T``, so the best vertex couples
-    the samples co-monotonically by eccentricity ``C1 p`` and ``C2 q`` (the north-west corner
-    plan of the two sorted orders): ``T_ij = max(0, min(P_i, Q_j) - max(P_{i-1}, Q_{j-1}))`` with
-    P, Q the cumulative sorted weights. Shapes: C (B, n, n), p, q (B, n) -> (B, n, n).
-    """
-    ia = torch.argsort(torch.einsum("bik,bk->bi", C1, p), dim=1)
-    ib = torch.argsort(torch.einsum("bjl,bl->bj", C2, q), dim=1)
-    P = torch.cumsum(torch.gather(p, 1, ia), dim=1)
-    Q = torch.cumsum(torch.gather(q, 1, ib), dim=1)
-    P0, Q0 = P - torch.gather(p, 1, ia), Q - torch.gather(q, 1, ib)
-    S = (torch.minimum(P[:, :, None], Q[:, None, :])
-         - torch.maximum(P0[:, :, None], Q0[:, None, :])).clamp_min(0.0)
-    T = torch.empty_like(S)
-    rows = torch.empty_like(S).scatter_(1, ia[:, :, None].expand_as(S), S)  # undo the row sort
-    return T.scatter_(2, ib[:, None, :].expand_as(S), rows)                # and the column sort
-
-
-def _objective(C1sq_p, C2sq_q, cross, T):
-    """GW objective, shape (B,): sum C1_ik^2 p_i p_k + sum C2_jl^2 q_j q_l - 2 <C1 T C2, T>."""
-    return C1sq_p + C2sq_q - 2.0 * (cross * T).sum(dim=(1, 2))
-
-
-def _prox_loop(C1, C2, p, q, logT, eps, max_iter, inner, check_every, tol):
-    """Run the proximal-point iterations on all pairs; returns (log T, iterations per pair).
-
-    The plan returned is the best one seen at a check (the start included), per pair.
-
-    Only tensors stay on the device; the loop reads one boolean every ``check_every`` iterations.
-    """
-    B = C1.shape[0]
-    # log T is kept above 80 % of the log of the smallest normal float (-566 in float64): the
-    # mass this adds is nil, and it keeps every exp() out of the subnormal range, where CPU
-    # arithmetic is tens of times slower
-    floor = 0.8 * math.log(torch.finfo(C1.dtype).tiny)
-    logp, logq = p.log(), q.log()
-    C1sq_p = torch.einsum("bi,bik,bk->b", p, C1 * C1, p)
-    C2sq_q = torch.einsum("bj,bjl,bl->b", q, C2 * C2, q)
-    scale = (C1.abs().mean(dim=(1, 2)) * C2.abs().mean(dim=(1, 2))).clamp_min(1e-30)
-    step = (4.0 / (eps * scale))[:, None, None]  # grad = const(i) + const(j) - 4 C1 T C2
-    active = torch.ones(B, dtype=torch.bool, device=C1.device)
-    iters = torch.zeros(B, dtype=torch.int64, device=C1.device)
-    last = torch.full((B,), float("inf"), dtype=C1.dtype, device=C1.device)
-    best, best_logT = last.clone(), logT  # mirror steps on a non-convex objective can climb
-    for it in range(max_iter):
-        T = logT.exp()
-        cross = torch.bmm(torch.bmm(C1, T), C2)
-        if it % check_every == 0:  # the objective of the current plan costs no extra matmul
-            value = _objective(C1sq_p, C2sq_q, cross, T)
-            active &= (last - value).abs() > tol * value.abs().clamp_min(scale)
-            last = value
-            better = value < best
-            best = torch.where(better, value, best)
-            best_logT = torch.where(better[:, None, None], logT, best_logT)
-            if not bool(active.any()):  # the loop's only device-to-host read
-                break
-        logK = logT + step * cross
-        f = torch.zeros_like(p)
-        g = torch.zeros_like(q)
-        for _ in range(inner):
-            f = logp - torch.logsumexp(logK + g.unsqueeze(1), dim=2)
-            g = logq - torch.logsumexp(logK + f.unsqueeze(2), dim=1)
-        new = (logK + f.unsqueeze(2) + g.unsqueeze(1)).clamp_min(floor)
-        logT = torch.where(active[:, None, None], new, logT)
-        iters += active
-    return best_logT, iters
-
-
-def batched_gw(C1, C2, *, p=None, q=None, aligned: bool = True,
-               starts=("identity", "product"), epsilon: float = 1.0,
-               max_iter: int = 50, inner_iter: int = 3, check_every: int = 5,
-               tol: float = 1e-4, polish_iter: int = 50, keep_coupling: bool = True,
-               device=None, dtype=torch.float64) -> list[GWResult]:
-    """Square-loss GW for B pairs of equal size at once, each value from a feasible plan.
+    Per pair the engine holds the float64 costs (kept for the exact values), their float32
+    copies, and about ten (n, m) float32 work arrays (T, A, B, the swap search's C2[σ][:, σ], W
+    and gains, the auction's reduced benefits, the bound's Γ in float64).
 
     Parameters
     ----------
-    C1, C2 : array or torch.Tensor, shape (B, n, n)
-        Symmetric intra-layer cost matrices; pair ``b`` is ``(C1[b], C2[b])``.
-    p, q : array or torch.Tensor, shape (B, n) or (n,), optional
-        Marginals (uniform when omitted); each row sums to 1.
+    n, m : int, the sizes of C1 and C2.
+    device : torch.device or str.
+    budget_bytes : int, optional. Default: 80 % of the free memory of a CUDA device, or a quarter
+        of the host's available memory for "cpu".
+
+    Returns
+    -------
+    int ≥ 1.
+    """
+    device = torch.device(device)
+    if budget_bytes is None:
+        if device.type == "cuda":
+            budget_bytes = int(0.8 * torch.cuda.mem_get_info(device)[0])
+        else:
+            budget_bytes = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    per_pair = 12 * (n * n + m * m) + 10 * 4 * n * m + 16 * n * m
+    return max(1, int(budget_bytes // per_pair))
+
+
+def device_costs(layers, device, metric: str = "euclidean", normalize: str = "mean") -> torch.Tensor:
+    """Cost matrices built on the device from activations (ship (n, d) activations, not n² costs).
+
+    Parameters
+    ----------
+    layers : sequence of (n, d_k) arrays or tensors (equal n).
+    device : where to build them; metric, normalize : see :func:`gwray.gw.costs.cost_matrix`.
+
+    Returns
+    -------
+    (L, n, n) float64 tensor on ``device``.
+    """
+    from gwray.gw.costs import cost_matrix
+
+    return torch.stack([cost_matrix(torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor)
+                                                    else X).to(device), metric, normalize,
+                                    name=f"layer {k}") for k, X in enumerate(layers)])
+
+
+def _start(P: Pairs, name: str, C1, C2, p, q) -> State:
+    """The start ``name`` for every pair (see the serial solver's ``_starts``)."""
+    B, n, m, dt = P.B, P.n, P.m, P.dt
+    if name == "identity":
+        if P.lap:
+            perm = torch.arange(n, device=C1.device).expand(B, n).contiguous()
+            T, A = P.perm_plan(perm)
+            return State(T, A, perm, torch.ones(B, dtype=torch.bool, device=C1.device))
+        T = torch.diag_embed(p.to(dt))
+        return State(T, torch.bmm(P.C1 * p.to(dt)[:, None, :], P.C2))
+    u = torch.einsum("bik,bk->bi", P.C1, p.to(dt))
+    v = torch.einsum("bjl,bl->bj", P.C2, q.to(dt))
+    first = None
+    if P.lap:  # the gradient is rank one: the first vertex pairs the two sorted orders
+        first = torch.empty(B, n, dtype=torch.long, device=C1.device)
+        first.scatter_(1, u.argsort(dim=1), v.argsort(dim=1))
+    T = (p[:, :, None] * q[:, None, :]).to(dt)
+    return State(T, u[:, :, None] * v[:, None, :], first=first)
+
+
+def _first_step_value(P: Pairs, S: State) -> torch.Tensor:
+    """Objective after the product start's first step, O(n²) (the serial solver's pruning test)."""
+    sA = S.A.gather(2, S.first[:, :, None]).sum(dim=(1, 2)).double() / P.n
+    sB = (P.C1 * permuted(P.C2, S.first)).sum(dim=(1, 2)).double() / P.n ** 2
+    from gwray.gw.device_cg import line_search
+
+    alpha, dA, dBA = line_search(S.tA, sA, sB)
+    return P.const - 2.0 * (S.tA + 2.0 * alpha * dA + alpha * alpha * dBA)
+
+
+def _exact(S: State, C1d, C2d, p, q, const, lap: bool):
+    """Float64 value and marginal error of each final plan; the dense float64 plans where they
+    are not permutations (None when all are)."""
+    B, n = C1d.shape[0], C1d.shape[1]
+    value = torch.empty(B, dtype=torch.float64, device=C1d.device)
+    err = torch.empty(B, dtype=torch.float64, device=C1d.device)
+    perm = S.is_perm if lap else torch.zeros(B, dtype=torch.bool, device=C1d.device)
+    T64 = None
+    if lap and host_read(perm.any()):
+        Q = (C1d * permuted(C2d, S.perm)).sum(dim=(1, 2))
+        value = torch.where(perm, const - 2.0 * Q / n ** 2, value)
+        hits = torch.zeros(B, n, dtype=torch.float64, device=C1d.device)
+        hits.scatter_add_(1, S.perm, torch.ones_like(hits))  # each column once: row sums are 1/n
+        err = torch.where(perm, (hits - 1.0).abs().sum(1) / n, err)
+    if host_read((~perm).any()):
+        T64 = round_plan(S.T.double(), p, q)
+        dense = const - 2.0 * (T64 * torch.bmm(C1d, torch.bmm(T64, C2d))).sum(dim=(1, 2))
+        value = torch.where(perm, value, dense)
+        dense_err = torch.maximum((T64.sum(2) - p).abs().sum(1), (T64.sum(1) - q).abs().sum(1))
+        err = torch.where(perm, err, dense_err)
+    return value.clamp_min(0.0), err, perm, T64
+
+
+def _solve_chunk(C1d, C2d, p, q, names, aligned, dtype, max_iter, tol, swap_rounds, bound,
+                 assignment_eps):
+    B, n, m = C1d.shape[0], C1d.shape[1], C2d.shape[1]
+    uniform = host_read(((p - 1.0 / n).abs().amax() <= 1e-12) & ((q - 1.0 / m).abs().amax() <= 1e-12))
+    lap = n == m and uniform
+    const = (torch.einsum("bi,bik,bk->b", p, C1d * C1d, p) + torch.einsum("bj,bjl,bl->b", q, C2d * C2d, q))
+    P = Pairs(C1d.to(dtype), C2d.to(dtype), p, q, const, lap, host_read, assignment_eps, (C1d, C2d))
+    best = torch.full((B,), math.inf, dtype=torch.float64, device=C1d.device)
+    out = {"values": {}, "iters": {}}
+    for name in names:
+        S = _start(P, name, C1d, C2d, p, q)
+        idx = torch.arange(B, device=C1d.device)
+        if S.first is not None and aligned:  # drop pairs whose product start cannot get near
+            keep = _first_step_value(P, S) <= _PRUNE * best
+            if not host_read(keep.any()):
+                continue
+            idx = host_read(keep.nonzero()[:, 0])
+            idx = torch.as_tensor(idx, device=C1d.device)
+        Pk, Sk = (P, S) if len(idx) == B else (P.subset(idx), S.subset(idx))
+        active = torch.ones(len(idx), dtype=torch.bool, device=C1d.device)
+        Sk = cg(Pk, Sk, active, max_iter, tol)
+        if lap and swap_rounds > 0 and max_iter > 0:
+            Sk = polish(Pk, Sk, Sk.is_perm, max_iter, tol, swap_rounds)
+        value, err, is_perm, T64 = _exact(Sk, C1d[idx], C2d[idx], p[idx], q[idx], const[idx], lap)
+        out["values"][name] = (idx, value)
+        out["iters"][name] = (idx, Sk.iters)
+        better = value < best[idx]
+        best[idx] = torch.where(better, value, best[idx])
+        out.setdefault("won", []).append((name, idx, better, value, err, is_perm, Sk.perm, T64))
+    lb = torch.full((B,), math.nan, dtype=torch.float64, device=C1d.device)
+    if bound:
+        lb = certified_tlb(C1d, C2d, p, q, read=host_read, dtype=dtype) if uniform else slb(C1d, C2d, p, q)
+        lb = torch.minimum(lb, best)
+    return best, lb, out, lap
+
+
+def batched_gw(C1, C2, *, p=None, q=None, aligned: bool = True, starts=STARTS, max_iter: int = 200,
+               tol: float = 1e-9, swap_rounds: int = 30, bound: bool = True,
+               keep_coupling: bool = True, device=None, dtype=torch.float32, tf32: bool = True,
+               batch_size: int | None = None, assignment_eps: float = 1e-5) -> list[GWResult]:
+    """Square-loss GW for B pairs of equal sizes at once, every step on the device.
+
+    Parameters
+    ----------
+    C1 : array or torch.Tensor, shape (B, n, n); C2 : shape (B, m, m)
+        Symmetric intra-layer costs; pair ``b`` is ``(C1[b], C2[b])``.
+    p, q : array or torch.Tensor, shape (B, n) / (B, m) or (n,) / (m,), optional
+        Positive marginals (uniform when omitted), each row summing to 1.
     aligned : bool
-        Row i of both layers is the same sample, so the identity plan ``diag(p)`` is feasible
-        (needs ``p == q``); without it the "identity" start is skipped, as in the serial solver.
+        Row i of both layers is the same sample: the identity plan is a start (needs n = m, p = q).
     starts : sequence of {"identity", "product"}
-        Initial plans; each runs its own proximal loop over the whole batch (so the time grows
-        with their number) and the polish keeps the best. "product" starts where conditional
-        gradient's first step from the product plan goes (the co-monotone plan by eccentricity,
-        see :func:`_monotone_plan`), so both starts mirror the serial solver's. Each is mixed with
-        1e-6 of the product plan so that every entry can move.
-    epsilon : float
-        Proximal step, relative to the pair's cost scale (smaller = bolder steps).
-    max_iter : int
-        Proximal iterations at most; ``inner_iter`` Sinkhorn sweeps each.
-    inner_iter : int
-        Log-domain Sinkhorn sweeps per proximal step (the plan need not be exact: it is rounded).
-    check_every, tol : int, float
-        Every ``check_every`` iterations (one device-to-host read of a boolean), pairs whose
-        objective changed by at most ``tol`` relative since the last check are frozen; the loop
-        ends when all are. The best plan seen at a check is the one returned.
-    polish_iter : int
-        Conditional-gradient iterations after rounding (``gromov_wasserstein(..., starts=[T])``).
+        As the serial solver's; with ``aligned`` the identity runs first and the product start is
+        dropped for pairs whose first step ends above 2x the identity's polished value.
+    max_iter, tol : CG iterations per start and stopping tolerance (as the serial solver).
+    swap_rounds : int
+        Uniform weights, n = m: swap-search rounds per polish (0: plain CG).
+    bound : bool
+        Compute the certified lower bound (TLB for uniform weights, SLB otherwise).
     keep_coupling : bool
-        Keep the (n, n) float64 plans in the results.
+        Return each (n, m) float64 plan.
     device : str or torch.device, optional
-        Where the loop runs; defaults to ``C1``'s device for tensors, else the CPU.
+        Defaults to C1's device for a tensor, else "cpu".
     dtype : torch.dtype
-        Loop precision (float32 is faster on most GPUs; rounding and polish run in float64).
+        Search precision (float32; float64 for a reference run). Values are always float64.
+    tf32 : bool
+        Allow TF32 matmuls on CUDA during the search.
+    batch_size : int, optional
+        Pairs per device batch (default: :func:`plan_batch` for the device).
+    assignment_eps : float
+        The auction's final ε relative to the gradient's range / n (see
+        :func:`gwray.gw.device_assignment.final_epsilon`).
 
     Returns
     -------
     list[GWResult]
-        One per pair: ``value`` (the objective of an exactly feasible plan), ``lower_bound``,
-        ``iterations`` (proximal + polish of the winning start; ``total_iterations`` over all),
-        ``init`` ("batched-identity" or "batched-product"),
-        ``solver`` ("batched-prox+" followed by the polish solver's name) and ``seconds``
-        (the batch's loop time shared equally, plus the pair's own polish).
+        One per pair: ``value`` (float64 objective of an exactly feasible plan), ``lower_bound``,
+        ``init``, ``iterations`` (of the winning start), ``total_iterations``, ``start_values``,
+        ``solver`` ("device-cg-lap" or "device-cg-sinkhorn"), ``seconds`` (the batch's time
+        shared equally), ``marginal_error``.
 
     Raises
     ------
     GwrayInputError
-        Shapes other than two equal (B, n, n), NaN/inf or asymmetric costs, bad weights, an
-        unknown start, a non-positive parameter, an unknown device (one line naming which).
+        Bad shapes, NaN/inf or asymmetric costs, bad weights, an unknown start or device, a bad
+        parameter (one line naming it), before any solving.
     """
+    t0 = time.perf_counter()
     if device is None:
         device = C1.device if isinstance(C1, torch.Tensor) else torch.device("cpu")
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise GwrayInputError(f"device: {device!r} is not a torch device ({exc})") from None
-    t0 = time.perf_counter()
-    C1t = _as_tensor(C1, "C1", device, dtype)
-    C2t = _as_tensor(C2, "C2", device, dtype)
-    _check_costs(C1t, "C1")
-    _check_costs(C2t, "C2")
-    if C1t.shape != C2t.shape:
-        raise GwrayInputError(f"C2: shape {tuple(C2t.shape)} differs from C1's {tuple(C1t.shape)}"
-                              " (the batched path needs B pairs of equal n)")
-    for name, val in (("epsilon", epsilon), ("tol", tol)):
+    C1d = _as_tensor(C1, "C1", device, torch.float64)
+    C2d = _as_tensor(C2, "C2", device, torch.float64)
+    _check_costs(C1d, "C1")
+    _check_costs(C2d, "C2")
+    B, n, m = C1d.shape[0], C1d.shape[1], C2d.shape[1]
+    if C2d.shape[0] != B:
+        raise GwrayInputError(f"C2: shape {tuple(C2d.shape)} has another batch size than C1's "
+                              f"{tuple(C1d.shape)}")
+    for name, val in (("tol", tol), ("assignment_eps", assignment_eps)):
         if not (isinstance(val, (int, float)) and math.isfinite(val) and val > 0):
             raise GwrayInputError(f"{name}: must be a positive number, got {val!r}")
-    for name, val in (("max_iter", max_iter), ("inner_iter", inner_iter),
-                      ("check_every", check_every)):
-        if not (isinstance(val, int) and val >= 1):
-            raise GwrayInputError(f"{name}: must be a positive integer, got {val!r}")
-    B, n, _ = C1t.shape
-    p64 = _weights(p, "p", B, n, device, torch.float64)
-    q64 = _weights(q, "q", B, n, device, torch.float64)
-    if aligned and bool(((p64 - q64).abs() > 1e-12).any()):
-        raise GwrayInputError("aligned: the identity plan needs p == q; pass aligned=False")
+    for name, val in (("max_iter", max_iter), ("swap_rounds", swap_rounds)):
+        if not (isinstance(val, int) and val >= 0):
+            raise GwrayInputError(f"{name}: must be an integer >= 0, got {val!r}")
+    if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
+        raise GwrayInputError(f"batch_size: must be a positive integer, got {batch_size!r}")
+    if dtype not in (torch.float32, torch.float64):
+        raise GwrayInputError(f"dtype: float32 or float64, got {dtype}")
+    p64, q64 = _weights(p, "p", B, n, device), _weights(q, "q", B, m, device)
+    if aligned and (n != m or host_read((p64 - q64).abs().amax() > 1e-12)):
+        raise GwrayInputError("aligned: the identity plan needs n == m and p == q; pass aligned=False")
     starts = [starts] if isinstance(starts, str) else list(starts)
-    unknown = [s for s in starts if s not in ("identity", "product")]
+    unknown = [s for s in starts if s not in STARTS]
     if unknown or not starts:
         raise GwrayInputError(f"starts: {unknown or starts!r} not a non-empty list of "
                               "'identity' and 'product'")
-    # as in the serial solver, the identity is no coupling of unaligned samples
-    names = [s for s in dict.fromkeys(starts) if aligned or s != "identity"] or ["product"]
-    prod = p64.unsqueeze(2) * q64.unsqueeze(1)
-    inits = {"identity": (1 - _MIX) * torch.diag_embed(p64) + _MIX * prod,
-             "product": (1 - _MIX) * _monotone_plan(C1t.to(torch.float64), C2t.to(torch.float64),
-                                                    p64, q64) + _MIX * prod}
-    plans, iters = [], []
-    for name in names:
-        logT, its = _prox_loop(C1t, C2t, p64.to(dtype), q64.to(dtype), inits[name].to(dtype).log(),
-                               epsilon, max_iter, inner_iter, check_every, tol)
-        plans.append(logT.to(torch.float64).exp().cpu().numpy())
-        iters.append(its.cpu().numpy())
-    loop_share = (time.perf_counter() - t0) / B
-    C1n = C1t.to(torch.float64).cpu().numpy()
-    C2n = C2t.to(torch.float64).cpu().numpy()
-    pn, qn = p64.cpu().numpy(), q64.cpu().numpy()
-    given = {("given" if k == 0 else f"given:{k}"): k for k in range(len(names))}
-    out = []
+    names = [s for s in STARTS if s in starts and (aligned or s != "identity")] or ["product"]
+    size = batch_size or plan_batch(n, m, device)
+    tf32_before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32 and device.type == "cuda"
+    try:
+        results = []
+        for lo in range(0, B, size):
+            sl = slice(lo, lo + size)
+            t1 = time.perf_counter()
+            chunk = _solve_chunk(C1d[sl], C2d[sl], p64[sl], q64[sl], names, aligned, dtype,
+                                 max_iter, tol, swap_rounds, bound, assignment_eps)
+            results += _results(*chunk, p64[sl], q64[sl], keep_coupling,
+                                time.perf_counter() - t1 + (t1 - t0 if lo == 0 else 0.0))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32_before
+    return results
+
+
+def _results(best, lb, out, lap, p, q, keep_coupling, seconds) -> list[GWResult]:
+    """GWResults from one chunk's device tensors (read back once per start)."""
+    B, n, m = p.shape[0], p.shape[1], q.shape[1]
+    best_h, lb_h = host_read(best), host_read(lb)
+    winner, values, iters = [None] * B, [{} for _ in range(B)], [{} for _ in range(B)]
+    for name, idx, better, value, err, is_perm, perm, T64 in out.get("won", []):
+        idx_h, better_h, value_h, err_h = (host_read(t) for t in (idx, better, value, err))
+        its, is_perm_h = host_read(out["iters"][name][1]), host_read(is_perm)
+        perm_h = host_read(perm) if lap and keep_coupling else None
+        T_h = host_read(T64) if T64 is not None and keep_coupling else None
+        for k, b in enumerate(idx_h):
+            values[b][name], iters[b][name] = float(value_h[k]), int(its[k])
+            if better_h[k]:
+                T = None
+                if keep_coupling and is_perm_h[k]:
+                    T = np.zeros((n, m))
+                    T[np.arange(n), perm_h[k]] = 1.0 / n
+                elif keep_coupling:
+                    T = T_h[k]
+                winner[b] = (name, float(err_h[k]), T)
+    res = []
     for b in range(B):
-        r = gromov_wasserstein(C1n[b], C2n[b], pn[b], qn[b], starts=[T[b] for T in plans],
-                               max_iter=polish_iter, keep_coupling=keep_coupling)
-        won = given[r.init]
-        r.start_values = {f"batched-{names[given[k]]}": v for k, v in r.start_values.items()}
-        r.init = f"batched-{names[won]}"
-        r.iterations += int(iters[won][b])
-        r.total_iterations += int(sum(its[b] for its in iters))
-        r.seconds += loop_share
-        r.solver = f"batched-prox+{r.solver}"
-        out.append(r)
-    return out
+        name, err, T = winner[b]
+        res.append(GWResult(value=float(best_h[b]), lower_bound=float(lb_h[b]), coupling=T,
+                            init=name, iterations=iters[b][name], marginal_error=err,
+                            seconds=seconds / B, solver="device-cg-lap" if lap else "device-cg-sinkhorn",
+                            n=n, m=m, start_values=values[b], total_iterations=sum(iters[b].values())))
+    return res

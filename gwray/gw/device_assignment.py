@@ -1,0 +1,189 @@
+"""The linear step of conditional gradient on the device, for B problems at once.
+
+Uniform weights, n = m (the step is an assignment problem): a batched ε-scaling forward auction
+(Bertsekas 1988, Jacobi variant: every unassigned row bids at once, each column goes to its highest
+bidder). At termination every row is within ε of its best column at the final prices
+(ε-complementary slackness), so the permutation's total benefit is within n·ε of the optimum
+(Bertsekas, "Linear network optimization", Prop. 7.1). ε is scaled down from a coarse value to
+the final one, prices carried over; a later, nearby problem (CG's next gradient) starts from the
+previous prices and keeps the previous edges that are still ε-optimal.
+
+Other weights or n ≠ m: log-domain Sinkhorn on the benefit, rounded to an exactly feasible plan
+(Altschuler, Weed and Rigollet 2017, Algorithm 2), batched.
+
+Everything stays on the device; the only host reads are the ``read`` callback's (one boolean every
+``check_every`` rounds).
+"""
+from __future__ import annotations
+
+import torch
+
+# ε of the first phase relative to the benefit's range, and the factor between phases
+_EPS_START, _EPS_STEP = 0.125, 6.0
+
+
+def final_epsilon(A: torch.Tensor, rel: float) -> torch.Tensor:
+    """Per problem, the auction's final ε: ``rel`` × range(A) / n, but never so small that a bid
+    increment vanishes in A's floating-point precision (64 ulps of max |A| + range).
+
+    Parameters
+    ----------
+    A : (B, n, n) tensor of benefits.
+    rel : float, the wanted suboptimality of the permutation's mean benefit, relative to the range.
+
+    Returns
+    -------
+    (B,) tensor; the permutation's total benefit is within n·ε of the optimum.
+    """
+    hi, lo = A.amax(dim=(1, 2)), A.amin(dim=(1, 2))
+    span = (hi - lo).clamp_min(torch.finfo(A.dtype).tiny)
+    floor = 64.0 * torch.finfo(A.dtype).eps * (hi.abs().maximum(lo.abs()) + span)
+    return torch.maximum(rel * span / A.shape[1], floor)
+
+
+def _complete(col_of: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    """Give the still unassigned rows the free columns in index order (a feasible permutation
+    when the round budget ran out; never needed when the auction finished)."""
+    B, n = col_of.shape
+    free_row = col_of < 0
+    free_col = owner < 0
+    rank_row = torch.cumsum(free_row, dim=1) - 1
+    # the k-th free column, as a (B, n) table indexed by rank (unused ranks point past the end)
+    by_rank = torch.full((B, n + 1), n, dtype=torch.long, device=col_of.device)
+    idx = torch.where(free_col, torch.cumsum(free_col, dim=1) - 1, n)
+    by_rank.scatter_(1, idx, torch.arange(n, device=col_of.device).expand(B, n))
+    fill = by_rank.gather(1, rank_row.clamp_min(0))
+    return torch.where(free_row, fill, col_of)
+
+
+def auction(A: torch.Tensor, eps_final: torch.Tensor, prices: torch.Tensor | None = None,
+            prev: torch.Tensor | None = None, active: torch.Tensor | None = None,
+            warm_phases: int = 1, max_rounds: int = 20_000, check_every: int = 16, read=bool):
+    """Maximum-benefit assignment of B square problems by ε-scaling auction.
+
+    Parameters
+    ----------
+    A : (B, n, n) float tensor
+        Benefits; row i of problem b is assigned column cols[b, i], maximising Σ_i A[b, i, cols].
+    eps_final : (B,) tensor
+        Final ε per problem (see :func:`final_epsilon`): the result is within n·ε of the optimum.
+    prices : (B, n) tensor, optional
+        Column prices of a nearby problem (a warm start); without them the prices start at 0 and
+        ε at 1/8 of the benefit's range.
+    prev : (B, n) long tensor, optional
+        A previous assignment: its edges that are ε-optimal at ``prices`` are kept.
+    active : (B,) bool tensor, optional
+        Only these problems are solved; the others keep their prices (their columns are any
+        permutation).
+    warm_phases : int
+        With ``prices``, start ε at ``eps_final`` × 6^warm_phases.
+    max_rounds, check_every : int
+        Bidding rounds at most (then the unassigned rows get the free columns, see
+        :func:`_complete`), and how often ``read`` is asked whether all problems are done.
+    read : callable
+        Turns a 0-d boolean tensor into a Python bool (the caller's counted host read).
+
+    Returns
+    -------
+    cols : (B, n) long tensor, the permutations.
+    prices : (B, n) tensor, the final prices (to warm-start the next call).
+    done : (B,) bool tensor, False where the round budget ran out (the bound n·ε then fails).
+    """
+    B, n, _ = A.shape
+    dev, dt = A.device, A.dtype
+    ar = torch.arange(n, device=dev).expand(B, n)
+    if prices is None:
+        prices = torch.zeros(B, n, dtype=dt, device=dev)
+        span = A.amax(dim=(1, 2)) - A.amin(dim=(1, 2))
+        eps = torch.maximum(_EPS_START * span, eps_final)
+    else:
+        prices = prices.clone()
+        eps = eps_final * _EPS_STEP ** warm_phases
+    col_of = torch.full((B, n + 1), -1, dtype=torch.long, device=dev)  # slot n: a dump
+    owner = torch.full((B, n + 1), -1, dtype=torch.long, device=dev)
+    if prev is not None:
+        V = A - prices[:, None, :]
+        kept = V.gather(2, prev[:, :, None])[..., 0] >= V.amax(dim=2) - eps[:, None]
+        col_of[:, :n] = torch.where(kept, prev, -1)
+        owner.scatter_(1, torch.where(kept, prev, n), ar)
+        owner[:, n] = -1
+    done = torch.zeros(B, dtype=torch.bool, device=dev) if active is None else ~active
+    for r in range(max_rounds):
+        V = A - prices[:, None, :]
+        if n > 1:
+            top = V.topk(2, dim=2)
+            v1, v2, j1 = top.values[..., 0], top.values[..., 1], top.indices[..., 0]
+        else:
+            v1, v2, j1 = V[..., 0], V[..., 0], torch.zeros(B, 1, dtype=torch.long, device=dev)
+        assigned = col_of[:, :n] >= 0
+        full = assigned.all(dim=1)
+        done |= full & (eps <= eps_final)
+        # a finished phase: lower ε and free the rows that are no longer ε-optimal
+        step = full & ~done
+        eps = torch.where(step, torch.maximum(eps / _EPS_STEP, eps_final), eps)
+        mine = V.gather(2, col_of[:, :n].clamp_min(0)[:, :, None])[..., 0]
+        loose = assigned & step[:, None] & (mine < v1 - eps[:, None])
+        owner.scatter_(1, torch.where(loose, col_of[:, :n], n), -1)
+        owner[:, n] = -1
+        col_of[:, :n] = torch.where(loose, -1, col_of[:, :n])
+        if r % check_every == 0 and read(done.all()):
+            break
+        bidding = (col_of[:, :n] < 0) & ~done[:, None]
+        bid = torch.where(bidding, prices.gather(1, j1) + (v1 - v2) + eps[:, None], -torch.inf)
+        best = torch.full((B, n + 1), -torch.inf, dtype=dt, device=dev)
+        best.scatter_reduce_(1, torch.where(bidding, j1, n), bid, "amax")
+        won = bidding & (bid == best.gather(1, j1))
+        winner = torch.full((B, n + 1), n, dtype=torch.long, device=dev)
+        winner.scatter_reduce_(1, torch.where(won, j1, n), torch.where(won, ar, n), "amin")
+        winner = winner[:, :n]
+        got = winner < n
+        # the previous owners of the columns that got a bid lose them
+        col_of.scatter_(1, torch.where(got & (owner[:, :n] >= 0), owner[:, :n], n), -1)
+        col_of.scatter_(1, torch.where(got, winner, n), ar)
+        col_of[:, n] = -1
+        owner[:, :n] = torch.where(got, winner, owner[:, :n])
+        prices = torch.where(got, best[:, :n], prices)
+    return _complete(col_of[:, :n], owner[:, :n]), prices, done
+
+
+def round_plan(T: torch.Tensor, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Batched nearest-feasible rounding (Altschuler et al. 2017): (B, n, m) → row sums p, column
+    sums q (up to float rounding), entries ≥ 0; shapes p (B, n), q (B, m)."""
+    r = T.sum(2)
+    T = T * torch.clamp(p / torch.where(r > 0, r, 1.0), max=1.0)[:, :, None]
+    c = T.sum(1)
+    T = T * torch.clamp(q / torch.where(c > 0, c, 1.0), max=1.0)[:, None, :]
+    er, ec = (p - T.sum(2)).clamp_min(0), (q - T.sum(1)).clamp_min(0)
+    s = er.sum(1).clamp_min(torch.finfo(T.dtype).tiny)
+    return T + er[:, :, None] * ec[:, None, :] / s[:, None, None]
+
+
+def sinkhorn(M: torch.Tensor, p: torch.Tensor, q: torch.Tensor, eps: torch.Tensor, iters: int):
+    """Log-domain Sinkhorn for min ⟨M, T⟩ + ε KL over couplings of (p, q), batched.
+
+    Parameters
+    ----------
+    M : (B, n, m) costs; p (B, n), q (B, m) positive weights; eps (B,) regularisation.
+    iters : number of (row, column) sweeps.
+
+    Returns
+    -------
+    T : (B, n, m) plan (column sums exact, row sums approximate), g : (B, m) column potentials.
+    """
+    logK = -M / eps[:, None, None]
+    logp, logq = p.log(), q.log()
+    g = torch.zeros_like(q)
+    for _ in range(iters):
+        f = logp - torch.logsumexp(logK + g[:, None, :], dim=2)
+        g = logq - torch.logsumexp(logK + f[:, :, None], dim=1)
+    return (logK + f[:, :, None] + g[:, None, :]).exp(), g * eps[:, None]
+
+
+def transport_vertex(A: torch.Tensor, p: torch.Tensor, q: torch.Tensor, rel: float = 1e-3,
+                     iters: int = 200) -> torch.Tensor:
+    """An exactly feasible, near-maximal plan for ⟨A, S⟩ over couplings of (p, q), batched:
+    Sinkhorn with ε = ``rel`` × range(A), then :func:`round_plan`. (B, n, m) → (B, n, m)."""
+    span = (A.amax(dim=(1, 2)) - A.amin(dim=(1, 2))).clamp_min(torch.finfo(A.dtype).tiny)
+    M = A.amax(dim=(1, 2), keepdim=True) - A
+    T, _ = sinkhorn(M, p, q, rel * span, iters)
+    return round_plan(T, p, q)
