@@ -266,7 +266,7 @@ def batched_gw(C1, C2, *, p=None, q=None, aligned: bool = True, starts=STARTS, m
     list[GWResult]
         One per pair: ``value`` (float64 objective of an exactly feasible plan), ``lower_bound``,
         ``init``, ``iterations`` (of the winning start), ``total_iterations``, ``start_values``,
-        ``solver`` ("device-cg-lap" or "device-cg-sinkhorn"), ``seconds`` (the batch's time
+        ``solver`` ("batched-cg-lap" or "batched-cg-sinkhorn"), ``seconds`` (the batch's time
         shared equally), ``marginal_error``.
 
     Raises
@@ -351,6 +351,6 @@ def _results(best, lb, out, lap, p, q, keep_coupling, seconds) -> list[GWResult]
         name, err, T = winner[b]
         res.append(GWResult(value=float(best_h[b]), lower_bound=float(lb_h[b]), coupling=T,
                             init=name, iterations=iters[b][name], marginal_error=err,
-                            seconds=seconds / B, solver="device-cg-lap" if lap else "device-cg-sinkhorn",
+                            seconds=seconds / B, solver="batched-cg-lap" if lap else "batched-cg-sinkhorn",
                             n=n, m=m, start_values=values[b], total_iterations=sum(iters[b].values())))
     return res

@@ -110,11 +110,8 @@ def auction(A: torch.Tensor, eps_final: torch.Tensor, prices: torch.Tensor | Non
     done = torch.zeros(B, dtype=torch.bool, device=dev) if active is None else ~active
     for r in range(max_rounds):
         V = A - prices[:, None, :]
-        if n > 1:
-            top = V.topk(2, dim=2)
-            v1, v2, j1 = top.values[..., 0], top.values[..., 1], top.indices[..., 0]
-        else:
-            v1, v2, j1 = V[..., 0], V[..., 0], torch.zeros(B, 1, dtype=torch.long, device=dev)
+        v1, j1 = V.max(dim=2)  # two max passes: faster than topk(2) on CPUs, the same on GPUs
+        v2 = V.scatter(2, j1[:, :, None], -torch.inf).amax(dim=2) if n > 1 else v1
         assigned = col_of[:, :n] >= 0
         full = assigned.all(dim=1)
         done |= full & (eps <= eps_final)

@@ -26,7 +26,7 @@ import ray
 
 from gwray.scheduler.plan import Batch, LayerKey
 
-# The starts batched_gw runs on the device; the others ("random:K", "entropic") are CG-only.
+# The starts batched_gw runs on the device; the others ("random:K", "entropic") are serial-only.
 BATCHED_STARTS = ("identity", "product")
 
 _LOST = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError,
@@ -90,8 +90,13 @@ class GWWorker:
         from gwray.gw.costs import cost_matrix
 
         X = self.store.read_layer(checkpoint, layer)
-        C = np.asarray(cost_matrix(X, metric=self.metric, normalize=self.normalize,
-                                   name=f"{checkpoint}/{layer}"))
+        if self.batched:  # a GPU worker builds the n² costs on the device from (n, d) activations
+            import torch
+
+            if torch.cuda.is_available():
+                X = torch.as_tensor(np.asarray(X)).cuda()
+        C = cost_matrix(X, metric=self.metric, normalize=self.normalize, name=f"{checkpoint}/{layer}")
+        C = C.cpu().numpy() if hasattr(C, "cpu") else np.asarray(C)
         self._keep((checkpoint, layer), C)
         return C
 
@@ -144,6 +149,8 @@ class GWWorker:
         return records
 
     def _solve_batched(self, batch: Batch, costs: Mapping[LayerKey, np.ndarray]) -> dict:
+        """The batch's pairs on the device engine (:func:`gwray.gw.batched.batched_gw`), aligned
+        and unaligned pairs in separate calls; the engine sizes its device batches itself."""
         import torch
 
         from gwray.gw.batched import batched_gw
@@ -153,11 +160,11 @@ class GWWorker:
         for al in (True, False):
             tasks = [t for t in batch.tasks if ((t.checkpoint_a, t.checkpoint_b) in self.aligned) == al]
             if tasks:
-                C1 = np.stack([costs[t.cost_keys[0]] for t in tasks])
-                C2 = np.stack([costs[t.cost_keys[1]] for t in tasks])
+                C1 = torch.stack([torch.as_tensor(costs[t.cost_keys[0]]) for t in tasks]).to(device)
+                C2 = torch.stack([torch.as_tensor(costs[t.cost_keys[1]]) for t in tasks]).to(device)
                 starts = [s for s in self.starts if s in BATCHED_STARTS and (al or s != "identity")]
-                rs = batched_gw(C1, C2, aligned=al, starts=starts or ["product"], polish_iter=self.max_iter,
-                                keep_coupling=False, device=device)
+                rs = batched_gw(C1, C2, aligned=al, starts=starts or ["product"],
+                                max_iter=self.max_iter, tol=self.tol, keep_coupling=False)
                 out.update({t.key: r for t, r in zip(tasks, rs)})
         return out
 
