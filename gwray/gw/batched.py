@@ -267,7 +267,8 @@ def batched_gw(C1, C2, *, p=None, q=None, aligned: bool = True, starts=STARTS, m
         One per pair: ``value`` (float64 objective of an exactly feasible plan), ``lower_bound``,
         ``init``, ``iterations`` (of the winning start), ``total_iterations``, ``start_values``,
         ``solver`` ("batched-cg-lap" or "batched-cg-sinkhorn"), ``seconds`` (the batch's time
-        shared equally), ``marginal_error``.
+        shared equally), ``marginal_error``, ``permutation`` (the plan as int32 ``i -> σ(i)``
+        when it is a permutation plan).
 
     Raises
     ------
@@ -334,23 +335,24 @@ def _results(best, lb, out, lap, p, q, keep_coupling, seconds) -> list[GWResult]
     for name, idx, better, value, err, is_perm, perm, T64 in out.get("won", []):
         idx_h, better_h, value_h, err_h = (host_read(t) for t in (idx, better, value, err))
         its, is_perm_h = host_read(out["iters"][name][1]), host_read(is_perm)
-        perm_h = host_read(perm) if lap and keep_coupling else None
+        perm_h = host_read(perm) if lap else None
         T_h = host_read(T64) if T64 is not None and keep_coupling else None
         for k, b in enumerate(idx_h):
             values[b][name], iters[b][name] = float(value_h[k]), int(its[k])
             if better_h[k]:
-                T = None
-                if keep_coupling and is_perm_h[k]:
+                T, cols = None, perm_h[k].astype(np.int32) if is_perm_h[k] else None
+                if keep_coupling and cols is not None:
                     T = np.zeros((n, m))
-                    T[np.arange(n), perm_h[k]] = 1.0 / n
+                    T[np.arange(n), cols] = 1.0 / n
                 elif keep_coupling:
                     T = T_h[k]
-                winner[b] = (name, float(err_h[k]), T)
+                winner[b] = (name, float(err_h[k]), T, cols)
     res = []
     for b in range(B):
-        name, err, T = winner[b]
+        name, err, T, cols = winner[b]
         res.append(GWResult(value=float(best_h[b]), lower_bound=float(lb_h[b]), coupling=T,
                             init=name, iterations=iters[b][name], marginal_error=err,
                             seconds=seconds / B, solver="batched-cg-lap" if lap else "batched-cg-sinkhorn",
-                            n=n, m=m, start_values=values[b], total_iterations=sum(iters[b].values())))
+                            n=n, m=m, start_values=values[b], total_iterations=sum(iters[b].values()),
+                            permutation=cols))
     return res
