@@ -145,7 +145,7 @@ def test_swaps_and_identity_improve_on_plain_cg():
 def test_pruning_keeps_the_value_and_drops_a_far_product_start(monkeypatch):
     """Identity first, product dropped before its first matmul when far above; same value as
     running every start to the end."""
-    from gwray.gw import solver
+    from gwray.gw import problem
 
     rng = np.random.default_rng(8)
     layers = _residual_layers(rng, 50, depth=5)
@@ -157,8 +157,8 @@ def test_pruning_keeps_the_value_and_drops_a_far_product_start(monkeypatch):
         assert list(fast.start_values) == ["identity", "product"]  # identity ran first
     # neighbours: the product start cannot come within 2x, so it costs no n³ product at all
     C1, C2 = cost_matrix(layers[3]), cost_matrix(layers[4])
-    calls, times_c = [], solver._Problem.times_c
-    monkeypatch.setattr(solver._Problem, "times_c",
+    calls, times_c = [], problem.Problem.times_c
+    monkeypatch.setattr(problem.Problem, "times_c",
                         lambda self, *a: calls.append(1) or times_c(self, *a))
     r = gromov_wasserstein(C1, C2, aligned=True, swap_rounds=0)
     ident = gromov_wasserstein(C1, C2, aligned=True, starts=["identity"], swap_rounds=0)
@@ -270,3 +270,26 @@ def test_bad_costs(costs):
     with pytest.raises(GwrayInputError, match="^aligned=True needs p == q"):
         p = _weights(np.random.default_rng(0), 8)
         gromov_wasserstein(C1, C1, p, np.full(8, 1 / 8), aligned=True)
+
+
+def test_float32_search_reports_exact_float64_values():
+    """The float32 search may pick another plan than float64, never an inexact value: the
+    reported value is the float64 objective of the returned plan, recomputed here."""
+    rng = np.random.default_rng(12)
+    layers = _residual_layers(rng, 150, depth=4, width=16)
+    for a, b in [(0, 1), (0, 3)]:
+        C1, C2 = cost_matrix(layers[a]), cost_matrix(layers[b])
+        r32 = gromov_wasserstein(C1, C2, aligned=True, starts=["identity", "mixed", "product"])
+        r64 = gromov_wasserstein(C1, C2, aligned=True, starts=["identity", "mixed", "product"],
+                                 search_dtype="float64")
+        for r in (r32, r64):
+            T = r.coupling
+            exact = float(np.vdot(C1 * C1, np.outer(T.sum(1), T.sum(1))) + np.vdot(
+                C2 * C2, np.outer(T.sum(0), T.sum(0))) - 2.0 * np.vdot(T, C1 @ T @ C2))
+            assert r.value == pytest.approx(exact, rel=1e-12, abs=1e-15)
+            s = r.permutation
+            assert r.value == pytest.approx(((C1 - C2[np.ix_(s, s)]) ** 2).mean(), rel=1e-12)
+            assert r.start_values[r.init] == r.value
+        assert r32.value == pytest.approx(r64.value, rel=1e-2)  # same basins, either precision
+    with pytest.raises(GwrayInputError, match="^search_dtype must be"):
+        gromov_wasserstein(C1, C2, search_dtype="float16")

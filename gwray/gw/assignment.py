@@ -117,12 +117,12 @@ def linear_assignment(A: np.ndarray, v: np.ndarray, prev: np.ndarray | None = No
 
     Parameters
     ----------
-    A : (n, n) float64 ndarray
-        Finite weights; the assignment maximises Σ_i A[i, σ(i)].
+    A : (n, n) float64 or float32 ndarray
+        Finite weights; the assignment maximises Σ_i A[i, σ(i)] (duals are float64 either way).
     v : (n,) float64 ndarray
         Column duals of a nearby problem (any finite vector is valid; close ones are fast), e.g.
         the ``v`` this function returned for the previous matrix, or an EMD's column potentials
-        minus ``A``'s column means (see :meth:`gwray.gw.solver._Problem.vertex`).
+        minus ``A``'s column means (see :meth:`gwray.gw.problem.Problem.vertex`).
     prev : (n,) int ndarray, optional
         A previous permutation (row i → column prev[i]); its still-tight edges are kept.
 
@@ -131,7 +131,7 @@ def linear_assignment(A: np.ndarray, v: np.ndarray, prev: np.ndarray | None = No
     cols : (n,) int64 ndarray, the optimal permutation (row i → column cols[i]).
     v : (n,) float64 ndarray, the new column duals, to warm-start the next call.
     """
-    A = np.ascontiguousarray(A, dtype=np.float64)
+    A = np.ascontiguousarray(A, dtype=A.dtype if A.dtype == np.float32 else np.float64)
     n = A.shape[0]
     v = np.array(v, dtype=np.float64)
     prev = np.full(n, -1, np.int64) if prev is None else np.asarray(prev, dtype=np.int64)

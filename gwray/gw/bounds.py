@@ -7,8 +7,24 @@ Why the TLB is a lower bound in this convention: GW(T) = Σ_ij T_ij Σ_kl (C1_ik
 for fixed (i, j), T pushes forward to a coupling of μ_i = law of C1_ik under k ~ p and ν_j = law of
 C2_jl under l ~ q, so the inner sum is at least W2²(μ_i, ν_j) (the *squared* 1-D Wasserstein-2
 distance). Hence GW(T) ≥ Σ_ij T_ij Γ_ij ≥ min over couplings of ⟨Γ, T⟩ = TLB.
+
+The eigenvalue bound (:func:`eigen_bound`, uniform weights and n = m) is the projected
+Hoffman-Wielandt bound of quadratic assignment (Hadley, Rendl & Wolkowicz 1992), here over the
+whole coupling polytope. With T = X/n (X doubly stochastic), GW(T) = (‖C1‖² + ‖C2‖² − 2Q(X))/n²
+with Q(X) = tr(C1 X C2 Xᵀ). Let V (n × n−1) be an orthonormal basis of 1⊥, a = C1 1, b = C2 1,
+s1 = 1ᵀC1 1, s2 = 1ᵀC2 1. As X 1 = Xᵀ 1 = 1, X = 11ᵀ/n + V Y Vᵀ with Y = VᵀXV and exactly
+    Q(X) = 2 aᵀXb / n − s1 s2 / n² + tr(Ĉ1 Y Ĉ2 Yᵀ),    Ĉk = Vᵀ Ck V.
+The linear term is at most the sorted pairing of a and b (Birkhoff + rearrangement). ‖Y‖₂ ≤ ‖X‖₂
+= 1, and with Kk = −Ĉk + sk I ⪰ 0 (sk ≥ 0 shifts any negative eigenvalue of −Ĉk away; sk ≈ 0 for
+Euclidean-type, conditionally negative definite costs), tr(Ĉ1 Y Ĉ2 Yᵀ) = tr(K1 Y K2 Yᵀ) − s2
+tr(K1 YYᵀ) − s1 tr(Y K2 Yᵀ) + s1 s2 ‖Y‖_F² ≤ Σ λ↓(K1) λ↓(K2) + s1 s2 (n − 1) (von Neumann's trace
+inequality, σ_i(K Y) ≤ σ_i(K); the two middle traces are ≥ 0). So the bound needs no concavity
+and holds for every symmetric cost; its validity conditions are uniform weights and n = m (it is
+refused otherwise), and the eigenvalues' rounding error is added to them before use.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,19 +59,95 @@ def w2_cost(C1: np.ndarray, C2: np.ndarray, p: np.ndarray, q: np.ndarray) -> np.
     -------
     (n, m) float64 ndarray, Γ_ij = W2²(μ_i, ν_j) ≥ 0.
     """
-    n, m = C1.shape[0], C2.shape[0]
     if _is_uniform(p) and _is_uniform(q):
-        # Uniform weights: every row's quantile function jumps on the same grid {k/n} ∪ {l/m},
-        # so Γ is one (n, G) x (G, m) matmul (G = n when n = m).
-        grid = np.union1d(np.arange(1, n + 1) / n, np.arange(1, m + 1) / m)
-        grid = grid[np.concatenate(([True], np.diff(grid) > 1e-12))]
-        grid[-1] = 1.0
-        width = np.diff(grid, prepend=0.0)
-        U = _uniform_quantiles(np.sort(C1, axis=1), grid)
-        V = _uniform_quantiles(np.sort(C2, axis=1), grid)
-        G = ((U * U) @ width)[:, None] + ((V * V) @ width)[None, :] - 2.0 * (U * width) @ V.T
-        return np.maximum(G, 0.0)
+        return w2_cost_sorted(np.sort(C1, axis=1), np.sort(C2, axis=1))
     return _w2_cost_weighted(C1, C2, p, q)
+
+
+def w2_cost_sorted(S1: np.ndarray, S2: np.ndarray) -> np.ndarray:
+    """:func:`w2_cost` for uniform weights from the rows already sorted ascending (S1 (n, n),
+    S2 (m, m), e.g. :attr:`LayerSummary.sorted_rows`): every row's quantile function jumps on the
+    same grid {k/n} ∪ {l/m}, so Γ is one (n, G) x (G, m) matmul (G = n when n = m)."""
+    n, m = S1.shape[0], S2.shape[0]
+    grid = np.union1d(np.arange(1, n + 1) / n, np.arange(1, m + 1) / m)
+    grid = grid[np.concatenate(([True], np.diff(grid) > 1e-12))]
+    grid[-1] = 1.0
+    width = np.diff(grid, prepend=0.0)
+    U = _uniform_quantiles(S1, grid)
+    V = _uniform_quantiles(S2, grid)
+    G = ((U * U) @ width)[:, None] + ((V * V) @ width)[None, :] - 2.0 * (U * width) @ V.T
+    return np.maximum(G, 0.0)
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    """What the lower bounds need of one layer's (n, n) cost matrix C, computed once per layer
+    (a layer takes part in L − 1 pairs) by :func:`layer_summary`.
+
+    Attributes
+    ----------
+    sorted_rows : (n, n) float64, C's rows sorted ascending (the TLB's quantile functions).
+    row_sums : (n,) float64, C 1.
+    total : float, 1ᵀ C 1.
+    sq_norm : float, ‖C‖_F².
+    kappa : (n − 1,) float64, ascending eigenvalues of −VᵀCV (V: orthonormal basis of 1⊥), each
+        raised by its rounding-error bound; for Euclidean-type costs all are ≥ 0 (up to rounding).
+    """
+
+    sorted_rows: np.ndarray
+    row_sums: np.ndarray
+    total: float
+    sq_norm: float
+    kappa: np.ndarray
+
+
+def layer_summary(C: np.ndarray) -> LayerSummary:
+    """Per-layer data of :func:`tlb` and :func:`eigen_bound`: about one symmetric eigenvalue
+    problem (0.5 s at n = 2,048 on one core) and one row sort.
+
+    Parameters
+    ----------
+    C : (n, n) symmetric float64 ndarray (e.g. from :func:`gwray.gw.costs.check_cost`)
+
+    Returns
+    -------
+    LayerSummary
+    """
+    n = C.shape[0]
+    w = np.full(n, 1.0 / np.sqrt(n))  # Householder H = I − 2wwᵀ maps e1 to 1/√n: V = H[:, 1:]
+    w[0] -= 1.0
+    norm = np.linalg.norm(w)
+    w = w / norm if norm > 0 else w
+    Cw = C @ w
+    H = C - 2.0 * np.outer(w, Cw) - 2.0 * np.outer(Cw, w) + 4.0 * float(w @ Cw) * np.outer(w, w)
+    kappa = -np.linalg.eigvalsh(H[1:, 1:]) if n > 1 else np.zeros(0)
+    # backward-stable eigensolver and the O(1)-flop products above: each eigenvalue is within
+    # c·n·eps·‖C‖ of the exact one (‖C‖₂ ≤ n max|C|); 16 n eps covers c generously
+    err = 16.0 * n * np.finfo(np.float64).eps * n * float(np.abs(C).max(initial=0.0))
+    return LayerSummary(sorted_rows=np.sort(C, axis=1), row_sums=C.sum(axis=1),
+                        total=float(C.sum()), sq_norm=float(np.vdot(C, C)),
+                        kappa=np.sort(kappa) + err)
+
+
+def eigen_bound(S1: LayerSummary, S2: LayerSummary) -> float:
+    """Projected Hoffman-Wielandt lower bound on square-loss GW for uniform weights, n = m (see the
+    module docstring for why it holds over every coupling). O(n log n) from the two summaries.
+
+    Returns
+    -------
+    float
+        A lower bound on GW(C1, C2); NaN (refused) when n ≠ m.
+    """
+    n = S1.row_sums.size
+    if S2.row_sums.size != n or n < 2:
+        return float("nan")
+    k1, k2 = S1.kappa, S2.kappa
+    s1, s2 = max(0.0, -float(k1[0])), max(0.0, -float(k2[0]))  # shifts making K1, K2 ⪰ 0
+    linear = 2.0 * float(np.sort(S1.row_sums) @ np.sort(S2.row_sums)) / n - S1.total * S2.total / n ** 2
+    quad = float((k1 + s1) @ (k2 + s2)) + s1 * s2 * (n - 1)  # both ascending: the sorted pairing
+    norms = S1.sq_norm + S2.sq_norm
+    # the sums above round at ~1e-16 of their size: a margin of 1e-12 of it keeps the bound below
+    return (norms - 2.0 * (linear + quad) - 1e-12 * (norms + 2.0 * abs(linear) + 2.0 * quad)) / n ** 2
 
 
 def _w2_cost_weighted(C1, C2, p, q) -> np.ndarray:

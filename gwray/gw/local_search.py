@@ -25,7 +25,7 @@ def best_swaps(C1: np.ndarray, W: np.ndarray, C2s: np.ndarray):
 
     Parameters
     ----------
-    C1 : (n, n) symmetric float64 ndarray
+    C1 : (n, n) symmetric float64 or float32 ndarray
     W : (n, n) ndarray, ``C1 @ C2s``
     C2s : (n, n) ndarray, ``C2[σ][:, σ]`` (symmetric)
 
@@ -58,6 +58,11 @@ def best_swaps(C1: np.ndarray, W: np.ndarray, C2s: np.ndarray):
     return partner, gain
 
 
+def _dot64(a: np.ndarray, b: np.ndarray) -> float:
+    """Σ a ∘ b accumulated in float64 (O(size); float32 BLAS dots would sum in float32)."""
+    return float(np.einsum("ij,ij->", a, b, dtype=np.float64))
+
+
 def swap_search(C1: np.ndarray, C2: np.ndarray, cols: np.ndarray, max_rounds: int,
                 W: np.ndarray | None = None):
     """Improve the permutation i -> cols[i] by rounds of disjoint improving swaps.
@@ -69,7 +74,7 @@ def swap_search(C1: np.ndarray, C2: np.ndarray, cols: np.ndarray, max_rounds: in
 
     Parameters
     ----------
-    C1, C2 : (n, n) symmetric float64 ndarrays
+    C1, C2 : (n, n) symmetric float64 or float32 ndarrays (the search precision)
     cols : (n,) int ndarray, the permutation
     max_rounds : int
     W : (n, n) ndarray, optional
@@ -109,7 +114,8 @@ def swap_search(C1: np.ndarray, C2: np.ndarray, cols: np.ndarray, max_rounds: in
             # the new C2[σ][:, σ] differs from C2s only in rows and columns M: D = new − C2s
             rows = C2s[src][:, pi]
             D = rows - C2s[M]
-            dQ = 2.0 * float(np.vdot(C1[M], D)) - float(np.vdot(C1[np.ix_(M, M)], D[:, M]))
+            # summed in float64 whatever the search precision: the check decides acceptance
+            dQ = 2.0 * _dot64(C1[M], D) - _dot64(C1[np.ix_(M, M)], D[:, M])
             if dQ > thresh:
                 E = D.T.copy()  # D's columns M, less rows M (already in C1[:, M] @ D)
                 E[M] = 0.0
