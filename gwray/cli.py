@@ -1,4 +1,4 @@
-"""The ``gwray`` command: ``run``, ``compare``, ``report`` and ``demo``.
+"""The ``gwray`` command: ``run``, ``compare``, ``report``, ``demo`` and ``prune``.
 
 Exit codes: 0 on success, 2 on bad input (:class:`~gwray.errors.GwrayInputError`; one line on
 stderr that names the thing at fault), 1 on an internal failure (a short message; set
@@ -149,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "cores. Prints where the report is.")
     add_run_arguments(p, config=False)
     p.set_defaults(func=_cmd_demo)
+
+    from gwray.prune.command import add_parser as add_prune_parser
+
+    add_prune_parser(sub, _EPILOG)
     return parser
 
 
