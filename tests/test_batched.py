@@ -88,7 +88,7 @@ def _check_against_serial(C1, C2, results, pot_subset=()):
         ref = gromov_wasserstein(C1[b], C2[b], aligned=True)
         assert r.value <= 1.01 * ref.value + 1e-12, (b, r.value, ref.value)
         assert 0.0 <= r.lower_bound <= r.value
-        assert r.lower_bound >= 0.98 * ref.lower_bound  # the certificate is near the exact TLB
+        assert r.lower_bound >= 0.98 * ref.lower_bound - 1e-12  # near the exact TLB
         T = r.coupling
         n = T.shape[0]
         assert T.min() >= 0 and r.marginal_error <= 1e-12

@@ -1,8 +1,8 @@
 """The linear step of conditional gradient on the device, for B problems at once.
 
 Uniform weights, n = m (the step is an assignment problem): a batched ε-scaling forward auction
-(Bertsekas 1988, Jacobi variant: every unassigned row bids at once, each column goes to its highest
-bidder). At termination every row is within ε of its best column at the final prices
+(Bertsekas 1988, Jacobi variant: up to K unassigned rows bid at once, each column goes to its
+highest bidder). At termination every row is within ε of its best column at the final prices
 (ε-complementary slackness), so the permutation's total benefit is within n·ε of the optimum
 (Bertsekas, "Linear network optimization", Prop. 7.1). ε is scaled down from a coarse value to
 the final one, prices carried over; a later, nearby problem (CG's next gradient) starts from the
@@ -58,7 +58,8 @@ def _complete(col_of: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
 
 def auction(A: torch.Tensor, eps_final: torch.Tensor, prices: torch.Tensor | None = None,
             prev: torch.Tensor | None = None, active: torch.Tensor | None = None,
-            warm_phases: int = 1, max_rounds: int = 20_000, check_every: int = 16, read=bool):
+            warm_phases: int = 1, bidders: int | None = None, max_rounds: int = 50_000,
+            check_every: int = 8, read=bool):
     """Maximum-benefit assignment of B square problems by ε-scaling auction.
 
     Parameters
@@ -77,6 +78,9 @@ def auction(A: torch.Tensor, eps_final: torch.Tensor, prices: torch.Tensor | Non
         permutation).
     warm_phases : int
         With ``prices``, start ε at ``eps_final`` × 6^warm_phases.
+    bidders : int, optional
+        At most this many unassigned rows bid per round (default max(32, n / 8)), so that a round
+        costs O(K n) per problem instead of O(n²): late in a phase few rows are unassigned.
     max_rounds, check_every : int
         Bidding rounds at most (then the unassigned rows get the free columns, see
         :func:`_complete`), and how often ``read`` is asked whether all problems are done.
@@ -108,30 +112,41 @@ def auction(A: torch.Tensor, eps_final: torch.Tensor, prices: torch.Tensor | Non
         owner.scatter_(1, torch.where(kept, prev, n), ar)
         owner[:, n] = -1
     done = torch.zeros(B, dtype=torch.bool, device=dev) if active is None else ~active
+    K = min(n, bidders or max(32, n // 8))
+    slots = torch.full((B, K + 1), n, dtype=torch.long, device=dev)  # slot K: a dump
     for r in range(max_rounds):
-        V = A - prices[:, None, :]
+        if r % check_every == 0:
+            # phases end only here, where one full pass over A finds the rows that a lower ε
+            # makes loose; the other rounds touch the K bidders' rows only
+            assigned = col_of[:, :n] >= 0
+            full = assigned.all(dim=1)
+            done |= full & (eps <= eps_final)
+            step = full & ~done
+            eps = torch.where(step, torch.maximum(eps / _EPS_STEP, eps_final), eps)
+            V = A - prices[:, None, :]
+            mine = V.gather(2, col_of[:, :n].clamp_min(0)[:, :, None])[..., 0]
+            loose = assigned & step[:, None] & (mine < V.amax(dim=2) - eps[:, None])
+            del V
+            owner.scatter_(1, torch.where(loose, col_of[:, :n], n), -1)
+            owner[:, n] = -1
+            col_of[:, :n] = torch.where(loose, -1, col_of[:, :n])
+            if read(done.all()):
+                break
+        # up to K unassigned rows bid this round (the first K in index order)
+        bidding = (col_of[:, :n] < 0) & ~done[:, None]
+        rank = torch.cumsum(bidding, dim=1) - 1
+        rows = slots.fill_(n).scatter(1, torch.where(bidding & (rank < K), rank, K), ar)[:, :K]
+        valid = rows < n
+        rows = rows.clamp_max(n - 1)
+        V = A.gather(1, rows[:, :, None].expand(-1, -1, n)) - prices[:, None, :]
         v1, j1 = V.max(dim=2)  # two max passes: faster than topk(2) on CPUs, the same on GPUs
         v2 = V.scatter(2, j1[:, :, None], -torch.inf).amax(dim=2) if n > 1 else v1
-        assigned = col_of[:, :n] >= 0
-        full = assigned.all(dim=1)
-        done |= full & (eps <= eps_final)
-        # a finished phase: lower ε and free the rows that are no longer ε-optimal
-        step = full & ~done
-        eps = torch.where(step, torch.maximum(eps / _EPS_STEP, eps_final), eps)
-        mine = V.gather(2, col_of[:, :n].clamp_min(0)[:, :, None])[..., 0]
-        loose = assigned & step[:, None] & (mine < v1 - eps[:, None])
-        owner.scatter_(1, torch.where(loose, col_of[:, :n], n), -1)
-        owner[:, n] = -1
-        col_of[:, :n] = torch.where(loose, -1, col_of[:, :n])
-        if r % check_every == 0 and read(done.all()):
-            break
-        bidding = (col_of[:, :n] < 0) & ~done[:, None]
-        bid = torch.where(bidding, prices.gather(1, j1) + (v1 - v2) + eps[:, None], -torch.inf)
+        bid = torch.where(valid, prices.gather(1, j1) + (v1 - v2) + eps[:, None], -torch.inf)
         best = torch.full((B, n + 1), -torch.inf, dtype=dt, device=dev)
-        best.scatter_reduce_(1, torch.where(bidding, j1, n), bid, "amax")
-        won = bidding & (bid == best.gather(1, j1))
+        best.scatter_reduce_(1, torch.where(valid, j1, n), bid, "amax")
+        won = valid & (bid == best.gather(1, j1))
         winner = torch.full((B, n + 1), n, dtype=torch.long, device=dev)
-        winner.scatter_reduce_(1, torch.where(won, j1, n), torch.where(won, ar, n), "amin")
+        winner.scatter_reduce_(1, torch.where(won, j1, n), torch.where(won, rows, n), "amin")
         winner = winner[:, :n]
         got = winner < n
         # the previous owners of the columns that got a bid lose them
