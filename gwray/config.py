@@ -70,7 +70,7 @@ class CostsConfig(_Section):
 
 
 class GWConfig(_Section):
-    starts: list[str] = ["identity", "product"]
+    starts: list[str] = ["identity", "mixed", "product"]
     max_iter: int = Field(200, ge=1)
     tol: float = Field(1e-9, ge=0)
     baselines: list[Literal["cka", "rsa", "identity"]] = []

@@ -101,7 +101,7 @@ def test_brute_force_optimum_tiny():
         C1, C2 = cost_matrix(rng.normal(size=(6, 2))), cost_matrix(rng.normal(size=(6, 3)))
         best = min(float(((C1 - C2[np.ix_(s, s)]) ** 2).sum()) / 36
                    for s in map(list, itertools.permutations(range(6))))
-        r = gromov_wasserstein(C1, C2, starts=["product", "random:8"])
+        r = gromov_wasserstein(C1, C2, starts=["product", "random:8"], polish=9)
         assert r.lower_bound <= best + 1e-12 and r.value >= best - 1e-12
         found += r.value <= best + 1e-12
     assert found == 6
@@ -138,8 +138,13 @@ def test_swaps_and_identity_improve_on_plain_cg():
     C1, C2 = cost_matrix(layers[0]), cost_matrix(layers[4])
     plain = gromov_wasserstein(C1, C2, starts=["product"], swap_rounds=0)
     swaps = gromov_wasserstein(C1, C2, starts=["product"])
+    every = gromov_wasserstein(C1, C2, aligned=True, polish=3)  # every CG end polished
+    assert every.value <= swaps.value < plain.value
+    # the default polishes only the best CG end: never above any start's plain CG (POT's path)
     ours = gromov_wasserstein(C1, C2, aligned=True)
-    assert ours.value <= swaps.value < plain.value
+    for start in ("identity", "mixed", "product"):
+        cg_only = gromov_wasserstein(C1, C2, aligned=True, starts=[start], swap_rounds=0)
+        assert ours.value <= cg_only.value * (1 + 1e-12)
 
 
 def test_pruning_keeps_the_value_and_drops_a_far_product_start(monkeypatch):
@@ -160,9 +165,9 @@ def test_pruning_keeps_the_value_and_drops_a_far_product_start(monkeypatch):
     calls, times_c = [], problem.Problem.times_c
     monkeypatch.setattr(problem.Problem, "times_c",
                         lambda self, *a: calls.append(1) or times_c(self, *a))
-    r = gromov_wasserstein(C1, C2, aligned=True, swap_rounds=0)
+    r = gromov_wasserstein(C1, C2, aligned=True, starts=["identity", "product"], swap_rounds=0)
     ident = gromov_wasserstein(C1, C2, aligned=True, starts=["identity"], swap_rounds=0)
-    assert r.init == "identity" and r.start_values["product"] > 2 * r.value
+    assert r.init == "identity" and r.start_values["product"] > 1.5 * r.value
     assert r.total_iterations == ident.total_iterations + 1 and len(calls) == 2 * ident.iterations
 
 

@@ -73,8 +73,8 @@ def w2_cost_sorted(S1: np.ndarray, S2: np.ndarray) -> np.ndarray:
     grid = grid[np.concatenate(([True], np.diff(grid) > 1e-12))]
     grid[-1] = 1.0
     width = np.diff(grid, prepend=0.0)
-    U = _uniform_quantiles(S1, grid)
-    V = _uniform_quantiles(S2, grid)
+    # n = m: the grid is {k/n} and the quantile functions are the sorted rows themselves
+    U, V = (S1, S2) if n == m else (_uniform_quantiles(S1, grid), _uniform_quantiles(S2, grid))
     G = ((U * U) @ width)[:, None] + ((V * V) @ width)[None, :] - 2.0 * (U * width) @ V.T
     return np.maximum(G, 0.0)
 

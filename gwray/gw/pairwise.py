@@ -38,7 +38,7 @@ class PairwiseGW:
 
 
 def pairwise_gw(layers, *, precomputed: bool = False, metric: str = "euclidean",
-                normalize: str = "mean", aligned: bool = True, starts=("identity", "product"),
+                normalize: str = "mean", aligned: bool = True, starts=("identity", "mixed", "product"),
                 max_iter: int = 200, tol: float = 1e-9, progress: bool = False,
                 **solver_kwargs) -> PairwiseGW:
     """GW distances between all pairs of layers.

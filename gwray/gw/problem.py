@@ -77,15 +77,19 @@ class Problem:
         S = csr_matrix((vals.astype(self.X2.dtype), (rows, cols)), shape=(self.n, self.m))
         return self.X1 @ np.asarray(S @ self.X2)
 
-    def perm_plan(self, cols, W=None):
-        """T = P/n and A = C1 T C2 for the permutation i -> cols[i] (W = C1 C2[σ][:, σ] if known)."""
+    def dense(self, cols) -> np.ndarray:
+        """The (n, n) float64 plan T = P/n of the permutation i -> cols[i]."""
         T = np.zeros((self.n, self.n))
         T[np.arange(self.n), cols] = 1.0 / self.n
+        return T
+
+    def perm_gradient(self, cols, W=None):
+        """A = C1 T C2 for T = P/n, the permutation i -> cols[i] (from W = C1 C2[σ][:, σ] if known)."""
         if W is None:
-            return T, self.times_c(None, cols, np.full(1, 1.0 / self.n))
+            return self.times_c(None, cols, np.full(1, 1.0 / self.n))
         A = np.empty_like(W)
         A[:, cols] = W / self.n  # A[:, σ(j)] = W[:, j] / n
-        return T, A
+        return A
 
     def inner(self, T, A, perm=None) -> float:
         """⟨T, A⟩ in float64 (O(n) when T is the permutation plan of ``perm``)."""
@@ -136,12 +140,14 @@ def cg(P: Problem, T, A, max_iter: int, tol: float, first=None, cutoff=np.inf, p
     ``first`` is a known linear-step vertex for the first iteration (skips the oracle); the start
     is abandoned once its value exceeds ``cutoff``; ``perm`` says T is the permutation plan of
     ``perm``. Returns T, A, search value, iterations and that permutation at the end (None if T
-    is not a permutation plan).
+    is not a permutation plan; T is None when it is one, see :meth:`Problem.dense`).
     """
     tA = P.inner(T, A, perm)
     value, it = P.const - 2.0 * tA, 0
-    if first is not None and P.lap and cutoff < np.inf and max_iter > 0:
-        # a start whose first step cannot get under the cutoff is dropped before that step's matmul
+    if P.lap and cutoff < np.inf and max_iter > 0:
+        # the screen: a start whose first step cannot get under the cutoff is dropped before
+        # that step's matmul (its vertex is known, or one warm assignment away)
+        first = P.vertex(A) if first is None else first
         if first_step_value(P, T, A, first, perm) > cutoff:
             return T, A, value, 1, perm
     while it < max_iter:
@@ -151,15 +157,17 @@ def cg(P: Problem, T, A, max_iter: int, tol: float, first=None, cutoff=np.inf, p
         alpha, dA, dBA = line_search(tA, float(vals @ A[rows, cols]), float(vals @ B[rows, cols]))
         if alpha <= 0.0:
             break
-        if alpha >= 1.0:
-            T, A = np.zeros_like(T), B
-            perm = cols if P.lap else None
+        if alpha >= 1.0:  # a vertex: a permutation plan stays implicit (no n² fill per step)
+            A, perm, T = B, (cols if P.lap else None), (None if P.lap else np.zeros_like(T))
+            if T is not None:
+                T[rows, cols] = vals
         else:
+            T = P.dense(perm) if T is None else T
             T *= 1.0 - alpha
             A *= 1.0 - alpha
             A += alpha * B
+            T[rows, cols] += alpha * vals
             perm = None
-        T[rows, cols] += alpha * vals
         tA += 2.0 * alpha * dA + alpha * alpha * dBA
         new = P.const - 2.0 * tA
         delta = abs(value - new)

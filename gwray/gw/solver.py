@@ -88,7 +88,7 @@ _POLISH_WITHIN = 2.0  # polish starts whose CG value is within 2x the best value
 _EXACT_WITHIN = 1.01  # a non-permutation end this close to the best gets its exact value
 
 
-def polish(P: Problem, perm, A, max_iter: int, tol: float, swap_rounds: int):
+def _polish(P: Problem, perm, A, max_iter: int, tol: float, swap_rounds: int):
     """Alternate swap search and CG from the permutation ``perm`` (A = C1 T C2 of its plan) while
     either improves.
 
@@ -100,8 +100,7 @@ def polish(P: Problem, perm, A, max_iter: int, tol: float, swap_rounds: int):
         perm, changed, W = swap_search(P.X1, P.X2, perm, swap_rounds, W)
         if not changed:
             return out
-        T, A = P.perm_plan(perm, W)
-        T, A, _, k, after = cg(P, T, A, max_iter, tol, perm=perm)
+        T, A, _, k, after = cg(P, None, P.perm_gradient(perm, W), max_iter, tol, perm=perm)
         its += k
         out = (T, after, its)
         if after is None or np.array_equal(after, perm):
@@ -111,9 +110,9 @@ def polish(P: Problem, perm, A, max_iter: int, tol: float, swap_rounds: int):
 
 
 def gromov_wasserstein(C1, C2, p=None, q=None, *, aligned: bool = False,
-                       starts=("identity", "product"), max_iter: int = 200, tol: float = 1e-9,
+                       starts=("identity", "mixed", "product"), max_iter: int = 200, tol: float = 1e-9,
                        keep_coupling: bool = True, seed: int = 0, bound: bool = True,
-                       swap_rounds: int = 30, prune: float | None = 2.0,
+                       swap_rounds: int = 30, prune: float | None = 1.5, polish: int = 1,
                        blas_threads: int | None = 1, search_dtype: str = "float32",
                        layer_data: tuple[LayerSummary, LayerSummary] | None = None) -> GWResult:
     """Square-loss GW between two cost matrices, best of several conditional-gradient starts.
@@ -142,14 +141,16 @@ def gromov_wasserstein(C1, C2, p=None, q=None, *, aligned: bool = False,
     keep_coupling, seed, bound : bool, int, bool
         Return the (n, m) plan; seed of the random starts; compute the lower bound.
     swap_rounds : int
-        Uniform weights, n = m: every start whose CG ends at a permutation within 2x the best
-        value so far gets up to this many rounds of pairwise-swap local search, then CG resumes
-        (repeated while either improves); 0 turns it off (plain CG, as POT).
+        Uniform weights, n = m: the ``polish`` best CG ends (permutations within 2x the best) get
+        up to this many rounds of pairwise-swap local search, then CG resumes (repeated while
+        either improves); 0 turns it off (plain CG, as POT).
     prune : float or None
-        Abandon a start once its value exceeds ``prune`` × the best (polished) value so far. With
-        ``aligned`` the identity runs first; every start is polished before the next begins, so
-        the product start is usually dropped after its first, matmul-only iteration. None runs
-        every start to convergence.
+        Abandon a start once its value exceeds ``prune`` × the best CG end so far. With
+        ``aligned`` the identity runs first, so the product start is usually dropped after its
+        first, matmul-only iteration. None runs every start to convergence.
+    polish : int
+        How many of the best CG ends the swap search polishes (the screen: every start's CG is
+        cheap next to a swap search at large n).
     blas_threads : int or None
         BLAS threads during the solve. 1 (default) suits Ray workers that own one core each and
         loaded machines (a 2-thread 256² matmul measured 95 ms vs 0.5 ms single-threaded under
@@ -176,7 +177,7 @@ def gromov_wasserstein(C1, C2, p=None, q=None, *, aligned: bool = False,
     if search_dtype not in ("float32", "float64"):
         raise GwrayInputError(f"search_dtype must be 'float32' or 'float64', got {search_dtype!r}")
     args = (C1, C2, p, q, aligned, starts, max_iter, tol, keep_coupling, seed, bound, swap_rounds,
-            prune, np.dtype(search_dtype), layer_data, t0)
+            prune, polish, np.dtype(search_dtype), layer_data, t0)
     if blas_threads is None:
         return _solve(*args)
     global _BLAS
@@ -197,7 +198,7 @@ def _lower_bound(P: Problem, layer_data) -> float:
 
 
 def _solve(C1, C2, p, q, aligned, starts, max_iter, tol, keep_coupling, seed, bound, swap_rounds,
-           prune, dtype, layer_data, t0) -> GWResult:
+           prune, polish, dtype, layer_data, t0) -> GWResult:
     A1, A2 = check_cost(C1, "C1"), check_cost(C2, "C2")
     p, q = _weights(p, A1.shape[0], "p"), _weights(q, A2.shape[0], "q")
     if aligned and A1.shape != A2.shape:
@@ -206,6 +207,8 @@ def _solve(C1, C2, p, q, aligned, starts, max_iter, tol, keep_coupling, seed, bo
         raise GwrayInputError("aligned=True needs p == q (the identity coupling must be feasible)")
     if max_iter < 0:
         raise GwrayInputError(f"max_iter must be >= 0, got {max_iter}")
+    if polish < 0:
+        raise GwrayInputError(f"polish must be >= 0, got {polish}")
     P = Problem(A1, A2, p, q, dtype)
     starts = [starts] if isinstance(starts, str) or hasattr(starts, "shape") else list(starts)
     if not starts:
@@ -214,26 +217,32 @@ def _solve(C1, C2, p, q, aligned, starts, max_iter, tol, keep_coupling, seed, bo
         starts.sort(key=lambda s: not (isinstance(s, str) and s == "identity"))
     else:  # identity and mixed are no couplings of unaligned samples; product stands in
         starts = [s for s in starts if not (isinstance(s, str) and s in ALIGNED_ONLY)] or ["product"]
-    values, total = {}, 0
-    value, name, its, T = np.inf, None, 0, None
+    values, total, ends, best = {}, 0, [], np.inf
     for start, T0, A, first, perm in iter_starts(P, starts, seed):
-        cutoff = np.inf if prune is None else prune * value
+        cutoff = np.inf if prune is None else prune * best
         T0, A, v, k, perm = cg(P, T0, A, max_iter, tol, first, cutoff, perm)
         total += k
-        if perm is not None or v <= _EXACT_WITHIN * value:
+        if perm is not None or v <= _EXACT_WITHIN * best:
             v = P.exact_value(T0, perm)
-        # swaps lower a CG end by up to ~10 % on layer pairs: polish only ends that could win
-        if swap_rounds > 0 and max_iter > 0 and perm is not None and v <= _POLISH_WITHIN * value:
-            out = polish(P, perm, A, max_iter, tol, swap_rounds)
+        values[start], best = v, min(best, v)
+        ends.append([v, start, k, T0, A, perm])
+    ends.sort(key=lambda e: e[0])
+    # the screen: the swap search, the costly part at large n, polishes only the best CG ends
+    # (swaps lower a CG end by up to ~10 % on layer pairs, so a far worse end cannot win)
+    if swap_rounds > 0 and max_iter > 0:
+        for end in ends[:polish]:
+            v, start, k, _, A, perm = end
+            if perm is None or v > _POLISH_WITHIN * ends[0][0]:
+                continue
+            out = _polish(P, perm, A, max_iter, tol, swap_rounds)
             if out is not None:
                 total += out[2]
-                k += out[2]
-                v_polished = P.exact_value(out[0], out[1])
-                if v_polished < v:  # float32 search: keep the better plan by its exact value
-                    T0, perm, v = out[0], out[1], v_polished
-        values[start] = v
-        if v < value:
-            value, name, its, T = v, start, k, T0
+                polished = P.exact_value(out[0], out[1])
+                if polished < v:  # float32 search: keep the better plan by its exact value
+                    end[:] = [polished, start, k + out[2], out[0], None, out[1]]
+                    values[start] = polished
+    value, name, its, T, _, perm = min(ends, key=lambda e: e[0])
+    T = P.dense(perm) if T is None else T
     lb = float("nan")
     if bound:
         lb = min(max(_lower_bound(P, layer_data), 0.0), value)

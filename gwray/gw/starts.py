@@ -60,7 +60,7 @@ def _given(P: Problem, s):
     """A given (n, m) plan (rounded to a coupling) or (n,) permutation: (T, A, perm or None)."""
     if np.ndim(s) == 1:  # a permutation i -> s[i]: no dense plan needed
         cols = check_permutation(s, P.n, P.m)
-        T, A = P.perm_plan(cols)
+        T, A = P.dense(cols), P.perm_gradient(cols)
         if not P.lap:  # non-uniform weights: the nearest coupling to that matching
             T = round_to_coupling(T, P.p, P.q)
             A, cols = P.X1 @ (T.astype(P.X2.dtype) @ P.X2), None

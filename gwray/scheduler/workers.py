@@ -70,6 +70,7 @@ class GWWorker:
         self.aligned = set(map(tuple, aligned))
         self.batched, self.cache_bytes = batched, cache_bytes
         self._cache: OrderedDict[LayerKey, np.ndarray] = OrderedDict()
+        self._summaries: dict = {}  # per-layer bound data (gwray.gw.bounds.layer_summary)
         self._lock = threading.Lock()  # ``cost`` runs in its own thread (concurrency group)
 
     def ping(self) -> int:
@@ -82,7 +83,21 @@ class GWWorker:
             self._cache.move_to_end(key)
             while (len(self._cache) > 1
                    and sum(c.nbytes for c in self._cache.values()) > self.cache_bytes):
-                self._cache.popitem(last=False)
+                self._summaries.pop(self._cache.popitem(last=False)[0], None)
+
+    def _summary(self, key: LayerKey, C: np.ndarray):
+        """The layer's lower-bound data (sorted rows, spectrum): computed once per layer, not
+        once per pair, and dropped with its cost matrix."""
+        from gwray.gw.bounds import layer_summary
+
+        with self._lock:
+            S = self._summaries.get(key)
+        if S is None:
+            S = layer_summary(C)
+            with self._lock:
+                if key in self._cache:
+                    self._summaries[key] = S
+        return S
 
     @ray.method(concurrency_group="costs")
     def cost(self, checkpoint: str, layer: str) -> np.ndarray:
@@ -142,7 +157,9 @@ class GWWorker:
                 (ka, kb), al = t.cost_keys, (t.checkpoint_a, t.checkpoint_b) in self.aligned
                 r = gromov_wasserstein(costs[ka], costs[kb], aligned=al,
                                        starts=self.starts, max_iter=self.max_iter,
-                                       tol=self.tol, keep_coupling=False)
+                                       tol=self.tol, keep_coupling=False,
+                                       layer_data=(self._summary(ka, costs[ka]),
+                                                   self._summary(kb, costs[kb])))
             rec = {"n": batch.n[0], **r.record()}
             records.append({"checkpoint_a": t.checkpoint_a, "layer_a": t.layer_a,
                             "checkpoint_b": t.checkpoint_b, "layer_b": t.layer_b, **rec})
