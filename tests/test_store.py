@@ -1,4 +1,5 @@
-"""Activation store: exact round trip, one layer reads only its partition, NaN aborts cleanly."""
+"""Activation store: exact round trip, one layer reads only its partition, NaN aborts cleanly,
+the dataset reads as one hive dataset in pandas, pyarrow.dataset and duckdb."""
 from __future__ import annotations
 
 import pickle
@@ -99,11 +100,9 @@ def test_round_trip_exact(tmp_path, dtype):
         assert got.dtype == np.float32
         np.testing.assert_array_equal(got, want)
         np.testing.assert_array_equal(store.read_layer("ck0", k), got)
-    part = next((tmp_path / "activations/checkpoint=ck0/layer=1").glob("*.parquet"))
-    schema = pq.read_schema(part)
-    vtype = schema.field("vector").type
-    assert pa.types.is_fixed_size_list(vtype) and vtype.list_size == 4
-    assert vtype.value_type == (pa.float32() if dtype == "float32" else pa.float16())
+    part = next((tmp_path / "activations/checkpoint=ck0/layer=b").glob("*.parquet"))
+    vtype = pq.read_schema(part).field("vector").type
+    assert pa.types.is_list(vtype) and vtype.value_type == (pa.float32() if dtype == "float32" else pa.float16())
 
 
 def test_one_layer_reads_only_its_partition(tmp_path):
@@ -112,9 +111,9 @@ def test_one_layer_reads_only_its_partition(tmp_path):
     store = ActivationStore(Location(pafs.PyFileSystem(handler), str(tmp_path)))
     store.read_layer("ck0", "c")
     assert handler.opened, "nothing was read"
-    others = [p for p in handler.opened if not (p.endswith("manifest.json") or "/layer=2/" in p)]
+    others = [p for p in handler.opened if not (p.endswith("activation_manifests/ck0.json") or "/layer=c/" in p)]
     assert others == []
-    assert len({p for p in handler.opened if "/layer=2/" in p}) == 5  # its five parts, nothing else
+    assert len({p for p in handler.opened if "/layer=c/" in p}) == 5  # its five parts, nothing else
 
 
 def test_nan_names_layer_and_sample_and_abort_leaves_nothing(tmp_path):
@@ -141,4 +140,51 @@ def test_incomplete_checkpoint_is_not_readable_and_writer_is_picklable(tmp_path)
     writer.commit()
     np.testing.assert_array_equal(store.read_layer("ck1", "x")[2:], np.ones((2, 2)))
     ActivationWriter(tmp_path, "ck1", ["x"])  # a new writer rebuilds the checkpoint from nothing
-    assert not (tmp_path / "activations/checkpoint=ck1").exists()
+    assert not (tmp_path / "activations/checkpoint=ck1").exists() and store.checkpoints() == []
+
+
+LAYERS = ("embeddings", "encoder.layer.0", "head out/1")  # dots, a space and a slash in names
+
+
+def _two_checkpoints(root):
+    """ck0 and ck1 with the LAYERS (widths 3, 4, 5), 6 samples; returns {(ckpt, layer): (6, d)}."""
+    rng, want = np.random.default_rng(1), {}
+    for ckpt in ("ck0", "ck1"):
+        writer = ActivationWriter(root, ckpt, list(LAYERS))
+        for i, name in enumerate(LAYERS):
+            want[ckpt, name] = rng.standard_normal((6, 3 + i)).astype(np.float32)
+            writer.write(name, np.arange(3), want[ckpt, name][:3])
+            writer.write(name, np.arange(3, 6), want[ckpt, name][3:])
+        writer.commit()
+    return want
+
+
+def _check_rows(frame, want, layers=LAYERS):
+    """Every (checkpoint, layer, sample) row of a pandas frame equals what was written."""
+    assert len(frame) == 6 * len(layers) * 2
+    for (ckpt, layer, sid), vec in zip(zip(frame["checkpoint"].astype(str), frame["layer"].astype(str),
+                                           frame["sample_id"]), frame["vector"]):
+        assert layer in layers
+        np.testing.assert_array_equal(np.asarray(vec, dtype=np.float32), want[ckpt, layer][sid])
+
+
+def test_dataset_reads_whole_and_by_layer_in_pandas_pyarrow_and_duckdb(tmp_path):
+    import duckdb
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    want = _two_checkpoints(tmp_path)
+    root = tmp_path / "activations"
+    assert {p.suffix for p in root.rglob("*") if p.is_file()} == {".parquet"}
+    _check_rows(pd.read_parquet(root), want)
+    _check_rows(ds.dataset(root, format="parquet", partitioning="hive").to_table().to_pandas(), want)
+    sql = f"SELECT * FROM read_parquet('{root}/**', hive_partitioning = true)"
+    _check_rows(duckdb.sql(sql).df(), want)
+
+    one = "head out/1"
+    _check_rows(pd.read_parquet(root, filters=[("layer", "==", one)]), want, [one])
+    dataset = ds.dataset(root, format="parquet", partitioning="hive")
+    _check_rows(dataset.to_table(filter=ds.field("layer") == one).to_pandas(), want, [one])
+    _check_rows(duckdb.sql(f"{sql} WHERE layer = '{one}'").df(), want, [one])
+    # the layer names join to pairs / gw_matrix, which name layers the same way
+    assert set(pd.read_parquet(root)["layer"].astype(str)) == set(LAYERS)

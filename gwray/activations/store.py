@@ -1,29 +1,35 @@
-"""The activation dataset: one Parquet partition per layer, a manifest written last.
+"""The activation dataset: one hive partition per checkpoint and layer, a manifest written last.
 
 Layout (under the run directory ``OUT``)::
 
-    OUT/activations/checkpoint=<id>/layer=<k>/part-<j>.parquet   sample_id: int64,
-                                                                  vector: fixed_size_list<float32|float16>[d]
-    OUT/activations/checkpoint=<id>/manifest.json                 written last, atomically
+    OUT/activations/checkpoint=<id>/layer=<name>/part-<j>.parquet   sample_id: int64,
+                                                                     vector: list<float32|float16>
+    OUT/activation_manifests/<id>.json                               written last, atomically
 
-``k`` is the layer's position in the manifest's ``layers``; ``j`` is the first sample id of the
-batch that wrote the part (zero-padded), so a retried batch overwrites its own part and parts list
-in sample order. A checkpoint without ``manifest.json`` is incomplete: readers refuse it and a new
-writer deletes it. Reading one layer opens only that layer's files (plus the manifest).
-All I/O goes through :class:`gwray.storage.Location`, so ``s3://`` works as a local folder does.
+``OUT/activations`` holds Parquet files only, so pandas, ``pyarrow.dataset`` (hive partitioning)
+and duckdb (``read_parquet('OUT/activations/**')``) read it as one dataset whose rows carry their
+``checkpoint`` and ``layer`` (the layer's name, as in ``pairs`` and ``gw_matrix``; characters
+other than letters, digits and ``._-~`` are %-escaped as hive partitions are). ``vector`` is a
+variable-size list so that layers of different widths share one schema; its width is in the
+manifest's ``dims``. ``j`` is the first sample id of the batch that wrote the part (zero-padded),
+so a retried batch overwrites its own part and parts list in sample order. A checkpoint without
+its manifest is incomplete: readers refuse it and a new writer deletes it. Reading one layer
+opens only that layer's files (plus the manifest). All I/O goes through
+:class:`gwray.storage.Location`, so ``s3://`` works as a local folder does.
 """
 from __future__ import annotations
 
+import posixpath
+from urllib.parse import quote
+
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from gwray.errors import GwrayInputError
 from gwray.storage import Location
 
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+MANIFESTS = "activation_manifests"  # beside OUT/activations: the dataset tree holds Parquet only
+FORMAT_VERSION = 2
 _DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
 
 
@@ -39,6 +45,20 @@ def _checkpoint_dir(root: Location, checkpoint: str) -> Location:
     return root.child(f"checkpoint={checkpoint}")
 
 
+def _manifests_dir(root: Location) -> Location:
+    return Location(root.fs, posixpath.dirname(root.path)).child(MANIFESTS)
+
+
+def _manifest_file(root: Location, checkpoint: str) -> Location:
+    _checkpoint_dir(root, checkpoint)  # the same id rules
+    return _manifests_dir(root).child(f"{checkpoint}.json")
+
+
+def _layer_partition(name: str) -> str:
+    """``layer=<name>``, escaped as pyarrow and duckdb unescape hive partition values."""
+    return f"layer={quote(name, safe='')}"
+
+
 def _vectors_to_numpy(column: "pa.ChunkedArray | pa.Array", d: int) -> np.ndarray:
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     return arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, d)
@@ -47,8 +67,8 @@ def _vectors_to_numpy(column: "pa.ChunkedArray | pa.Array", d: int) -> np.ndarra
 class ActivationWriter:
     """Write one checkpoint's activations, one part per (layer, batch).
 
-    Creating a writer deletes whatever the checkpoint directory held (a checkpoint is rebuilt
-    whole). The object pickles cheaply and keeps no counters, so copies in Ray actors or shard
+    Creating a writer deletes whatever the checkpoint's directory and manifest held (a checkpoint
+    is rebuilt whole). The object pickles cheaply and keeps no counters, so copies in Ray actors or shard
     actors may call :meth:`write` concurrently; :meth:`commit` scans the parts.
 
     Parameters
@@ -73,8 +93,7 @@ class ActivationWriter:
         self.dir = _checkpoint_dir(self.root, checkpoint)
         self.layer_names = list(layer_names)
         self.dtype = dtype
-        self._index = {n: i for i, n in enumerate(self.layer_names)}
-        self.dir.remove()
+        self.abort()
 
     def write(self, layer_name: str, sample_ids, vectors) -> Location:
         """Append one part for ``layer_name``.
@@ -95,7 +114,7 @@ class ActivationWriter:
         GwrayInputError
             Unknown layer, shape mismatch, or NaN/inf (naming the layer and the first bad sample).
         """
-        if layer_name not in self._index:
+        if layer_name not in self.layer_names:
             raise GwrayInputError(f"layer {layer_name!r}: not one of this writer's layers")
         if hasattr(vectors, "detach"):
             vectors = vectors.detach().cpu().numpy()
@@ -111,11 +130,12 @@ class ActivationWriter:
         if self.dtype == "float16" and not np.isfinite(vec).all():
             sid = int(sids[np.argmax(~np.isfinite(vec).all(axis=1))])
             raise GwrayInputError(f"layer {layer_name}: activation of sample {sid} overflows float16")
-        d = vec.shape[1]
+        n, d = vec.shape
         values = pa.array(vec.reshape(-1), type=_DTYPES[self.dtype])
+        offsets = pa.array(np.arange(0, n * d + 1, d, dtype=np.int32))
         table = pa.table({"sample_id": pa.array(sids, pa.int64()),
-                          "vector": pa.FixedSizeListArray.from_arrays(values, d)})
-        part = self.dir.child(f"layer={self._index[layer_name]}", f"part-{int(sids.min()):012d}.parquet")
+                          "vector": pa.ListArray.from_arrays(offsets, values)})
+        part = self.dir.child(_layer_partition(layer_name), f"part-{int(sids.min()):012d}.parquet")
         part.write_table(table)
         return part
 
@@ -134,8 +154,8 @@ class ActivationWriter:
             ``format`` and the ``meta`` keys.
         """
         dims, reference = [], None
-        for k, name in enumerate(self.layer_names):
-            parts = self.dir.child(f"layer={k}").files(".parquet")
+        for name in self.layer_names:
+            parts = self.dir.child(_layer_partition(name)).files(".parquet")
             if not parts:
                 raise RuntimeError(f"activation dataset {self.dir}: layer {name} has no rows")
             ids = [p.read_table(columns=["sample_id"]).column(0).to_numpy() for p in parts]
@@ -145,18 +165,18 @@ class ActivationWriter:
             elif not np.array_equal(ids, reference):
                 raise RuntimeError(f"activation dataset {self.dir}: layer {name} rows differ from layer "
                                    f"{self.layer_names[0]}")
-            with self.dir.fs.open_input_file(parts[0].path) as f:
-                dims.append(pq.ParquetFile(f).schema_arrow.field("vector").type.list_size)
+            first = parts[0].read_table(columns=["vector"]).column(0)
+            dims.append(len(first[0]))
         manifest = dict(meta or {})
         manifest.update(checkpoint=self.checkpoint, layers=self.layer_names, dims=dims,
                         n_rows=int(reference.size), n_samples=int(np.unique(reference).size),
                         dtype=self.dtype, format=FORMAT_VERSION)
-        self.dir.child(MANIFEST).write_json(manifest)
+        _manifest_file(self.root, self.checkpoint).write_json(manifest)
         return manifest
 
     def abort(self) -> None:
-        """Remove the partial checkpoint directory."""
-        self.dir.remove()
+        """Remove the checkpoint's manifest and partitions."""
+        ActivationStore(self.root).remove(self.checkpoint)
 
 
 class ActivationStore:
@@ -177,15 +197,16 @@ class ActivationStore:
 
     def checkpoints(self) -> list[str]:
         """Ids of the complete checkpoints (those with a manifest), sorted by name."""
-        if not self.root.is_dir():
-            return []
-        infos = self.root.fs.get_file_info(pafs.FileSelector(self.root.path))
-        ids = [i.base_name.split("=", 1)[1] for i in infos
-               if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint=")]
-        return sorted(c for c in ids if self.is_complete(c))
+        return sorted(f.name[:-len(".json")] for f in _manifests_dir(self.root).files(".json"))
 
     def is_complete(self, checkpoint: str) -> bool:
-        return _checkpoint_dir(self.root, checkpoint).child(MANIFEST).exists()
+        return _manifest_file(self.root, checkpoint).exists()
+
+    def remove(self, checkpoint: str) -> None:
+        """Delete a checkpoint's activations, manifest first (so that it reads as incomplete)."""
+        _manifest_file(self.root, checkpoint).remove()
+        _checkpoint_dir(self.root, checkpoint).remove()
+        self._manifests.pop(checkpoint, None)
 
     def manifest(self, checkpoint: str) -> dict:
         """The checkpoint's manifest (cached).
@@ -196,7 +217,7 @@ class ActivationStore:
             The checkpoint is missing or incomplete.
         """
         if checkpoint not in self._manifests:
-            loc = _checkpoint_dir(self.root, checkpoint).child(MANIFEST)
+            loc = _manifest_file(self.root, checkpoint)
             if not loc.exists():
                 raise GwrayInputError(f"checkpoint {checkpoint!r}: no complete activations in {self.root}")
             self._manifests[checkpoint] = loc.read_json()
@@ -213,12 +234,12 @@ class ActivationStore:
             k = names.index(layer)
         else:
             raise GwrayInputError(f"layer {layer!r}: not in checkpoint {checkpoint!r} (has {len(names)} layers)")
-        return _checkpoint_dir(self.root, checkpoint).child(f"layer={k}"), k
+        return _checkpoint_dir(self.root, checkpoint).child(_layer_partition(names[k])), k
 
     def read_layer(self, checkpoint: str, layer: "str | int") -> np.ndarray:
         """One layer as an (n, d) float32 array, rows in sample_id order.
 
-        Only the files of ``layer=<k>`` are opened. ``layer`` is a name or a position.
+        Only the files of ``layer=<name>`` are opened. ``layer`` is a name or a position.
         """
         folder, k = self._layer_dir(checkpoint, layer)
         d = self.manifest(checkpoint)["dims"][k]
