@@ -79,6 +79,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, config: bool = True) -> N
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
                         help="override one config key, e.g. --set probe.n_samples=256 (repeatable)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--force", action="store_true",
+                        help="replace a run of another model or probe found in the run directory")
 
 
 def _print_result(result) -> None:
@@ -91,7 +93,7 @@ def _cmd_run(args, require_checkpoints: int = 1) -> None:
     from gwray.pipeline import run
 
     result = run(args.config, out=args.out, overrides=args.overrides, progress=not args.quiet,
-                 min_checkpoints=require_checkpoints)
+                 min_checkpoints=require_checkpoints, force=args.force)
     _print_result(result)
 
 
@@ -108,7 +110,7 @@ def _cmd_demo(args) -> None:
     from gwray.pipeline import run
 
     cfg = load_config(DEMO_CONFIG, parse_overrides(args.overrides))
-    result = run(cfg, out=args.out, progress=not args.quiet)
+    result = run(cfg, out=args.out, progress=not args.quiet, force=args.force)
     _print_result(result)
     print("open the report in a browser; `gwray report DIR` rebuilds it from the run directory")
 

@@ -6,6 +6,7 @@ Every key has a default, so a three-line config works. Unknown keys and bad valu
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 import re
@@ -18,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gwray.errors import GwrayInputError
 
 POOLING_RE = re.compile(r"^(mean|last|first|flatten|tokens:[1-9][0-9]*)$")
+#: Samples drawn when ``probe.n_samples`` is not set (a smaller probe is used whole).
+DEFAULT_N_SAMPLES = 1024
 
 
 class _Section(BaseModel):
@@ -45,7 +48,7 @@ class ModelConfig(_Section):
 class ProbeConfig(_Section):
     source: str = "builtin:english"
     field: str = "text"
-    n_samples: int = Field(1024, ge=2)
+    n_samples: int | None = Field(None, ge=2)  # None: the whole probe, at most DEFAULT_N_SAMPLES
     max_tokens: int = Field(64, ge=1)
     seed: int = 0
     batch_size: int = Field(32, ge=1)
@@ -129,11 +132,24 @@ class RunConfig(_Section):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _closest_key(path: list[str]) -> str:
+    """`` (did you mean section.key?)`` for an unknown key at ``path``, or ``""``."""
+    section: type[BaseModel] = RunConfig
+    for part in path[:-1]:
+        field = section.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return ""
+        section = field.annotation
+    match = difflib.get_close_matches(path[-1], list(section.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean {'.'.join([*path[:-1], match[0]])}?)" if match else ""
+
+
 def _error_line(exc: ValidationError) -> str:
     err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "literal[")))
+    path = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "literal["))]
+    key = ".".join(path)
     if err["type"] == "extra_forbidden":
-        return f"config key {key}: unknown key"
+        return f"config key {key}: unknown key{_closest_key(path)}"
     return f"config key {key}: {err['msg']} (got {err.get('input')!r})"
 
 
@@ -165,6 +181,29 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def _read_yaml(path: Path) -> dict:
+    """The mapping a YAML config file holds (GwrayInputError naming the file, and where it fails)."""
+    if path.is_dir():
+        raise GwrayInputError(f"config file {path}: is a directory, not a YAML file")
+    if not path.is_file():
+        raise GwrayInputError(f"config file {path}: not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise GwrayInputError(f"config file {path}{where}: invalid YAML ({what})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GwrayInputError(f"config file {path}: cannot be read ({exc})") from None
+    if data is None:
+        raise GwrayInputError(f"config file {path}: empty (a config needs at least one key; "
+                              "`gwray demo` runs the built-in demo)")
+    if not isinstance(data, dict):
+        raise GwrayInputError(f"config file {path}: must be a mapping of keys")
+    return data
+
+
 def load_config(source: "str | Path | dict | RunConfig | None" = None,
                 overrides: "list[str] | dict | None" = None) -> RunConfig:
     """Build a validated :class:`RunConfig` from a YAML path, a dict or a config, plus overrides.
@@ -172,7 +211,8 @@ def load_config(source: "str | Path | dict | RunConfig | None" = None,
     Raises
     ------
     GwrayInputError
-        Missing or unreadable file, YAML that is not a mapping, unknown key, bad value.
+        Missing file or a directory, invalid YAML (with its line and column), an empty file,
+        YAML that is not a mapping, unknown key (with the closest valid key), bad value.
     """
     if isinstance(source, RunConfig):
         data = source.model_dump(mode="json")
@@ -181,15 +221,7 @@ def load_config(source: "str | Path | dict | RunConfig | None" = None,
     elif source is None:
         data = {}
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise GwrayInputError(f"config file {path}: not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise GwrayInputError(f"config file {path}: invalid YAML ({str(exc).splitlines()[0]})") from exc
-        if not isinstance(data, dict):
-            raise GwrayInputError(f"config file {path}: must be a mapping of keys")
+        data = _read_yaml(Path(source))
     if overrides:
         data = _merge(data, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
     try:

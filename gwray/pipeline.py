@@ -10,6 +10,7 @@ import functools
 import glob
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -24,6 +25,7 @@ from gwray import __version__
 from gwray.activations.store import ActivationStore
 from gwray.config import RunConfig, load_config
 from gwray.errors import GwrayInputError
+from gwray.preflight import check_layer_count, check_output_location, check_run_owner
 from gwray.storage import Location
 
 _STEP_RE = re.compile(r"(?:checkpoint|ckpt|step|iter|epoch)[-_=]?(\d+)", re.IGNORECASE)
@@ -87,6 +89,19 @@ class _Say:
             print(f"[gwray {time.perf_counter() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
+def _quiet_libraries() -> None:
+    """``-q``: no library chatter on stderr either (transformers' loading bar and warnings, Ray's
+    INFO/WARNING lines and token-auth notice); errors still show. The environment reaches the
+    processes an embedded Ray starts."""
+    from transformers.utils import logging as hf_logging
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    logging.getLogger("ray").setLevel(logging.ERROR)
+
+
 def _ensure_ray(cfg: RunConfig, say: _Say) -> bool:
     """Make Ray usable; True when this call started it (the run then shuts it down). An
     initialised Ray (a Ray job, a test) is used as is; ``RAY_ADDRESS`` attaches to that cluster;
@@ -95,19 +110,29 @@ def _ensure_ray(cfg: RunConfig, say: _Say) -> bool:
 
     if ray.is_initialized():
         return False
+    level = logging.INFO if say.enabled else logging.ERROR
     if os.environ.get("RAY_ADDRESS"):
         say(f"attaching to the Ray cluster at {os.environ['RAY_ADDRESS']}")
-        ray.init(log_to_driver=False)
+        ray.init(log_to_driver=False, logging_level=level)
     else:
         cpus = max(os.cpu_count() or 1, math.ceil(cfg.resources.workers * cfg.resources.cpus_per_worker))
         say(f"starting an embedded local Ray ({cpus} CPUs)")
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=1024**3)
+                 object_store_memory=1024**3, logging_level=level)
     return True
 
 
 def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _why(prev: dict | None, key: dict, what: dict) -> str:
+    """Why a stage is redone: the parts of its key (named by ``what``) that differ from ``prev``,
+    the key it last finished with; its output missing when none differs."""
+    if not prev:
+        return "not run before"
+    changed = [what[k] for k in key if prev.get(k) != key[k]]
+    return " and ".join(changed) + " changed" if changed else "its output is missing"
 
 
 def _step(name: str) -> int | None:
@@ -147,10 +172,11 @@ def resolve_checkpoints(cfg: RunConfig) -> list[tuple[str, str | None]]:
     return list(zip(ids, paths))
 
 
-def check_inputs(cfg: RunConfig, min_checkpoints: int = 1) -> tuple[list, str]:
+def check_inputs(cfg: RunConfig, min_checkpoints: int = 1) -> tuple[list, object]:
     """Check checkpoints, model and probe before anything is written or Ray is reached.
 
-    Returns ``(checkpoints, probe_hash)``, checkpoints as :func:`resolve_checkpoints` gives them.
+    Returns ``(checkpoints, probe)``: checkpoints as :func:`resolve_checkpoints` gives them, the
+    :class:`~gwray.activations.probes.ProbeSet`.
     Raises GwrayInputError: fewer than ``min_checkpoints``; a missing model, checkpoint or probe.
     """
     from gwray.activations.probes import load_probe
@@ -168,19 +194,19 @@ def check_inputs(cfg: RunConfig, min_checkpoints: int = 1) -> tuple[list, str]:
             resolve_model_path(path)
         elif source == "toy" and not os.path.exists(path):
             raise GwrayInputError(f"toy checkpoint {path}: not found (config key model.path)")
-    return checkpoints, load_probe(cfg.probe).hash
+    return checkpoints, load_probe(cfg.probe)
 
 
 class _Run:
     """One run's state: config, location, stage keys (run.json), progress and Ray."""
 
-    def __init__(self, cfg: RunConfig, loc: Location, checkpoints, probe_hash: str, say: _Say):
-        self.cfg, self.loc, self.ckpts, self.say = cfg, loc, checkpoints, say
+    def __init__(self, cfg: RunConfig, loc: Location, checkpoints, probe, say: _Say):
+        self.cfg, self.loc, self.ckpts, self.say, self.n_samples = cfg, loc, checkpoints, say, len(probe)
         self.ray_started, path = False, loc.child("run.json")
         self.prev = path.read_json().get("stages", {}) if path.exists() else {}
         # Old keys stay until their stage ends again: a run that died mid-stage redoes it whole.
         self.info = {"gwray_version": __version__, "name": cfg.name,
-                     "config": cfg.model_dump(mode="json"), "probe_hash": probe_hash,
+                     "config": cfg.model_dump(mode="json"), "probe_hash": probe.hash,
                      "checkpoints": [{"id": c, "path": p, "step": _step(c)} for c, p in checkpoints],
                      "layers": {}, "stages": dict(self.prev)}
         self.status: dict[str, str] = {}
@@ -197,9 +223,9 @@ class _Run:
             self.say(f"{stage}: up to date, skipped")
 
     def activations(self) -> ActivationStore:
-        from gwray.activations.extract import extract  # the Ray Data / in-process extraction
+        from gwray.activations.extract import extract, layer_names  # Ray Data / in process
 
-        store, root = ActivationStore(self.loc), self.loc.child("activations")
+        store = ActivationStore(self.loc)
         model = self.cfg.model.model_dump(mode="json", exclude={"checkpoints", "shards"})
         keys, old, ran = {}, self.prev.get("activations") or {}, False
         # Ray Data where it adds workers (or on a cluster); in process: same output, no start-up
@@ -209,9 +235,12 @@ class _Run:
             keys[ckpt] = _key(model, path, self.cfg.hash("probe", "layers"))
             if old.get(ckpt) == keys[ckpt] and store.is_complete(ckpt):
                 continue
-            why = "model/probe/layers config changed, " if ckpt in old else ""
-            self.say(f"activations of {ckpt}: {why}extracting {self.cfg.probe.n_samples} probe samples")
-            root.child(f"checkpoint={ckpt}").remove()
+            if self.cfg.layers.select != "all":  # "all" keeps the modules a forward pass calls
+                check_layer_count(self.cfg, ckpt, layer_names(self.cfg, path))
+            why = ("model/probe/layers config changed" if old.get(ckpt, keys[ckpt]) != keys[ckpt]
+                   else "no complete activations yet")
+            self.say(f"activations of {ckpt}: {why}, extracting {self.n_samples} probe samples")
+            store.remove(ckpt)
             if use_ray:
                 self.ray()
             try:
@@ -219,9 +248,11 @@ class _Run:
                         progress=self.say.enabled)
             finally:
                 if not store.is_complete(ckpt):  # never leave a half checkpoint behind
-                    root.child(f"checkpoint={ckpt}").remove()
+                    store.remove(ckpt)
             ran = True
         self.info["layers"] = {c: store.layer_names(c) for c, _ in self.ckpts}
+        for ckpt, names in self.info["layers"].items():  # before any pair is solved
+            check_layer_count(self.cfg, ckpt, names)
         self.done("activations", keys, ran)
         return store
 
@@ -235,12 +266,16 @@ class _Run:
         prev = self.prev.get("pairs") or {}
         if prev == key and self.loc.child("gw_matrix.parquet").exists():
             return self.done("pairs", key, False)
+        why = _why(prev, key, {"solve": "costs/gw config", "activations": "activations",
+                               "compare": "compare.cross", "order": "checkpoint order"})
         if prev.get("solve", solve) != solve or any(
                 prev.get("activations", {}).get(c, k) != k for c, k in acts.items()):
-            self.say("pairs: costs/gw config or activations changed, solving every pair again")
+            self.say(f"pairs: {why}, solving every pair again")
             self.loc.child("pairs").remove()
         elif self.loc.child("pairs").exists():
-            self.say("pairs: resuming, the pairs already solved are kept")
+            self.say(f"pairs: resuming ({why}), the pairs already solved are kept")
+        else:
+            self.say(f"pairs: {why}")
         self.ray()
         self.say(f"pairs: GW of every layer pair on {self.cfg.resources.workers} workers")
         # This run's ids in training order: by name, checkpoint-1000 would pair with -200, and
@@ -254,7 +289,9 @@ class _Run:
                "baselines": self.cfg.gw.baselines}
         if self.prev.get("communities") == key and self.loc.child("communities.json").exists():
             return self.done("communities", key, False)
-        self.say(f"communities: {self.cfg.graph.method} on {len(self.ckpts)} checkpoint(s)")
+        why = _why(self.prev.get("communities"), key, {"pairs": "GW matrices", "graph": "graph/stability config",
+                                                        "baselines": "gw.baselines"})
+        self.say(f"communities: {why}, {self.cfg.graph.method} on {len(self.ckpts)} checkpoint(s)")
         gw, _, _ = _read_matrices(self.loc, self.info["layers"])
         self.loc.child("communities.json").write_json(
             _find_groups(self.cfg, gw, self.info["layers"], store, self.say))
@@ -266,7 +303,8 @@ class _Run:
         key, html = {"communities": self.info["stages"]["communities"]}, self.loc.child("report.html")
         stale = self.prev.get("report") != key or not html.exists()
         if stale:
-            self.say("report: heatmap, groups" + (", timeline" if len(self.ckpts) > 1 else ""))
+            why = _why(self.prev.get("report"), key, {"communities": "groups"})
+            self.say(f"report: {why}, heatmap, groups" + (", timeline" if len(self.ckpts) > 1 else ""))
             build_report(self.loc.path if self.loc.is_local else self.loc)
         self.done("report", key, stale)
         return html
@@ -312,10 +350,12 @@ def _find_groups(cfg: RunConfig, gw: dict, layers: dict, store, say: _Say) -> di
 
 
 def run(config, out=None, overrides=None, *, progress: bool = True,
-        min_checkpoints: int = 1) -> RunResult:
+        min_checkpoints: int = 1, force: bool = False) -> RunResult:
     """Run the whole pipeline for one config, reusing every stage already done for it.
 
-    Raises GwrayInputError on a bad config, a missing model, checkpoint or probe, or bad data
+    Raises GwrayInputError on a bad config, an output location that is a file or not writable,
+    a run directory holding another model's or probe's run (without ``force``), a missing model,
+    checkpoint or probe, fewer than 2 layers or more ``graph.k`` groups than layers, or bad data
     found by a stage; nothing half written is left, and a failed first run leaves no directory.
 
     Parameters
@@ -330,11 +370,20 @@ def run(config, out=None, overrides=None, *, progress: bool = True,
         Progress lines on stderr.
     min_checkpoints : int
         Fewer checkpoints is an input error (``gwray compare`` asks for 2).
+    force : bool
+        Replace (delete) a run of another model or probe found in the run directory.
     """
     cfg = load_config(config, overrides)
     loc = Location.parse(out or cfg.output or os.path.join("runs", cfg.name))
-    checkpoints, probe_hash = check_inputs(cfg, min_checkpoints)
-    fresh, state = not loc.exists(), _Run(cfg, loc, checkpoints, probe_hash, say := _Say(progress))
+    check_output_location(loc)
+    if not progress:
+        _quiet_libraries()
+    checkpoints, probe = check_inputs(cfg, min_checkpoints)
+    replaced, say = check_run_owner(loc, cfg, checkpoints, force), _Say(progress)
+    if replaced:
+        say(f"--force: deleting {loc}, which held the run of {replaced}")
+        loc.remove()
+    fresh, state = not loc.exists(), _Run(cfg, loc, checkpoints, probe, say)
     say(f"run {cfg.name!r} → {loc}")
     try:
         store = state.activations()

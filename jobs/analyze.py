@@ -32,7 +32,8 @@ def main(argv=None, min_checkpoints: int = 1, description: str = __doc__) -> int
         check_inputs(cfg, min_checkpoints)  # bad input fails here, before reaching the cluster
         if not ray.is_initialized():
             ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=False)
-        result = run(cfg, out=args.out, progress=not args.quiet, min_checkpoints=min_checkpoints)
+        result = run(cfg, out=args.out, progress=not args.quiet, min_checkpoints=min_checkpoints,
+                     force=args.force)
         print(f"run directory: {result.out}\nreport: {result.report}")
 
     return guarded(job)

@@ -123,3 +123,102 @@ def test_console_process_exit_code_and_job_entrypoint(tmp_path):
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and "model.checkpoints" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Any model load, extraction or Ray start fails the test: the check must come before them."""
+    import gwray.activations.extract
+    import gwray.pipeline
+
+    def forbidden(*a, **k):
+        raise AssertionError("an expensive stage started")
+
+    monkeypatch.setattr(gwray.activations.extract, "extract", forbidden)
+    monkeypatch.setattr(gwray.activations.extract, "BatchExtractor", forbidden)
+    monkeypatch.setattr(gwray.pipeline, "_ensure_ray", forbidden)
+
+
+def _read_only_dir(tmp_path) -> Path:
+    """A folder this process cannot write: chmod 555 as a user, a read-only filesystem as root."""
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        return ro
+    for path in (Path("/proc/sys"), Path("/sys")):
+        if path.is_dir() and not os.access(path, os.W_OK):
+            return path
+    pytest.skip("running as root without a read-only filesystem to write to")
+
+
+@pytest.mark.parametrize("where", ["file", "below_file", "read_only"])
+def test_bad_output_location_is_exit_2_before_the_model_loads(tmp_path, capsys, where):
+    afile = tmp_path / "a_file"
+    afile.write_text("mine")
+    out = {"file": afile, "below_file": afile / "run",
+           "read_only": _read_only_dir(tmp_path) / "gwray-run" if where == "read_only" else None}[where]
+    cfg = _write(tmp_path, {"model": {"path": "/no/such/model"}})  # checked after the output: not named
+    code, err = _run(["run", str(cfg), "--out", str(out)], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith(f"gwray: error: run directory {out}:")
+    assert ("not writable" if where == "read_only" else "is a file") in err
+    assert afile.read_text() == "mine" and (where == "file" or not Path(out).exists())
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["graph.k=99"], "config key graph.k: 99 groups, but checkpoint main has 7 layers"),
+    (["layers.select=[embeddings]"], "config key layers.select: selects 1 layer(s) of checkpoint main"),
+    (["layers.select=[nothing.like.this*]"], "layer 'nothing.like.this*': no such module"),
+])
+def test_layer_count_checked_before_extraction(minilm_dir, tmp_path, capsys, no_model_load, overrides, needle):
+    cfg, out = _write(tmp_path, {"model": {"path": "minilm"}}), tmp_path / "o"
+    argv = ["run", str(cfg), "-q", "--out", str(out)] + [a for o in overrides for a in ("--set", o)]
+    code, err = _run(argv, capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and needle in err, err
+    assert not out.exists()
+
+
+def test_config_file_errors_on_the_command_line(tmp_path, capsys):
+    out = tmp_path / "o"
+    code, err = _run(["run", str(tmp_path), "--out", str(out)], capsys)
+    assert code == 2 and err == f"gwray: error: config file {tmp_path}: is a directory, not a YAML file"
+    (tmp_path / "empty.yaml").write_text("")
+    code, err = _run(["run", str(tmp_path / "empty.yaml"), "--out", str(out)], capsys)
+    assert code == 2 and "empty.yaml: empty" in err
+    (tmp_path / "bad.yaml").write_text("name: x\nprobe: {n_samples: 3\n")
+    code, err = _run(["run", str(tmp_path / "bad.yaml"), "--out", str(out)], capsys)
+    assert code == 2 and "bad.yaml line 3, column 1: invalid YAML" in err
+    code, err = _run(["run", str(_write(tmp_path, {"grph": {"k": 2}})), "--out", str(out)], capsys)
+    assert code == 2 and err.endswith("config key grph: unknown key (did you mean graph?)")
+    assert not out.exists()
+
+
+def test_another_models_run_is_not_replaced_without_force(minilm_dir, tmp_path, capsys, no_model_load):
+    out = tmp_path / "o"
+    out.mkdir()
+    theirs = load_config({"name": "x", "model": {"path": "/models/theirs"}})
+    info = {"name": "x", "config": theirs.model_dump(mode="json"), "stages": {}, "layers": {},
+            "checkpoints": [{"id": "main", "path": None, "step": None}]}
+    (out / "run.json").write_text(__import__("json").dumps(info))
+    (out / "gw_matrix.npy").write_bytes(b"their results")
+    for cmd in (["run", str(_write(tmp_path, {"name": "x"}))], ["demo"]):
+        code, err = _run(cmd + ["--out", str(out)], capsys)
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert f"run directory {out}: holds the run of /models/theirs on probe builtin:english" in err
+        assert "--force" in err
+    assert (out / "gw_matrix.npy").read_bytes() == b"their results"
+
+
+def test_quiet_successful_run_prints_nothing_on_stderr(tiny_hf_model, tmp_path):
+    """A whole run in a fresh process with -q: transformers' loading bar, Ray's INFO/WARNING lines
+    and its token-auth notice included, nothing reaches stderr; stdout still says where things are."""
+    model = tiny_hf_model("gpt2", layers=2, hidden=32)
+    cfg = _write(tmp_path, {"name": "q", "model": {"path": str(model)},
+                            "probe": {"n_samples": 12, "max_tokens": 8}, "resources": {"workers": 1}})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TRANSFORMERS_", "HF_HUB_DISABLE"))}
+    env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "gwray.cli", "run", str(cfg), "-q", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert f"run directory: {out}" in proc.stdout and (out / "report.html").exists()

@@ -9,7 +9,7 @@ def test_three_line_config_gets_defaults(tmp_path):
     p.write_text("name: x\nmodel:\n  path: minilm\n")
     cfg = load_config(p)
     assert cfg.gw.starts == ["identity", "mixed", "product"] and cfg.costs.normalize == "mean"
-    assert cfg.probe.n_samples == 1024 and cfg.graph.k == "auto"
+    assert cfg.probe.n_samples is None and cfg.graph.k == "auto"  # None: whole probe, at most 1024
 
 
 @pytest.mark.parametrize("data, key", [
@@ -40,6 +40,41 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("- a\n- b\n")
     with pytest.raises(GwrayInputError, match="must be a mapping"):
         load_config(bad)
+    with pytest.raises(GwrayInputError, match=rf"^config file {tmp_path}: is a directory"):
+        load_config(tmp_path)
+
+
+@pytest.mark.parametrize("text, where", [
+    ("name: x\nmodel:\n  path: [minilm\n", "line 4, column 1"),        # unclosed flow sequence
+    ("name: x\ngw:\n  max_iter: 5\n   tol: 1\n", "line 4, column 7"),  # bad indentation
+    ("name: x\n\tgw: 1\n", "line 2, column 1"),                         # a tab
+])
+def test_invalid_yaml_names_line_and_column(tmp_path, text, where):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(GwrayInputError, match=rf"^config file {path} {where}: invalid YAML \("):
+        load_config(path)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n"])
+def test_empty_config_file_is_an_error(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(GwrayInputError, match=rf"^config file {path}: empty"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("data, line", [
+    ({"gw": {"max_itr": 3}}, "config key gw.max_itr: unknown key (did you mean gw.max_iter?)"),
+    ({"modle": {"path": "x"}}, "config key modle: unknown key (did you mean model?)"),
+    ({"probe": {"n_sample": 3}}, "config key probe.n_sample: unknown key (did you mean probe.n_samples?)"),
+    ({"resources": {"wrokers": 3}}, "config key resources.wrokers: unknown key (did you mean resources.workers?)"),
+    ({"gw": {"zzz": 3}}, "config key gw.zzz: unknown key"),  # nothing close: no guess
+])
+def test_unknown_key_suggests_the_closest(data, line):
+    with pytest.raises(GwrayInputError) as err:
+        load_config(data)
+    assert str(err.value) == line
 
 
 def test_hash_depends_only_on_named_sections():

@@ -102,9 +102,16 @@ def test_changed_config_redoes_what_it_must(tiny_run, tmp_path, capsys):
     shutil.copytree(src, out)
     acts = _mtimes(out, "activations/")
 
+    with pytest.raises(GwrayInputError, match=r"^config key graph.k: 99 groups, but checkpoint main has 5"):
+        run(result.config, out=out, overrides=["graph.k=99"])  # cached activations: before any pair
+    assert _mtimes(out, "pairs/") == _mtimes(src, "pairs/")
+    capsys.readouterr()
     grouped = run(result.config, out=out, overrides=["graph.method=greedy", "gw.baselines=[cka, rsa]"])
     assert grouped.stages == {"activations": "skipped", "pairs": "skipped",
                               "communities": "ran", "report": "ran"}
+    err = capsys.readouterr().err  # every redone stage says why
+    assert "communities: graph/stability config and gw.baselines changed, greedy" in err
+    assert "report: groups changed" in err
     assert grouped.communities["method"] == "greedy"
     L = len(result.layers["main"])
     assert np.asarray(grouped.communities["baselines"]["main"]["cka"]).shape == (L, L)
@@ -112,13 +119,30 @@ def test_changed_config_redoes_what_it_must(tiny_run, tmp_path, capsys):
     cosine = run(result.config, out=out, overrides=["costs.metric=cosine"])
     assert cosine.stages == {"activations": "skipped", "pairs": "ran", "communities": "ran",
                              "report": "ran"}
-    assert "solving every pair again" in capsys.readouterr().err
+    assert "pairs: costs/gw config changed, solving every pair again" in capsys.readouterr().err
     assert not np.allclose(cosine.matrix, result.matrix)
     assert cosine.pairs.num_rows == result.pairs.num_rows  # the old pairs were dropped
     assert _mtimes(out, "activations/") == acts
 
-    resampled = run(result.config, out=out, overrides=["probe.seed=1"], progress=False)
+    resampled = run(result.config, out=out, overrides=["probe.seed=1"])  # same model and probe
     assert resampled.stages["activations"] == "ran" and resampled.stages["pairs"] == "ran"
+    assert "activations of main: model/probe/layers config changed" in capsys.readouterr().err
+
+
+def test_another_models_run_needs_force_and_force_replaces_it(tiny_run, tiny_hf_model, tmp_path, capsys):
+    src, result = tiny_run
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    before = _mtimes(out, "")
+    other = _cfg(tiny_hf_model("gpt2", layers=3, hidden=32, seed=1))
+    with pytest.raises(GwrayInputError, match=rf"^run directory {out}: holds the run of .* pass --force"):
+        run(other, out=out, progress=False)
+    assert _mtimes(out, "") == before  # nothing touched
+    (out / "activations" / "checkpoint=stale").mkdir()  # replaced means: nothing of the old run stays
+    replaced = run(other, out=out, force=True)
+    assert "--force: deleting" in capsys.readouterr().err
+    assert len(replaced.layers["main"]) == 4 and not (out / "activations" / "checkpoint=stale").exists()
+    assert load_run(out).config.model.path == other["model"]["path"]
 
 
 def test_minilm_end_to_end(ray_local, minilm_dir, tmp_path):

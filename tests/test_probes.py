@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from gwray.activations.probes import builtin_names, load_probe
-from gwray.config import ProbeConfig
+from gwray.config import DEFAULT_N_SAMPLES, ProbeConfig
 from gwray.errors import GwrayInputError
 
 
@@ -54,6 +54,16 @@ def test_txt_jsonl_parquet_npy(tmp_path):
     np.save(tmp_path / "p.npy", x)
     p = load_probe(ProbeConfig(source=str(tmp_path / "p.npy"), n_samples=5))
     assert p.texts is None and np.array_equal(p.arrays, x[p.sample_ids])
+
+
+def test_unset_n_samples_takes_the_whole_small_probe_and_at_most_the_default(tmp_path):
+    (tmp_path / "small.txt").write_text("".join(f"line {i}\n" for i in range(300)))
+    small = load_probe(ProbeConfig(source=str(tmp_path / "small.txt")))
+    assert len(small) == 300 and np.array_equal(small.sample_ids, np.arange(300))
+    big = load_probe(ProbeConfig())  # the built-in probe has more than the default
+    assert big.n_source > DEFAULT_N_SAMPLES and len(big) == DEFAULT_N_SAMPLES
+    assert big.hash == load_probe(ProbeConfig(n_samples=DEFAULT_N_SAMPLES)).hash
+    _error(ProbeConfig(source=str(tmp_path / "small.txt"), n_samples=301), "probe.n_samples", "300 samples")
 
 
 def test_bad_probes_name_the_thing(tmp_path):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gwray.config import DEFAULT_N_SAMPLES
 from gwray.errors import GwrayInputError
 
 BUILTIN_PREFIX = "builtin:"
@@ -174,7 +175,8 @@ def load_probe(cfg) -> ProbeSet:
     Parameters
     ----------
     cfg : gwray.config.ProbeConfig
-        Uses ``source``, ``field``, ``n_samples``, ``seed``.
+        Uses ``source``, ``field``, ``n_samples`` (unset: the whole probe, at most
+        :data:`gwray.config.DEFAULT_N_SAMPLES`), ``seed``.
 
     Returns
     -------
@@ -183,18 +185,22 @@ def load_probe(cfg) -> ProbeSet:
     Raises
     ------
     GwrayInputError
-        Missing / empty / unsupported file, missing field, ``n_samples`` larger than the probe.
+        Missing / empty / unsupported file, missing field, an explicit ``n_samples`` larger than
+        the probe.
     """
     ids, texts, arrays = _read_source(cfg.source, cfg.field)
     n_source = int(ids.shape[0])
     if n_source == 0:
         raise GwrayInputError(f"probe {cfg.source}: empty (no samples)")
-    if cfg.n_samples > n_source:
-        raise GwrayInputError(f"config key probe.n_samples: {cfg.n_samples} is larger than the probe "
+    n = min(n_source, DEFAULT_N_SAMPLES) if cfg.n_samples is None else cfg.n_samples
+    if n > n_source:
+        raise GwrayInputError(f"config key probe.n_samples: {n} is larger than the probe "
                               f"{cfg.source} ({n_source} samples)")
+    if n < 2:
+        raise GwrayInputError(f"probe {cfg.source}: {n_source} sample(s); GW needs 2 or more")
     pick = np.arange(n_source)
-    if cfg.n_samples < n_source:
-        pick = np.sort(np.random.default_rng(cfg.seed).choice(n_source, cfg.n_samples, replace=False))
+    if n < n_source:
+        pick = np.sort(np.random.default_rng(cfg.seed).choice(n_source, n, replace=False))
     ids = ids[pick]
     texts = [texts[i] for i in pick] if texts is not None else None
     arrays = arrays[pick] if arrays is not None else None
