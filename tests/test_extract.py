@@ -49,9 +49,28 @@ def test_last_token_under_left_and_right_padding(gpt2, probe_txt, side):
     tok, model = worker.loaded.tokenizer, worker.loaded.module
     for i, text in enumerate(TEXTS[:4]):  # each sample alone: no padding at all
         with torch.no_grad():
-            alone = model(**tok([text], return_tensors="pt"), output_hidden_states=True).hidden_states
+            alone = model(**tok([text], return_tensors="pt", return_token_type_ids=False),
+                          output_hidden_states=True).hidden_states
         for (rows, _), h in zip(got.values(), alone):
             torch.testing.assert_close(rows[i], h[0, -1], atol=1e-5, rtol=0)
+
+
+def test_bert_tokenizer_token_types_do_not_reach_gpt2(gpt2, probe_txt):
+    """tiny GPT-2 + MiniLM's WordPiece tokenizer, which returns token_type_ids (all 0): GPT-2 would
+    add the word embedding of token 0 to every position; the model is run as without them."""
+    worker = BatchExtractor(_cfg(gpt2, probe_txt, pooling="mean"), None, device="cpu")
+    tok, model = worker.loaded.tokenizer, worker.loaded.module
+    enc = tok(TEXTS[:3], padding=True, return_tensors="pt")
+    assert "token_type_ids" in enc and type(model).__name__.startswith("GPT2")
+    got = worker.pooled({"sample_id": np.arange(3), "text": TEXTS[:3]})
+    m = enc["attention_mask"].float()[..., None]
+    with torch.no_grad():
+        plain = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                      output_hidden_states=True).hidden_states
+        typed = model(**enc, output_hidden_states=True).hidden_states
+    for (rows, _), h, t in zip(got.values(), plain, typed):
+        torch.testing.assert_close(rows, (h * m).sum(1) / m.sum(1), atol=1e-5, rtol=0)
+        assert not torch.allclose(rows, (t * m).sum(1) / m.sum(1), atol=1e-3)  # the bug it guards
 
 
 def test_minilm_dataset_equals_hand_pooling(tmp_path, probe_txt):

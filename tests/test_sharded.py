@@ -149,14 +149,19 @@ def _cfg(path, probe, **model):
                         "probe": {"source": str(probe), "n_samples": 7, "max_tokens": 12, "batch_size": 3}})
 
 
-def test_extract_with_shards_equals_in_process_extract(pool, tiny_hf_model, tmp_path):
+def test_extract_with_shards_equals_in_process_extract(pool, tiny_hf_model, tmp_path, capsys):
     from gwray.activations.extract import extract
 
     path = _model(tiny_hf_model, "gpt_neox")
     probe = tmp_path / "probe.txt"
     probe.write_text("\n".join(TEXTS[:9]) + "\n")
-    plain = extract(_cfg(path, probe), tmp_path / "plain", "c", use_ray=False)
+    plain = extract(_cfg(path, probe), tmp_path / "plain", "c", use_ray=False, progress=False)
+    capsys.readouterr()
     split = extract(_cfg(path, probe, shards=2), tmp_path / "split", "c")
+    err = capsys.readouterr().err  # progress between the start and end lines, batch by batch
+    start, end = err.index("extract c: 7 samples, "), err.index("extract c: 7 samples done")
+    ticks = [err.find(f"{k}/7", start) for k in (0, 7)]  # a live bar (batches may tick faster than it draws)
+    assert start < ticks[0] < ticks[1] < end, err
     assert split["layers"] == plain["layers"] and split["n_rows"] == plain["n_rows"] == 7
     a, b = ActivationStore(tmp_path / "plain"), ActivationStore(tmp_path / "split")
     np.testing.assert_array_equal(a.sample_ids("c"), b.sample_ids("c"))

@@ -68,6 +68,10 @@ class BatchExtractor:
         self.run = _runner(self.loaded, self.specs)
         config = getattr(self.loaded.module, "config", None)
         self.kwargs = {"use_cache": False} if config is not None and "use_cache" in config.to_dict() else {}
+        # Segment ids only for models with a token-type embedding (BERT's type_vocab_size). GPT-2
+        # takes token_type_ids as well but adds their *word* embedding: a BERT-style tokenizer's
+        # zeros would shift every position by the embedding of token 0.
+        self.token_types = getattr(config, "type_vocab_size", None) is not None
         # Positions counted over real tokens: left padding does not shift them (as HF generate does).
         self.positions = "position_ids" in inspect.signature(self.run.forward).parameters
 
@@ -110,7 +114,8 @@ class BatchExtractor:
         with LayerCapture(self.loaded.module, self.specs, self.pooler) as capture:
             if "text" in batch:
                 enc = {k: v.to(device) for k, v in tokenize(self.loaded.tokenizer, list(batch["text"]),
-                                                             self.max_tokens).items()}
+                                                             self.max_tokens).items()
+                       if k != "token_type_ids" or self.token_types}
                 if self.positions:
                     enc["position_ids"] = (enc["attention_mask"].cumsum(1) - 1).clamp_min(0)
                 capture.batch(enc["attention_mask"], sids)
@@ -157,10 +162,11 @@ def _unwrap_input_error(exc: BaseException) -> GwrayInputError | None:
     return None
 
 
-def _extract_ray(cfg, checkpoint_path, writer: ActivationWriter, probe: ProbeSet) -> int:
+def _extract_ray(cfg, checkpoint_path, writer: ActivationWriter, probe: ProbeSet, progress: bool) -> int:
     import pandas as pd
     import ray
 
+    ray.data.DataContext.get_current().enable_progress_bars = progress
     blocks = []
     for batch in probe.batches(cfg.probe.batch_size):
         cols = {"sample_id": batch["sample_id"]}
@@ -175,6 +181,10 @@ def _extract_ray(cfg, checkpoint_path, writer: ActivationWriter, probe: ProbeSet
         batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=cfg.resources.extract_actors),
         num_gpus=cfg.resources.gpus_per_extract_actor or None)
     return sum(len(b["sample_id"]) for b in ds.iter_batches(batch_size=None, batch_format="numpy"))
+
+
+def _bar(total: int, checkpoint: str, progress: bool) -> tqdm:
+    return tqdm(total=total, unit="sample", desc=f"extract {checkpoint}", file=sys.stderr, disable=not progress)
 
 
 def extract(cfg, out: "Location | str", checkpoint: str, checkpoint_path: str | None = None,
@@ -193,9 +203,9 @@ def extract(cfg, out: "Location | str", checkpoint: str, checkpoint_path: str | 
     use_ray : bool
         Ray Data pipeline (Ray must be initialised) or the in-process loop.
     progress : bool
-        On stderr: the in-process loop shows a tqdm bar (samples done / total, rate, ETA); the
-        Ray Data and sharded paths, whose batches run in actors, print a start and an end line
-        (samples, seconds).
+        On stderr: the in-process loop and the sharded path show a tqdm bar (samples done /
+        total, rate, ETA; the sharded one between a start and an end line); the Ray Data path,
+        whose batches run in actors, prints a start and an end line (samples, seconds).
 
     Returns
     -------
@@ -227,13 +237,15 @@ def extract(cfg, out: "Location | str", checkpoint: str, checkpoint_path: str | 
         print(f"extract {checkpoint}: {len(probe)} samples, {len(names)} layers via {how}",
               file=sys.stderr, flush=True)
     try:
-        if cfg.model.shards > 1:
+        if cfg.model.shards > 1:  # the last shard's finished batches tick a bar here
             from gwray.models.sharded import extract_sharded
 
-            extract_sharded(cfg, out, checkpoint, checkpoint_path, pooler, writer, probe, tokenize)
+            with _bar(len(probe), checkpoint, progress) as bar:
+                extract_sharded(cfg, out, checkpoint, checkpoint_path, pooler, writer, probe, tokenize,
+                                on_rows=bar.update)
         elif use_ray:
             try:
-                done = _extract_ray(cfg, checkpoint_path, writer, probe)
+                done = _extract_ray(cfg, checkpoint_path, writer, probe, progress)
             except Exception as exc:
                 err = _unwrap_input_error(exc)
                 if err is not None:
@@ -243,8 +255,7 @@ def extract(cfg, out: "Location | str", checkpoint: str, checkpoint_path: str | 
                 raise RuntimeError(f"Ray Data extraction returned {done} of {len(probe)} samples")
         else:
             extractor.writer = writer
-            with tqdm(total=len(probe), unit="sample", desc=f"extract {checkpoint}", file=sys.stderr,
-                      disable=not progress) as bar:
+            with _bar(len(probe), checkpoint, progress) as bar:
                 for batch in probe.batches(cfg.probe.batch_size):
                     extractor(batch)
                     bar.update(len(batch["sample_id"]))

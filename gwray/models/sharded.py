@@ -285,7 +285,8 @@ def _gather(pool: ShardPool, refs: list) -> list:
         raise ShardFailure(f"{where} died mid-run (out of memory or killed?)") from None
 
 
-def run_pipeline(pool: ShardPool, batches, pooler, writer, layer_names: list[str], in_flight: int | None = None) -> int:
+def run_pipeline(pool: ShardPool, batches, pooler, writer, layer_names: list[str], in_flight: int | None = None,
+                 on_rows=None) -> int:
     """Stream micro-batches through the loaded shards; every shard writes its own layers.
 
     Parameters
@@ -298,6 +299,8 @@ def run_pipeline(pool: ShardPool, batches, pooler, writer, layer_names: list[str
         Names of the ``n_blocks + 1`` hidden states (embeddings first).
     in_flight : int, optional
         Micro-batches in the pipeline at once (default ``2 * shards``).
+    on_rows : callable, optional
+        Called with the number of samples of each micro-batch the last shard finished (progress).
 
     Returns
     -------
@@ -315,15 +318,18 @@ def run_pipeline(pool: ShardPool, batches, pooler, writer, layer_names: list[str
     in_flight = in_flight or 2 * len(actors)
     try:
         ray.get([a.set_output.remote(pooler, writer, layer_names) for a in actors])
-        pending, rows = [], 0
+        pending, rows, on_rows = [], 0, on_rows or (lambda n: None)
         for batch in batches:
             ref = ray.put(batch)
             for actor in actors:
                 ref = actor.step.remote(ref)
             pending.append(ref)
             if len(pending) >= in_flight:
-                rows += _gather(pool, [pending.pop(0)])[0]["rows"]
-        rows += sum(r["rows"] for r in _gather(pool, pending))
+                rows += (done := _gather(pool, [pending.pop(0)])[0]["rows"])
+                on_rows(done)
+        while pending:
+            rows += (done := _gather(pool, [pending.pop(0)])[0]["rows"])
+            on_rows(done)
         return rows
     except BaseException:
         pool.close()  # stop every shard before deleting: a live one could still write a part
@@ -332,7 +338,7 @@ def run_pipeline(pool: ShardPool, batches, pooler, writer, layer_names: list[str
 
 
 def extract_sharded(cfg, out, checkpoint: str, checkpoint_path: str | None, pooler, writer, probe,
-                    tokenize) -> int:
+                    tokenize, on_rows=None) -> int:
     """Write one checkpoint's activations with the model split over ``cfg.model.shards`` Ray actors.
 
     Called by :func:`gwray.activations.extract.extract` (which builds ``pooler`` and ``writer``,
@@ -354,6 +360,8 @@ def extract_sharded(cfg, out, checkpoint: str, checkpoint_path: str | None, pool
         Text probe; micro-batches are :meth:`ProbeSet.batches` of ``cfg.probe.batch_size``.
     tokenize : callable
         ``tokenize(tokenizer, texts, max_tokens) -> {"input_ids", "attention_mask"}`` (from activations/).
+    on_rows : callable, optional
+        Progress: called with the samples of each finished micro-batch.
 
     Returns
     -------
@@ -391,7 +399,7 @@ def extract_sharded(cfg, out, checkpoint: str, checkpoint_path: str | None, pool
     pool = start_shards(cfg.model.shards, cfg.resources.gpus_per_shard)
     try:
         load_shards(pool, skeleton.path, cfg.model.dtype, device)
-        done = run_pipeline(pool, batches(), pooler, writer, writer.layer_names)
+        done = run_pipeline(pool, batches(), pooler, writer, writer.layer_names, on_rows=on_rows)
     finally:
         pool.close()
     if done != len(probe):
