@@ -1,11 +1,13 @@
 """k8s/: every manifest validates against the KubeRay CRD schemas, and follows our policies.
 
-The CRDs (RayCluster, RayJob with their OpenAPI v3 schemas) live outside the repository, in
-``../shared/kuberay-crds/`` next to the repository root; the schema tests skip without them.
+The CRDs (RayCluster, RayJob with their OpenAPI v3 schemas) live outside the repository: in the
+directory ``GWRAY_KUBERAY_CRDS`` names, else ``../shared/kuberay-crds/`` next to the repository
+root; the schema tests skip without them (k8s/README.md says how to get them).
 """
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shlex
 import tomllib
@@ -16,10 +18,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
-CRDS = ROOT.parent / "shared" / "kuberay-crds"
+CRDS = Path(os.environ.get("GWRAY_KUBERAY_CRDS") or ROOT.parent / "shared" / "kuberay-crds")
 CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
 IMAGE_HOME = "/home/ray/gwray"  # WORKDIR of k8s/Dockerfile: the repository's files live here
-MANIFESTS = ["raycluster.yaml", "rayjob-analyze.yaml", "rayjob-compare.yaml"]
+MANIFESTS = ["raycluster.yaml", "rayjob-analyze.yaml", "rayjob-compare.yaml", "rayjob-large-llm.yaml"]
+RAYJOBS = [m for m in MANIFESTS if m.startswith("rayjob-")]
 
 
 def pinned_ray() -> str:
@@ -49,8 +52,12 @@ def strict(schema):
 
 @pytest.fixture(scope="module")
 def validators():
-    if not CRDS.is_dir():
-        pytest.skip(f"KubeRay CRDs not found at {CRDS} (../shared/kuberay-crds next to the repo)")
+    missing = [f for f in CRD_FILES.values() if not (CRDS / f).is_file()]
+    if missing:
+        pytest.skip(f"KubeRay CRDs {', '.join(missing)} not found in {CRDS}: set GWRAY_KUBERAY_CRDS to a "
+                    "directory holding them, from a KubeRay release (helm-chart/kuberay-operator/crds/ of "
+                    "github.com/ray-project/kuberay at the operator's tag) or a cluster (`kubectl get crd "
+                    "rayjobs.ray.io -o yaml > ray.io_rayjobs.yaml`, likewise rayclusters.ray.io)")
     jsonschema = pytest.importorskip("jsonschema")
     out = {}
     for kind, fname in CRD_FILES.items():
@@ -202,7 +209,8 @@ def config_map() -> dict[str, str]:
 
 
 @pytest.mark.parametrize("name, script, min_ckpts", [("rayjob-analyze.yaml", "jobs/analyze.py", 1),
-                                                     ("rayjob-compare.yaml", "jobs/compare.py", 2)])
+                                                     ("rayjob-compare.yaml", "jobs/compare.py", 2),
+                                                     ("rayjob-large-llm.yaml", "jobs/analyze.py", 1)])
 def test_rayjob_entrypoint_script_and_config(name, script, min_ckpts):
     from gwray.config import load_config
 
@@ -222,7 +230,63 @@ def test_rayjob_entrypoint_script_and_config(name, script, min_ckpts):
     cfg = load_config(yaml.safe_load(config_map()[path.name]))
     assert cfg.output.startswith("s3://")
     assert (cfg.model.checkpoints is not None) == (min_ckpts > 1)
-    assert cfg.resources.gpus_per_worker == 0 or min_ckpts > 1  # analyze runs without GPUs
+    if name == "rayjob-analyze.yaml":  # the MiniLM analysis runs without GPUs
+        assert cfg.resources.gpus_per_worker == 0 and cfg.model.shards == 1
+
+
+def job_config(doc: dict):
+    """The run config a RayJob's entrypoint reads: its ConfigMap entry, validated."""
+    from gwray.config import load_config
+
+    return load_config(yaml.safe_load(config_map()[Path(shlex.split(doc["spec"]["entrypoint"])[2]).name]))
+
+
+def _gpus(c) -> int:
+    return int(c["resources"]["limits"].get("nvidia.com/gpu", 0))
+
+
+@pytest.mark.parametrize("name", RAYJOBS)
+def test_gpu_group_holds_the_configs_gpus(name):
+    """At full scale the GPU group holds every GPU actor of the config at once: shard actors
+    (shards x gpus_per_shard), Ray Data model actors and GW workers (workers x gpus_per_worker),
+    each within one pod's GPUs and CPUs."""
+    doc = load(name)
+    res, model = (cfg := job_config(doc)).resources, cfg.model
+    shard_gpus = model.shards * res.gpus_per_shard if model.shards > 1 else 0
+    extract_gpus = res.extract_actors * res.gpus_per_extract_actor if model.shards == 1 else 0
+    need = shard_gpus + extract_gpus + res.workers * res.gpus_per_worker
+    gpu = {g["groupName"]: g for g in cluster_spec(doc)["workerGroupSpecs"]}["gpu"]
+    (c,) = gpu["template"]["spec"]["containers"]
+    assert gpu["maxReplicas"] * _gpus(c) >= need, (name, need)
+    assert max(res.gpus_per_shard, res.gpus_per_worker, res.gpus_per_extract_actor) <= _gpus(c)
+    if res.gpus_per_worker:  # GPU GW workers also take their CPUs on the GPU nodes
+        assert gpu["maxReplicas"] * float(c["resources"]["limits"]["cpu"]) >= res.workers * res.cpus_per_worker
+
+
+@pytest.mark.parametrize("name", RAYJOBS)
+def test_model_and_probe_files_are_mounted_where_the_config_reads_them(name):
+    """Every pod (the driver on the head, shard / extraction actors on workers) sees the model
+    directory and checkpoints at the config's paths; the head (where the probe is read) the probe."""
+    doc = load(name)
+    cfg = job_config(doc)
+    model_paths = [] if cfg.model.path == "minilm" else [cfg.model.path]  # minilm: inside the image
+    model_paths += [cfg.model.checkpoints] if isinstance(cfg.model.checkpoints, str) else cfg.model.checkpoints or []
+    probe = [] if cfg.probe.source.startswith("builtin:") else [cfg.probe.source]
+    for pod_name, pod in pod_specs(doc).items():
+        if pod_name == "submitter":
+            continue
+        (c,) = pod["containers"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = [m["mountPath"] for m in c.get("volumeMounts", [])
+                  if "persistentVolumeClaim" in volumes[m["name"]] and m.get("readOnly")]
+        for path in model_paths + (probe if pod_name == "head" else []):
+            assert any(Path(path).is_relative_to(m) for m in mounts), (name, pod_name, path)
+
+
+def test_large_llm_job_runs_the_shipped_template():
+    from gwray.config import load_config
+
+    assert job_config(load("rayjob-large-llm.yaml")) == load_config(ROOT / "configs" / "large-llm.yaml")
 
 
 def test_configmap_configs_load():
