@@ -203,7 +203,8 @@ def test_without_baselines_nothing_changes(two, tmp_path):
     plain, _, _ = two
     # heatmap, gap, dendrogram per checkpoint + timeline + one cross matrix
     assert len(_imgs(plain)) == 8
-    assert "baselines" not in plain and "CKA" not in plain
+    text = re.sub(r'src="data:image/png;base64,[^"]+"', "", plain)  # base64 may spell "CKA"
+    assert "baselines" not in text and "CKA" not in text
     root, _ = make_run(tmp_path / "nokey", THREE[:2])
     comm = json.loads((root / "communities.json").read_text())
     del comm["baselines"]  # communities.json from before gw.baselines existed
@@ -306,3 +307,76 @@ def test_build_report_on_s3(tmp_path, s3_bucket):
     html = loc.child("report.html").read_bytes().decode()
     assert len(_imgs(html)) == 3 and "blocks.4 – blocks.7" in html
     assert loc.child("heatmap.png").read_bytes().startswith(PNG)
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """Every Figure the report draws, drawn on an Agg canvas, instead of its PNG bytes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from gwray.report import figures
+
+    figs = []
+
+    def keep(fig):
+        FigureCanvasAgg(fig).draw()
+        figs.append(fig)
+        return PNG
+
+    monkeypatch.setattr(figures, "_png", keep)
+    return figs
+
+
+def _texts(ax):
+    return [t.get_text() for t in ax.texts]
+
+
+def test_small_heatmap_cells_carry_values_and_the_band_is_labelled(drawn):
+    from gwray.report import figures
+
+    labels = [0, 0, 1, 1, 1, 2]
+    D = planted(labels)
+    figures.heatmap(D, [f"l{i}" for i in range(6)], labels, normalize="mean")
+    ax, bar = drawn[0].axes
+    cells = [t for t in ax.texts if t.get_position()[1] >= 0]
+    assert sorted(t.get_text() for t in cells) == sorted(f"{v:.2g}" for v in D.ravel())
+    for t in cells:  # each value sits in its own cell
+        j, i = t.get_position()
+        assert t.get_text() == f"{D[int(i), int(j)]:.2g}"
+    band = [t.get_text() for t in ax.texts if t.get_position()[1] < 0]
+    assert "group" in band and sorted(b for b in band if b != "group") == ["1", "2", "3"]
+    assert bar.get_ylabel() == "GW distance (costs ÷ their mean)"
+    drawn.clear()
+    big = planted([0] * 13 + [1] * 12)
+    figures.heatmap(big, [f"l{i}" for i in range(25)], None)  # L = 25: too small to read, none
+    assert _texts(drawn[0].axes[0]) == [] and drawn[0].axes[1].get_ylabel() == "GW distance"
+
+
+def test_scatter_legend_covers_no_point(drawn):
+    from gwray.report import figures
+
+    rng = np.random.default_rng(0)
+    D = planted([0] * 4 + [1] * 4)
+    lb = D * rng.uniform(0.0, 1.0, D.shape)  # points all over the square, the upper left too
+    figures.gap_view(D, (lb + lb.T) / 2, [f"l{i}" for i in range(8)])
+    scatter_ax = drawn[0].axes[-1]
+    box = scatter_ax.get_legend().get_window_extent()
+    points = scatter_ax.collections[0].get_offsets()
+    pixels = scatter_ax.transData.transform(points)
+    inside = (pixels[:, 0] >= box.x0) & (pixels[:, 0] <= box.x1) & (pixels[:, 1] >= box.y0) & (pixels[:, 1] <= box.y1)
+    assert len(points) == 28 and not inside.any()
+
+
+@pytest.mark.parametrize("normalize, label", [("max", "GW distance (costs ÷ their max)"),
+                                              ("none", "GW distance (raw costs)")])
+def test_every_gw_axis_says_how_costs_were_normalised(tmp_path, drawn, normalize, label):
+    root = tmp_path / "run"
+    make_run(root, [("a", 1, [0, 0, 1, 1]), ("b", 2, [0, 1, 1, 1])], baselines=True)
+    info = json.loads((root / "run.json").read_text())
+    info["config"]["costs"] = {"metric": "euclidean", "normalize": normalize}
+    (root / "run.json").write_text(json.dumps(info))
+    build_report(root)
+    gw_axes = [t for fig in drawn for ax in fig.axes
+               for t in (ax.get_ylabel(), ax.get_title()) if re.search(r"GW distance\b(?!s)", t)]
+    # per checkpoint: heatmap bar, dendrogram axis, baselines panel (title and bar); one cross bar
+    assert len(gw_axes) >= 2 * 4 + 1 and all(label in t for t in gw_axes), gw_axes

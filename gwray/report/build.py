@@ -48,17 +48,19 @@ def build_report(out: Location | str) -> Path | str:
         :func:`gwray.report.rundir.load_run_dir`). Nothing is written then.
     """
     data = load_run_dir(out)
+    norm = ((data.info.get("config") or {}).get("costs") or {}).get("normalize")  # on every GW axis
     images: dict = {}
     for ckpt in data.checkpoints:
         res, D = data.result(ckpt), data.gw[ckpt]
         names, labels = res["names"], np.asarray(res["labels"])
         imgs = {"heatmap": figures.heatmap(D, names, labels, f"GW distances between layers · {ckpt} · "
-                                           f"{res['k']} groups ({data.method})"),
+                                           f"{res['k']} groups ({data.method})", norm),
                 "gap": figures.gap_view(D, data.lower_bound[ckpt], names, f"solver certainty · {ckpt}")}
-        imgs["dendrogram"] = (figures.dendrogram(D, names, labels) if len(names) > 1 else imgs["heatmap"])
+        imgs["dendrogram"] = (figures.dendrogram(D, names, labels, normalize=norm) if len(names) > 1
+                              else imgs["heatmap"])
         if data.baselines.get(ckpt):
             imgs["baselines"] = figures.beside_baselines(D, data.baselines[ckpt], names, labels,
-                                                         f"GW beside the baselines · {ckpt}")
+                                                         f"GW beside the baselines · {ckpt}", norm)
         st = (data.communities.get("stability") or {}).get(ckpt)
         if st and st.get("co_assignment"):
             imgs["coassignment"] = figures.coassignment(np.asarray(st["co_assignment"]), names,
@@ -72,7 +74,8 @@ def build_report(out: Location | str) -> Path | str:
     order = {c: i for i, c in enumerate(data.checkpoints)}
     shown = sorted((k for k in data.cross if k[0] in order and k[1] in order),
                    key=lambda k: (order[k[1]] - order[k[0]] != 1, order[k[0]], order[k[1]]))
-    images["cross"] = {(a, b): figures.cross_heatmap(data.cross[(a, b)], data.layers[a], data.layers[b], a, b)
+    images["cross"] = {(a, b): figures.cross_heatmap(data.cross[(a, b)], data.layers[a], data.layers[b], a, b,
+                                                     norm)
                        for a, b in shown[:MAX_CROSS]}
     html = render_html(data, images, figures.group_color)
     last = images[data.checkpoints[-1]]

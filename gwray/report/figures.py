@@ -24,6 +24,17 @@ _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#
             "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896")
 
 
+#: L at or below which every matrix cell is labelled with its value
+ANNOTATE_MAX = 24
+_NORMALIZED = {"mean": "costs ÷ their mean", "max": "costs ÷ their max", "median": "costs ÷ their median",
+               "none": "raw costs"}
+
+
+def gw_label(normalize: str | None) -> str:
+    """"GW distance" with how each layer's cost matrix was scaled (``costs.normalize``)."""
+    return f"GW distance ({_NORMALIZED[normalize]})" if normalize in _NORMALIZED else "GW distance"
+
+
 def group_color(g: int) -> str:
     """Colour of group id g (cycles after 14 groups)."""
     return _PALETTE[int(g) % len(_PALETTE)]
@@ -60,17 +71,32 @@ def _side(L: int, cap: float = 11.0) -> float:
     return min(cap, 3.2 + 0.28 * L)
 
 
+def _annotate(ax, im, M: np.ndarray) -> None:
+    """Write each cell's value in it (small matrices only), dark on light cells and vice versa."""
+    if max(M.shape) > ANNOTATE_MAX:
+        return
+    size = 7 if max(M.shape) <= 12 else 5
+    for (i, j), v in np.ndenumerate(M):
+        if np.isfinite(v):
+            r, g, b, _ = im.cmap(im.norm(v))
+            ink = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+            ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=size, color=ink)
+
+
 def _matrix_panel(fig: Figure, ax, M: np.ndarray, names: list[str], label: str, labels=None,
                   **imshow) -> None:
-    """Draw the (L, L) matrix M on ax in depth order, with its colour bar and layer ticks.
+    """Draw the (L, L) matrix M on ax in depth order, with its colour bar and layer ticks; with
+    L ≤ ``ANNOTATE_MAX`` each cell also carries its value.
 
     Given group ids ``labels`` (shape (L,)), white lines mark the boundaries where the group
-    changes between consecutive layers, and a strip above the matrix shows each layer's group
-    colour (non-contiguous groups repeat). ``imshow`` goes to ``Axes.imshow`` (cmap, vmin, vmax).
+    changes between consecutive layers, and a strip above the matrix, labelled "group", shows
+    each layer's group colour with the group's number where a run of it starts (non-contiguous
+    groups repeat). ``imshow`` goes to ``Axes.imshow`` (cmap, vmin, vmax).
     """
     im = ax.imshow(M, interpolation="nearest", **imshow)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=label)
     _ticks(ax, names)
+    _annotate(ax, im, M)
     if labels is None:
         return
     for b in _boundaries(labels):
@@ -78,10 +104,15 @@ def _matrix_panel(fig: Figure, ax, M: np.ndarray, names: list[str], label: str, 
         ax.axvline(b - 0.5, color="white", lw=2)
     for i, g in enumerate(labels):
         ax.add_patch(Rectangle((i - 0.5, -1.6), 1, 0.9, color=group_color(g), clip_on=False))
+    for i in [0, *_boundaries(labels)]:
+        ax.text(i - 0.4, -1.15, str(int(labels[i]) + 1), ha="left", va="center", fontsize=6, color="white",
+                fontweight="bold", clip_on=False)
+    ax.text(-0.6, -1.15, "group", ha="right", va="center", fontsize=7, clip_on=False)
     ax.set_ylim(len(names) - 0.5, -1.7)
 
 
-def heatmap(D: np.ndarray, names: list[str], labels=None, title: str = "") -> bytes:
+def heatmap(D: np.ndarray, names: list[str], labels=None, title: str = "",
+            normalize: str | None = None) -> bytes:
     """The distance matrix in depth order, group boundaries as lines, group colours on a strip.
 
     Parameters
@@ -93,22 +124,24 @@ def heatmap(D: np.ndarray, names: list[str], labels=None, title: str = "") -> by
         Group id per layer; boundaries are drawn where it changes between consecutive layers,
         and the strip shows the colour of each layer's group (non-contiguous groups repeat).
     title : str
+    normalize : str, optional
+        ``costs.normalize`` of the run, named on the colour bar (:func:`gw_label`).
 
     Returns
     -------
     bytes
-        PNG.
+        PNG; with L ≤ ``ANNOTATE_MAX`` every cell carries its value.
     """
     side = _side(len(names))
     fig = Figure(figsize=(side + 1.4, side), layout="constrained")
     ax = fig.add_subplot(111)
-    _matrix_panel(fig, ax, D, names, "GW distance", labels, cmap="viridis")
+    _matrix_panel(fig, ax, D, names, gw_label(normalize), labels, cmap="viridis")
     ax.set_title(title, fontsize=11, pad=4)
     return _png(fig)
 
 
 def beside_baselines(D: np.ndarray, baselines: dict, names: list[str], labels=None,
-                     title: str = "") -> bytes:
+                     title: str = "", normalize: str | None = None) -> bytes:
     """The GW matrix beside the baseline matrices of the same layers, one panel each.
 
     Every panel has the same layer order and the same group boundaries (the GW groups).
@@ -127,6 +160,8 @@ def beside_baselines(D: np.ndarray, baselines: dict, names: list[str], labels=No
     labels : array_like, shape (L,), optional
         Group id per layer.
     title : str
+    normalize : str, optional
+        ``costs.normalize`` of the run (:func:`gw_label`).
 
     Returns
     -------
@@ -140,6 +175,7 @@ def beside_baselines(D: np.ndarray, baselines: dict, names: list[str], labels=No
     fig = Figure(figsize=(ncols * (side + 1.4), nrows * side + 0.4), layout="constrained")
     for k, (kind, M) in enumerate(panels):
         what, similar = MEANING[kind]
+        what = gw_label(normalize) if kind == "gw" else what
         ax = fig.add_subplot(nrows, ncols, k + 1)
         _matrix_panel(fig, ax, M, names, what, labels, cmap="viridis_r" if similar else "viridis")
         ax.set_title(f"{what} · high = {'similar' if similar else 'distant'}", fontsize=10, pad=4)
@@ -183,14 +219,15 @@ def gap_view(gw: np.ndarray, lower_bound: np.ndarray, names: list[str], title: s
     ax2.set_xlabel("lower bound (TLB)")
     ax2.set_ylabel("GW value found")
     ax2.set_title("every pair: value vs lower bound", fontsize=10)
-    ax2.legend(fontsize=8, loc="upper left")
+    ax2.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.08), borderaxespad=0)  # above: covers no point
     ax2.set_box_aspect(1)
     if title:
         fig.suptitle(title, fontsize=11)
     return _png(fig)
 
 
-def dendrogram(D: np.ndarray, names: list[str], labels=None, title: str = "") -> bytes:
+def dendrogram(D: np.ndarray, names: list[str], labels=None, title: str = "",
+               normalize: str | None = None) -> bytes:
     """Average-linkage dendrogram of the layers (scipy), leaf labels coloured by group.
 
     Parameters
@@ -198,6 +235,8 @@ def dendrogram(D: np.ndarray, names: list[str], labels=None, title: str = "") ->
     D : np.ndarray, shape (L, L), L ≥ 2
     names : list of str, length L
     labels : array_like, shape (L,), optional
+    normalize : str, optional
+        ``costs.normalize`` of the run (:func:`gw_label`).
 
     Returns
     -------
@@ -218,7 +257,7 @@ def dendrogram(D: np.ndarray, names: list[str], labels=None, title: str = "") ->
         where = {n: i for i, n in enumerate(names)}
         for tick in ax.get_xticklabels():
             tick.set_color(group_color(labels[where[tick.get_text()]]))
-    ax.set_ylabel("GW distance (average linkage)")
+    ax.set_ylabel(f"{gw_label(normalize)}, average linkage")
     ax.set_title(title or f"hierarchy of {L} layers (leaf colour = group)", fontsize=10)
     return _png(fig)
 
@@ -292,7 +331,8 @@ def coassignment(co: np.ndarray, names: list[str], mean_ari: float) -> bytes:
     return _png(fig)
 
 
-def cross_heatmap(M: np.ndarray, names_a: list[str], names_b: list[str], a: str, b: str) -> bytes:
+def cross_heatmap(M: np.ndarray, names_a: list[str], names_b: list[str], a: str, b: str,
+                  normalize: str | None = None) -> bytes:
     """Layers of checkpoint a (rows) against layers of checkpoint b (columns).
 
     Parameters
@@ -302,6 +342,8 @@ def cross_heatmap(M: np.ndarray, names_a: list[str], names_b: list[str], a: str,
     names_a, names_b : list of str
     a, b : str
         Checkpoint ids.
+    normalize : str, optional
+        ``costs.normalize`` of the run (:func:`gw_label`).
 
     Returns
     -------
@@ -313,7 +355,8 @@ def cross_heatmap(M: np.ndarray, names_a: list[str], names_b: list[str], a: str,
     fig = Figure(figsize=(side + 1.2, side * La / max(La, Lb) + 0.8), layout="constrained")
     ax = fig.add_subplot(111)
     im = ax.imshow(M, cmap="viridis", interpolation="nearest", aspect="auto")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="GW distance")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=gw_label(normalize))
+    _annotate(ax, im, M)
     best = np.nanargmin(np.where(np.isnan(M), np.inf, M), axis=1)
     ax.scatter(best, np.arange(La), s=18, color="white", edgecolors="black", linewidths=0.5)
     _ticks(ax, names_b, "x")
