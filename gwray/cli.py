@@ -1,4 +1,4 @@
-"""The ``gwray`` command: ``run``, ``compare``, ``report``, ``demo`` and ``prune``.
+"""The ``gwray`` command: ``run``, ``compare``, ``report``, ``demo``, ``prune`` and ``plan``.
 
 Exit codes: 0 on success, 2 on bad input (:class:`~gwray.errors.GwrayInputError`; one line on
 stderr that names the thing at fault), 1 on an internal failure (a short message; set
@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gwray.prune.command import add_parser as add_prune_parser
 
     add_prune_parser(sub, _EPILOG)
+    from gwray.sizing import add_parser as add_plan_parser
+
+    add_plan_parser(sub, _EPILOG)
     return parser
 
 

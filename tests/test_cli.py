@@ -13,7 +13,7 @@ from gwray import cli
 from gwray.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ["run", "compare", "report", "demo"]
+COMMANDS = ["run", "compare", "report", "demo", "plan"]
 
 
 @pytest.mark.parametrize("argv", [[]] + [[c] for c in COMMANDS])

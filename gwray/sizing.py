@@ -1,0 +1,385 @@
+"""``gwray plan CONFIG``: what a run will capture, store, hold in memory and take, before it runs.
+
+HF models are read as a meta-device module tree built from ``config.json`` (no weight is read);
+a sharded model's blocks are split as the run splits them. Time comes from rates: a short
+calibration on this machine (matrix-multiply FLOP/s, one GW pair solved on random data), or rates
+measured on the cluster's GPUs and passed in (``--rate``).
+"""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gwray.config import RunConfig
+from gwray.errors import GwrayInputError
+
+#: Rates a user may pass (``--rate NAME=VALUE``), measured on the hardware the run will use.
+RATE_NAMES = {"forward_flops": "FLOP/s of one model replica or shard in the forward pass",
+              "gw_pair_s": "seconds one GW worker takes for one pair at this run's n",
+              "figure_s": "seconds the driver takes to draw one L x L figure of the report"}
+_SOLVER_ARRAYS = 6  # n x n float64 arrays one GW solve holds (costs, coupling, gradient, ...)
+_CAL_N = 160        # samples of the calibration GW pair (the time scales as n^3)
+
+
+@dataclass
+class RunSize:
+    """What :func:`size_run` finds. Bytes are bytes, times seconds.
+
+    Attributes
+    ----------
+    layers : dict
+        Checkpoint id → layer names in depth order (what the run captures).
+    dims : dict
+        Checkpoint id → stored vector width per layer.
+    exact_layers : bool
+        False for ``layers.select: all`` (the run drops modules a forward pass never calls).
+    n_samples, rows_per_sample : int
+        Probe samples; rows each stores (``tokens:K`` pooling: K).
+    pairs_within, pairs_cross : int
+        GW pairs inside checkpoints and between them (``compare.cross``).
+    activation_bytes : int
+        ``OUT/activations`` on disk (Parquet).
+    cost_bytes : int
+        Every layer's (n, n) float64 cost matrix, which the GW workers compute and cache.
+    weight_bytes : int
+        The model's parameters in ``model.dtype``.
+    forward_params : int
+        Parameters a forward pass multiplies with (the base model's, embedding tables excluded).
+    index_bytes : int or None
+        ``total_size`` of the safetensors index (the files on disk), when there is one.
+    shard_bytes : list of int
+        Peak memory per shard (one entry for an unsharded model): its weights plus in-flight
+        micro-batch activations.
+    worker_bytes : int
+        Peak memory per GW worker: its cost-matrix cache plus the solves in flight.
+    seconds : dict
+        Stage → estimated seconds (activations, pairs, communities, report).
+    rates : dict
+        The rates behind ``seconds`` and where each came from (``calibrated`` or ``given``).
+    """
+
+    layers: dict
+    dims: dict
+    exact_layers: bool
+    n_samples: int
+    rows_per_sample: int
+    pairs_within: int
+    pairs_cross: int
+    activation_bytes: int
+    cost_bytes: int
+    weight_bytes: int
+    forward_params: int
+    index_bytes: int | None
+    shard_bytes: list
+    worker_bytes: int
+    seconds: dict = field(default_factory=dict)
+    rates: dict = field(default_factory=dict)
+
+
+def _width(module, hidden: int) -> int:
+    """Last-dimension width of a module's output, from its parameters' shapes (no forward pass)."""
+    for attr in ("out_features", "embedding_dim", "nf"):  # Linear, Embedding, HF Conv1D
+        if isinstance(getattr(module, attr, None), int):
+            return getattr(module, attr)
+    shape = getattr(module, "normalized_shape", None)  # LayerNorm, RMSNorm
+    if shape:
+        return int(shape[-1])
+    return hidden
+
+
+def _layers_and_dims(cfg: RunConfig, path, probe) -> tuple[list[str], list[int], object]:
+    """The captured layer names and their pooled widths, and the (meta or small) loaded model."""
+    from gwray.activations.capture import select_layers
+    from gwray.models.loaders import load_model
+
+    loaded = load_model(cfg.model, path, device="cpu", meta=True)
+    if loaded.kind != "hf":  # toy / factory models are small and real: pool two samples exactly
+        from gwray.activations.extract import BatchExtractor
+
+        pooled = BatchExtractor(cfg, path, device="cpu").pooled(probe.batch(0, min(2, len(probe))))
+        return list(pooled), [int(rows.shape[1]) for rows, _ in pooled.values()], loaded
+    config = loaded.module.config
+    hidden = next(getattr(config, k) for k in ("hidden_size", "n_embd", "d_model") if hasattr(config, k))
+    specs = select_layers(loaded, cfg.layers.select)
+    block_like = set(loaded.block_names) | {loaded.base_prefix}
+    dims = [hidden if s.module in block_like else _width(loaded.module.get_submodule(s.module), hidden)
+            for s in specs]
+    if cfg.layers.pooling == "flatten":
+        dims = [d * cfg.probe.max_tokens for d in dims]
+    return [s.name for s in specs], dims, loaded
+
+
+def _parquet_part_bytes(rows: int, width: int, dtype: str) -> int:
+    """Bytes of one activation part as the store writes it (random values: floats barely compress)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    values = np.random.default_rng(0).standard_normal(rows * width).astype(dtype)
+    table = pa.table({"sample_id": pa.array(np.arange(rows, dtype=np.int64)),
+                      "vector": pa.ListArray.from_arrays(pa.array(np.arange(0, rows * width + 1, width,
+                                                                            dtype=np.int32)),
+                                                         pa.array(values))})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return len(buf.getvalue())
+
+
+def _activation_bytes(dims: list[int], rows: int, batch_rows: int, dtype: str) -> int:
+    full, last = divmod(rows, batch_rows)
+    total, sizes = 0, {}
+    for d in dims:
+        for r, count in ((batch_rows, full), (last, 1 if last else 0)):
+            if count:
+                if (r, d) not in sizes:
+                    sizes[r, d] = _parquet_part_bytes(r, d, dtype)
+                total += count * sizes[r, d]
+    return total
+
+
+def _index_bytes(path) -> int | None:
+    from gwray.models.families import INDEX
+    from gwray.models.loaders import resolve_model_path
+
+    try:
+        index = resolve_model_path(path) / INDEX
+        return int(json.loads(index.read_text())["metadata"]["total_size"]) if index.is_file() else None
+    except (GwrayInputError, OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _forward_params(loaded) -> int:
+    """Parameters of the modules a forward pass runs, less embedding tables (a lookup, no FLOPs)."""
+    import torch
+
+    base = getattr(loaded.module, "base_model", loaded.module) if loaded.kind == "hf" else loaded.module
+    tables = {id(p) for m in base.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    return sum(p.numel() for p in base.parameters() if id(p) not in tables)
+
+
+def _shard_params(cfg: RunConfig, path, loaded) -> list[int]:
+    """Parameters each shard holds, split as :func:`gwray.models.sharded.load_shards` splits them."""
+    if cfg.model.shards == 1 or loaded.kind != "hf":
+        return [sum(p.numel() for p in loaded.module.parameters())]
+    from gwray.models import families
+    from gwray.models.sharded import block_weights, plan_blocks
+
+    base, family = families.build_empty(loaded.module.config)
+    weights = block_weights(base, family)
+    return [sum(weights[a:b]) for a, b in plan_blocks(weights, cfg.model.shards)]
+
+
+def calibrate(n: int, n_layers: int, cfg: RunConfig) -> dict:
+    """This machine's rates: float32 matmul FLOP/s, one GW pair (random data, the run's solver
+    settings) at ``min(n, 160)`` samples scaled to ``n`` as n^3, and one report heatmap of
+    ``n_layers`` layers. About two seconds."""
+    import torch
+
+    from gwray.report.figures import heatmap
+
+    from gwray.gw.costs import cost_matrix
+    from gwray.gw.solver import gromov_wasserstein
+
+    a, b = torch.randn(512, 1024), torch.randn(1024, 1024)
+    a @ b  # warm-up
+    t0, reps = time.perf_counter(), 0
+    while time.perf_counter() - t0 < 0.3:
+        a @ b
+        reps += 1
+    flops = 2 * 512 * 1024 * 1024 * reps / (time.perf_counter() - t0)
+    m = min(n, _CAL_N)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((m, 32))
+    costs = [cost_matrix(v, metric=cfg.costs.metric, normalize=cfg.costs.normalize)
+             for v in (x, x @ rng.standard_normal((32, 32)) + 0.3 * rng.standard_normal((m, 32)))]
+    solve = functools.partial(gromov_wasserstein, aligned=True, starts=tuple(cfg.gw.starts),
+                              max_iter=cfg.gw.max_iter, tol=cfg.gw.tol)
+    solve(costs[0][:8, :8], costs[1][:8, :8])  # compiles the numba kernels outside the timing
+    t0 = time.perf_counter()
+    solve(*costs)
+    pair = (time.perf_counter() - t0) * (n / m) ** 3
+    t0 = time.perf_counter()
+    heatmap(rng.uniform(size=(n_layers, n_layers)), [f"layer {i}" for i in range(n_layers)], np.arange(n_layers) // 3)
+    return {"forward_flops": flops, "gw_pair_s": pair, "figure_s": time.perf_counter() - t0}
+
+
+def _forward_tokens(cfg: RunConfig, probe, tokenizer) -> int:
+    """Token positions the forward passes run over: per batch, its rows × its padded length."""
+    if tokenizer is None or probe.texts is None:
+        return len(probe)
+    total = 0
+    for batch in probe.batches(cfg.probe.batch_size):
+        lengths = [len(ids) for ids in tokenizer(list(batch["text"]), truncation=True,
+                                                 max_length=cfg.probe.max_tokens)["input_ids"]]
+        total += len(lengths) * max(lengths)
+    return total
+
+
+def size_run(cfg: RunConfig, rates: dict | None = None, calibrate_here: bool = True) -> RunSize:
+    """Size a run without running it (nor reading a weight).
+
+    Parameters
+    ----------
+    cfg : RunConfig
+    rates : dict, optional
+        ``forward_flops`` and/or ``gw_pair_s`` (see ``RATE_NAMES``) measured where the run will
+        go; the others come from :func:`calibrate`.
+    calibrate_here : bool
+        Without it, rates not given leave the times out.
+
+    Returns
+    -------
+    RunSize
+
+    Raises
+    ------
+    GwrayInputError
+        What a run would refuse before extraction: missing model, checkpoint or probe, a bad
+        layer selection, fewer than 2 layers, ``graph.k`` above the layer count, unknown rates.
+    """
+    from gwray.pipeline import check_inputs
+    from gwray.preflight import check_layer_count
+    from gwray.scheduler.plan import plan_pairs
+
+    unknown = set(rates or {}) - set(RATE_NAMES)
+    if unknown:
+        raise GwrayInputError(f"rate {sorted(unknown)[0]!r}: expected one of {', '.join(RATE_NAMES)}")
+    checkpoints, probe = check_inputs(cfg)
+    layers, dims, per_ckpt = {}, {}, []
+    for ckpt, path in checkpoints:
+        layers[ckpt], dims[ckpt], loaded = _layers_and_dims(cfg, path, probe)
+        check_layer_count(cfg, ckpt, layers[ckpt])
+        per_ckpt.append((path, loaded))
+    path, loaded = per_ckpt[0]
+    pooling = cfg.layers.pooling
+    k = int(pooling.split(":")[1]) if pooling.startswith("tokens:") else 1
+    n = len(probe)
+    rows = n * k
+    plan = plan_pairs(layers, cfg.compare.cross)
+    within = sum(t.within for t in plan)
+    n_layers = sum(len(v) for v in layers.values())
+    storage = cfg.layers.storage_dtype
+    act_bytes = sum(_activation_bytes(d, rows, cfg.probe.batch_size * k, storage) for d in dims.values())
+    cost_bytes = n_layers * rows * rows * 8
+    itemsize = {"float32": 4, "float16": 2, "bfloat16": 2}[cfg.model.dtype]
+    shard_params = _shard_params(cfg, path, loaded)
+    hidden_max = max(max(d) for d in dims.values())
+    in_flight = 2 * cfg.model.shards if cfg.model.shards > 1 else 1
+    micro = in_flight * cfg.probe.batch_size * cfg.probe.max_tokens * hidden_max * 4 * 4
+    solve = _SOLVER_ARRAYS * rows * rows * 8
+    batch = cfg.resources.batch_pairs if cfg.resources.gpus_per_worker > 0 else 1
+    worker = min(2 << 30, cost_bytes) + batch * solve  # cache cap of gwray.scheduler.workers
+    size = RunSize(layers, dims, cfg.layers.select != "all" or loaded.kind != "hf", n, k, within,
+                   len(plan) - within, act_bytes, cost_bytes, sum(shard_params) * itemsize,
+                   _forward_params(loaded), _index_bytes(path or cfg.model.path) if loaded.kind == "hf" else None,
+                   [p * itemsize + micro for p in shard_params], worker)
+    given = dict(rates or {})
+    longest = max(len(v) for v in layers.values())
+    measured = calibrate(rows, longest, cfg) if calibrate_here and set(RATE_NAMES) - set(given) else {}
+    size.rates = {name: (given[name], "given") if name in given else (measured[name], "calibrated")
+                  for name in RATE_NAMES if name in given or name in measured}
+    if len(size.rates) == len(RATE_NAMES):
+        size.seconds = _stage_seconds(cfg, size, _forward_tokens(cfg, probe, loaded.tokenizer),
+                                      {k: v for k, (v, _) in size.rates.items()})
+    return size
+
+
+def _stage_seconds(cfg: RunConfig, size: RunSize, tokens: int, rates: dict) -> dict:
+    """Seconds per stage: forward passes at 2 FLOPs per parameter and token (shards and model
+    actors run in parallel), cost matrices at 2 n^2 d FLOPs, pairs spread over the workers,
+    stability resamples as within pairs at ``fraction * n``, the report as its figures."""
+    res, workers = cfg.resources, cfg.resources.workers
+    replicas = cfg.model.shards if cfg.model.shards > 1 else res.extract_actors
+    n_ckpt, rows = len(size.layers), size.n_samples * size.rows_per_sample
+    extract = n_ckpt * 2 * size.forward_params * tokens / rates["forward_flops"] / replicas
+    widths = [d for dims in size.dims.values() for d in dims]
+    costs = sum(2 * rows * rows * d for d in widths) / rates["forward_flops"] / workers
+    pair = rates["gw_pair_s"] / (max(1, res.batch_pairs // 2) if res.gpus_per_worker > 0 else 1)
+    pairs = costs + (size.pairs_within + size.pairs_cross) * pair / workers
+    resamples = cfg.stability.resamples
+    sub = cfg.stability.fraction ** 3  # a resample solves the within pairs at fraction * n
+    groups = resamples * size.pairs_within * pair * sub / workers
+    figures = 3 * n_ckpt + (n_ckpt > 1) * (1 + min(size.pairs_cross, 1) * (n_ckpt - 1))  # + timeline, cross
+    return {"activations": extract, "pairs": pairs, "communities": groups, "report": figures * rates["figure_s"]}
+
+
+def _human(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if nbytes < 1024 or unit == "TiB":
+            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
+        nbytes /= 1024
+    return ""
+
+
+def _duration(s: float) -> str:
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
+def format_size(cfg: RunConfig, size: RunSize) -> str:
+    """The plan as lines of text (what ``gwray plan`` prints)."""
+    out = []
+    for ckpt, names in size.layers.items():
+        note = "" if size.exact_layers else " (at most: modules a forward pass never calls are dropped)"
+        out.append(f"checkpoint {ckpt}: {len(names)} layers{note}")
+        shown = names if len(names) <= 12 else names[:5] + ["…"] + names[-5:]
+        out.append("  " + ", ".join(shown))
+    out.append(f"probe: {size.n_samples} samples × {size.rows_per_sample} row(s); "
+               f"pairs: {size.pairs_within} within checkpoints, {size.pairs_cross} across "
+               f"(compare.cross {cfg.compare.cross})")
+    out.append(f"storage: activations {_human(size.activation_bytes)} on disk "
+               f"({cfg.layers.storage_dtype}); cost matrices {_human(size.cost_bytes)} "
+               "(float64, computed and cached by the GW workers)")
+    disk = f", {_human(size.index_bytes)} on disk" if size.index_bytes else ""
+    out.append(f"model: {_human(size.weight_bytes)} of weights in {cfg.model.dtype}{disk}")
+    peaks = ", ".join(_human(b) for b in size.shard_bytes)
+    what = f"{len(size.shard_bytes)} shards" if cfg.model.shards > 1 else "the extraction process"
+    out.append(f"peak memory (data, beyond the Python/torch runtime): {what}: {peaks}; per GW worker: "
+               f"{_human(size.worker_bytes)} (× {cfg.resources.workers} workers)")
+    if size.seconds:
+        rates = "; ".join(f"{k} {v:.3g} ({how})" for k, (v, how) in size.rates.items())
+        out.append("time: " + ", ".join(f"{k} {_duration(v)}" for k, v in size.seconds.items())
+                   + f" — total {_duration(sum(size.seconds.values()))}")
+        out.append(f"  rates: {rates}")
+    return "\n".join(out)
+
+
+def parse_rates(pairs: list[str]) -> dict:
+    """``["forward_flops=2e14", "gw_pair_s=0.05"]`` → ``{name: float}`` (GwrayInputError if bad)."""
+    out = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise GwrayInputError(f"rate {pair!r}: expected NAME=NUMBER") from None
+        if not math.isfinite(out[name.strip()]) or out[name.strip()] <= 0:
+            raise GwrayInputError(f"rate {pair!r}: must be a positive number")
+    return out
+
+
+def _cmd_plan(args) -> None:
+    from gwray.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    print(format_size(cfg, size_run(cfg, parse_rates(args.rates))))
+
+
+def add_parser(sub, epilog: str) -> None:
+    """``gwray plan CONFIG [--set KEY=VALUE] [--rate NAME=VALUE]`` on the ``gwray`` sub-parsers."""
+    p = sub.add_parser("plan", epilog=epilog, help="what a run will capture, store and cost (no weights read)",
+                       description="Read the model's config.json and safetensors index (no weights) and "
+                                   "print the layers a run captures, its GW pairs, activation and cost-"
+                                   "matrix storage, peak memory per shard and per GW worker, and a time "
+                                   "per stage from a short calibration on this machine or --rate values.")
+    p.add_argument("config", help="run config (YAML)")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
+                   help="override one config key (repeatable)")
+    p.add_argument("--rate", metavar="NAME=VALUE", action="append", default=[], dest="rates",
+                   help="a rate measured where the run will go, instead of calibrating here: "
+                        + "; ".join(f"{k}: {v}" for k, v in RATE_NAMES.items()))
+    p.set_defaults(func=_cmd_plan)

@@ -1,0 +1,97 @@
+"""`gwray plan`: the layers a real run captures, its storage within 15 %, no weight read."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from gwray import cli
+from gwray.activations.extract import extract
+from gwray.config import load_config
+from gwray.errors import GwrayInputError
+from gwray.sizing import RATE_NAMES, size_run
+
+TEXTS = ["The cat sat.", "A rather longer sentence about the weather in the hills today.", "Short one",
+         "Gromov and Wasserstein walk into a bar, and the bartender says nothing at all."]
+STORAGE_TOLERANCE = 0.15  # estimate (Gaussian values) vs OUT/activations: real float16 compresses ~10 % more
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory):
+    path = tmp_path_factory.mktemp("probe") / "probe.txt"
+    lines = [f"{t} ({i} times over, number {i * 7919 % 1000})" for i in range(10) for t in TEXTS]
+    path.write_text("\n".join(lines) + "\n")  # distinct lines: repeated rows would compress
+    return str(path)
+
+
+def _cfg(model, probe, **layers):
+    return load_config({"model": {"path": str(model)}, "layers": layers,
+                        "probe": {"source": probe, "n_samples": 37, "batch_size": 8, "max_tokens": 16}})
+
+
+@pytest.mark.parametrize("layers", [
+    {},                                                                          # blocks, mean, float32
+    {"select": ["transformer.h.*.mlp.c_fc", "transformer.ln_f"], "pooling": "tokens:2",
+     "storage_dtype": "float16"},                                                # widths 128 and 32
+])
+def test_plan_equals_what_a_real_run_captures_and_stores(tiny_hf_model, probe, tmp_path, layers):
+    cfg = _cfg(tiny_hf_model("gpt2", layers=3, hidden=32), probe, **layers)
+    size = size_run(cfg, calibrate_here=False)
+    manifest = extract(cfg, tmp_path, "main", use_ray=False, progress=False)
+    assert size.layers == {"main": manifest["layers"]} and size.exact_layers
+    assert size.dims == {"main": manifest["dims"]}
+    on_disk = sum(f.stat().st_size for f in (tmp_path / "activations").rglob("*.parquet"))
+    assert abs(size.activation_bytes - on_disk) <= STORAGE_TOLERANCE * on_disk, (size.activation_bytes, on_disk)
+    L, n = len(manifest["layers"]), manifest["n_rows"]
+    assert size.pairs_within == L * (L - 1) // 2 and size.pairs_cross == 0
+    assert size.cost_bytes == L * n * n * 8
+
+
+def test_plan_reads_no_weight_and_splits_shards_as_the_run(tiny_hf_model, probe, monkeypatch):
+    import safetensors
+    import safetensors.torch
+    import torch
+    import transformers
+
+    from gwray.models import families
+    from gwray.models.sharded import block_weights, plan_blocks
+
+    def forbidden(*a, **k):
+        raise AssertionError("a weight was read")
+
+    for mod, name in ((safetensors, "safe_open"), (safetensors.torch, "load_file"), (torch, "load"),
+                      (transformers.PreTrainedModel, "from_pretrained")):
+        monkeypatch.setattr(mod, name, forbidden)
+    model = tiny_hf_model("gpt_neox", layers=4, hidden=32, max_shard_size="200KB")
+    cfg = load_config(_cfg(model, probe), {"model": {"shards": 2}})
+    size = size_run(cfg, {"forward_flops": 1e9, "gw_pair_s": 0.5, "figure_s": 0.25})
+    assert len(size.layers["main"]) == 5 and len(size.shard_bytes) == 2
+    base, family = families.build_empty(transformers.AutoConfig.from_pretrained(model))
+    weights = block_weights(base, family)
+    held = [sum(weights[a:b]) * 4 for a, b in plan_blocks(weights, 2)]
+    assert [b - held[k] for k, b in enumerate(size.shard_bytes)] == [size.shard_bytes[0] - held[0]] * 2
+    assert size.index_bytes and {k: how for k, (_, how) in size.rates.items()} == dict.fromkeys(RATE_NAMES, "given")
+    # 10 GW pairs at 0.5 s on 2 workers, after the cost matrices; heatmap, gap view, dendrogram
+    assert 10 * 0.5 / 2 <= size.seconds["pairs"] < 10 * 0.5 / 2 + 1 and size.seconds["report"] == 3 * 0.25
+
+
+def test_plan_command(tiny_hf_model, probe, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: {{path: {tiny_hf_model('gpt2', layers=3, hidden=32)}}}\nprobe: {{source: {probe}}}\n")
+    code = cli.main(["plan", str(cfg), "--rate", "forward_flops=1e10", "--rate", "gw_pair_s=0.01"])  # + figure_s
+    out = capsys.readouterr().out
+    assert code == 0, out
+    for needle in ("checkpoint main: 4 layers", "embeddings, transformer.h.0, transformer.h.1, transformer.h.2",
+                   "pairs: 6 within checkpoints", "activations", "cost matrices", "peak memory",
+                   "time: activations", "gw_pair_s 0.01 (given)", "figure_s"):
+        assert needle in out, needle
+    assert cli.main(["plan", str(cfg), "--rate", "gw_pair_s=fast"]) == 2
+    assert "rate 'gw_pair_s=fast'" in capsys.readouterr().err
+    assert cli.main(["plan", str(cfg), "--set", "graph.k=9"]) == 2  # what a run would refuse
+    assert "graph.k: 9 groups" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "runs")
+
+
+def test_unknown_rate_is_named(tiny_hf_model, probe):
+    with pytest.raises(GwrayInputError, match="rate 'tflops'"):
+        size_run(_cfg(tiny_hf_model("gpt2", layers=3, hidden=32), probe), {"tflops": 1.0})
