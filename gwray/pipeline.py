@@ -273,7 +273,7 @@ class _Run:
             self.say(f"pairs: {why}, solving every pair again")
             self.loc.child("pairs").remove()
         elif self.loc.child("pairs").exists():
-            self.say(f"pairs: resuming ({why}), the pairs already solved are kept")
+            self.say("pairs: resuming" + (f" ({why})" if prev else "") + ", the pairs already solved are kept")
         else:
             self.say(f"pairs: {why}")
         self.ray()

@@ -48,7 +48,7 @@ class RunSize:
     cost_bytes : int
         Every layer's (n, n) float64 cost matrix, which the GW workers compute and cache.
     weight_bytes : int
-        The model's parameters in ``model.dtype``.
+        The model's parameters (all of them, an LM head too) in ``model.dtype``.
     forward_params : int
         Parameters a forward pass multiplies with (the base model's, embedding tables excluded).
     index_bytes : int or None
@@ -270,12 +270,14 @@ def size_run(cfg: RunConfig, rates: dict | None = None, calibrate_here: bool = T
     shard_params = _shard_params(cfg, path, loaded)
     hidden_max = max(max(d) for d in dims.values())
     in_flight = 2 * cfg.model.shards if cfg.model.shards > 1 else 1
-    micro = in_flight * cfg.probe.batch_size * cfg.probe.max_tokens * hidden_max * 4 * 4
+    # hidden states of the micro-batches in flight, plus one block's temporaries (~4 more), float32
+    micro = (in_flight + 4) * cfg.probe.batch_size * cfg.probe.max_tokens * hidden_max * 4
     solve = _SOLVER_ARRAYS * rows * rows * 8
     batch = cfg.resources.batch_pairs if cfg.resources.gpus_per_worker > 0 else 1
     worker = min(2 << 30, cost_bytes) + batch * solve  # cache cap of gwray.scheduler.workers
     size = RunSize(layers, dims, cfg.layers.select != "all" or loaded.kind != "hf", n, k, within,
-                   len(plan) - within, act_bytes, cost_bytes, sum(shard_params) * itemsize,
+                   len(plan) - within, act_bytes, cost_bytes,
+                   sum(p.numel() for p in loaded.module.parameters()) * itemsize,
                    _forward_params(loaded), _index_bytes(path or cfg.model.path) if loaded.kind == "hf" else None,
                    [p * itemsize + micro for p in shard_params], worker)
     given = dict(rates or {})
@@ -299,7 +301,7 @@ def _stage_seconds(cfg: RunConfig, size: RunSize, tokens: int, rates: dict) -> d
     extract = n_ckpt * 2 * size.forward_params * tokens / rates["forward_flops"] / replicas
     widths = [d for dims in size.dims.values() for d in dims]
     costs = sum(2 * rows * rows * d for d in widths) / rates["forward_flops"] / workers
-    pair = rates["gw_pair_s"] / (max(1, res.batch_pairs // 2) if res.gpus_per_worker > 0 else 1)
+    pair = rates["gw_pair_s"]  # per pair and worker; a batched GPU worker's rate is measured as such
     pairs = costs + (size.pairs_within + size.pairs_cross) * pair / workers
     resamples = cfg.stability.resamples
     sub = cfg.stability.fraction ** 3  # a resample solves the within pairs at fraction * n

@@ -95,3 +95,27 @@ def test_plan_command(tiny_hf_model, probe, tmp_path, capsys):
 def test_unknown_rate_is_named(tiny_hf_model, probe):
     with pytest.raises(GwrayInputError, match="rate 'tflops'"):
         size_run(_cfg(tiny_hf_model("gpt2", layers=3, hidden=32), probe), {"tflops": 1.0})
+
+
+def test_plan_sizes_the_large_llm_template_from_config_and_index_alone(minilm_dir, tmp_path):
+    """configs/large-llm.yaml on a Llama-3-70B-shaped directory holding config.json, the
+    safetensors index and a tokenizer, but no weight file: 81 layers, 3,240 pairs, 8 shards."""
+    import shutil
+
+    import transformers as tf
+
+    model = tmp_path / "Llama-70B"
+    tf.LlamaConfig(num_hidden_layers=80, hidden_size=8192, intermediate_size=28672, num_attention_heads=64,
+                   num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, architectures=["LlamaForCausalLM"],
+                   torch_dtype="bfloat16").save_pretrained(model)
+    (model / "model.safetensors.index.json").write_text(
+        '{"metadata": {"total_size": 141107412992}, "weight_map": {"lm_head.weight": "model-1.safetensors"}}')
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(minilm_dir / name, model / name)
+    cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "large-llm.yaml"),
+                      [f"model.path={model}", "probe.source=builtin:english", "probe.n_samples=512"])
+    size = size_run(cfg, {"forward_flops": 4e14, "gw_pair_s": 0.3, "figure_s": 1.0})
+    assert len(size.layers["main"]) == 81 and size.pairs_within == 81 * 80 // 2 == 3240
+    assert size.weight_bytes == pytest.approx(141.1e9, rel=0.01)  # bf16, the index's total_size
+    assert len(size.shard_bytes) == 8 and max(size.shard_bytes) < 1.2 * size.weight_bytes / 8  # + embeddings
+    assert size.activation_bytes == pytest.approx(81 * 512 * 8192 * 2, rel=0.15)  # float16 + Parquet list levels
