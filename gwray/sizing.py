@@ -174,16 +174,9 @@ def _shard_params(cfg: RunConfig, path, loaded) -> list[int]:
     return [sum(weights[a:b]) for a, b in plan_blocks(weights, cfg.model.shards)]
 
 
-def calibrate(n: int, n_layers: int, cfg: RunConfig) -> dict:
-    """This machine's rates: float32 matmul FLOP/s, one GW pair (random data, the run's solver
-    settings) at ``min(n, 160)`` samples scaled to ``n`` as n^3, and one report heatmap of
-    ``n_layers`` layers. About two seconds."""
+def _matmul_flops() -> float:
+    """float32 matrix-multiply FLOP/s of this process (torch's threads), over ~0.3 s."""
     import torch
-
-    from gwray.report.figures import heatmap
-
-    from gwray.gw.costs import cost_matrix
-    from gwray.gw.solver import gromov_wasserstein
 
     a, b = torch.randn(512, 1024), torch.randn(1024, 1024)
     a @ b  # warm-up
@@ -191,9 +184,16 @@ def calibrate(n: int, n_layers: int, cfg: RunConfig) -> dict:
     while time.perf_counter() - t0 < 0.3:
         a @ b
         reps += 1
-    flops = 2 * 512 * 1024 * 1024 * reps / (time.perf_counter() - t0)
-    m = min(n, _CAL_N)
-    rng = np.random.default_rng(0)
+    return 2 * 512 * 1024 * 1024 * reps / (time.perf_counter() - t0)
+
+
+def _gw_pair_seconds(n: int, cfg: RunConfig) -> float:
+    """One GW pair (random data, the run's costs and solver settings) at ``min(n, 160)`` samples,
+    scaled to ``n`` as n^3."""
+    from gwray.gw.costs import cost_matrix
+    from gwray.gw.solver import gromov_wasserstein
+
+    m, rng = min(n, _CAL_N), np.random.default_rng(0)
     x = rng.standard_normal((m, 32))
     costs = [cost_matrix(v, metric=cfg.costs.metric, normalize=cfg.costs.normalize)
              for v in (x, x @ rng.standard_normal((32, 32)) + 0.3 * rng.standard_normal((m, 32)))]
@@ -202,10 +202,25 @@ def calibrate(n: int, n_layers: int, cfg: RunConfig) -> dict:
     solve(costs[0][:8, :8], costs[1][:8, :8])  # compiles the numba kernels outside the timing
     t0 = time.perf_counter()
     solve(*costs)
-    pair = (time.perf_counter() - t0) * (n / m) ** 3
+    return (time.perf_counter() - t0) * (n / m) ** 3
+
+
+def _figure_seconds(n_layers: int) -> float:
+    """One report heatmap of ``n_layers`` layers."""
+    from gwray.report.figures import heatmap
+
     t0 = time.perf_counter()
-    heatmap(rng.uniform(size=(n_layers, n_layers)), [f"layer {i}" for i in range(n_layers)], np.arange(n_layers) // 3)
-    return {"forward_flops": flops, "gw_pair_s": pair, "figure_s": time.perf_counter() - t0}
+    heatmap(np.random.default_rng(0).uniform(size=(n_layers, n_layers)), [f"layer {i}" for i in range(n_layers)],
+            np.arange(n_layers) // 3)
+    return time.perf_counter() - t0
+
+
+def calibrate(names, n: int, n_layers: int, cfg: RunConfig) -> dict:
+    """This machine's rates of ``names`` (keys of ``RATE_NAMES``) for ``n`` samples and
+    ``n_layers`` layers: under a second each."""
+    measure = {"forward_flops": _matmul_flops, "gw_pair_s": lambda: _gw_pair_seconds(n, cfg),
+               "figure_s": lambda: _figure_seconds(n_layers)}
+    return {name: measure[name]() for name in names}
 
 
 def _forward_tokens(cfg: RunConfig, probe, tokenizer) -> int:
@@ -230,7 +245,8 @@ def size_run(cfg: RunConfig, rates: dict | None = None, calibrate_here: bool = T
         ``forward_flops`` and/or ``gw_pair_s`` (see ``RATE_NAMES``) measured where the run will
         go; the others come from :func:`calibrate`.
     calibrate_here : bool
-        Without it, rates not given leave the times out.
+        Measure the rates not given on this machine (:func:`calibrate`); without it, a missing
+        rate leaves the times out.
 
     Returns
     -------
@@ -282,7 +298,8 @@ def size_run(cfg: RunConfig, rates: dict | None = None, calibrate_here: bool = T
                    [p * itemsize + micro for p in shard_params], worker)
     given = dict(rates or {})
     longest = max(len(v) for v in layers.values())
-    measured = calibrate(rows, longest, cfg) if calibrate_here and set(RATE_NAMES) - set(given) else {}
+    missing = [name for name in RATE_NAMES if name not in given]
+    measured = calibrate(missing, rows, longest, cfg) if calibrate_here else {}
     size.rates = {name: (given[name], "given") if name in given else (measured[name], "calibrated")
                   for name in RATE_NAMES if name in given or name in measured}
     if len(size.rates) == len(RATE_NAMES):

@@ -119,3 +119,11 @@ def test_plan_sizes_the_large_llm_template_from_config_and_index_alone(minilm_di
     assert size.weight_bytes == pytest.approx(141.1e9, rel=0.01)  # bf16, the index's total_size
     assert len(size.shard_bytes) == 8 and max(size.shard_bytes) < 1.2 * size.weight_bytes / 8  # + embeddings
     assert size.activation_bytes == pytest.approx(81 * 512 * 8192 * 2, rel=0.15)  # float16 + Parquet list levels
+
+
+def test_calibration_measures_every_rate_here():
+    from gwray.sizing import calibrate
+
+    rates = calibrate(list(RATE_NAMES), 40, 5, load_config({}))
+    assert set(rates) == set(RATE_NAMES) and all(0 < v < float("inf") for v in rates.values())
+    assert rates["forward_flops"] > 1e8  # any CPU multiplies faster than 0.1 GFLOP/s
