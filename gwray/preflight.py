@@ -42,6 +42,8 @@ def check_output_location(loc: Location) -> None:
 
 def run_identity(cfg: RunConfig, checkpoints: list) -> dict:
     """What makes a run directory another experiment's: the model (or its checkpoints) and the probe.
+    Two runs are the same experiment when model source, path (or factory) and probe agree and,
+    for checkpoint runs, they share a checkpoint (a training run that gained or lost some).
 
     Parameters
     ----------
@@ -89,7 +91,9 @@ def check_run_owner(loc: Location, cfg: RunConfig, checkpoints: list, force: boo
     except (KeyError, TypeError, ValidationError):  # a run.json this version cannot read
         old = {"model": ["?", str(info.get("name", "?")), None], "checkpoints": [None], "probe": ["?", None]}
     new = run_identity(cfg, checkpoints)
-    if old == new:
+    same_checkpoints = (old["checkpoints"] == new["checkpoints"]
+                        or bool(set(old["checkpoints"]) & set(new["checkpoints"]) - {None}))
+    if old["model"] == new["model"] and old["probe"] == new["probe"] and same_checkpoints:
         return None
     if not force:
         raise GwrayInputError(f"run directory {loc}: holds the run of {_describe(old)}, not "
