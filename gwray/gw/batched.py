@@ -21,16 +21,16 @@ import numpy as np
 import torch
 
 from gwray.errors import GwrayInputError
-from gwray.gw.device_assignment import round_plan
+from gwray.gw.device_assignment import auction, final_epsilon, round_plan
 from gwray.gw.device_bounds import certified_tlb, slb
 from gwray.gw.device_cg import Pairs, State, cg, polish
 from gwray.gw.device_local_search import permuted
+from gwray.gw.device_starts import ALIGNED_ONLY, STARTS, first_step_value, start_state
 from gwray.gw.solver import GWResult
 
 __all__ = ["batched_gw", "plan_batch", "device_costs", "host_read", "HOST_READS"]
 
-STARTS = ("identity", "product")
-_PRUNE = 2.0  # as the serial solver: the product start is dropped when its first step ends > 2x
+_PRUNE = 1.5  # as the serial solver's ``prune``: a start is dropped above 1.5x the best CG end
 HOST_READS = {"count": 0}
 """How many times the engine synchronised with the device (tests bound it)."""
 
@@ -136,39 +136,10 @@ def device_costs(layers, device, metric: str = "euclidean", normalize: str = "me
                                     name=f"layer {k}") for k, X in enumerate(layers)])
 
 
-def _start(P: Pairs, name: str, C1, C2, p, q) -> State:
-    """The start ``name`` for every pair (see the serial solver's ``_starts``)."""
-    B, n, m, dt = P.B, P.n, P.m, P.dt
-    if name == "identity":
-        if P.lap:
-            perm = torch.arange(n, device=C1.device).expand(B, n).contiguous()
-            T, A = P.perm_plan(perm)
-            return State(T, A, perm, torch.ones(B, dtype=torch.bool, device=C1.device))
-        T = torch.diag_embed(p.to(dt))
-        return State(T, torch.bmm(P.C1 * p.to(dt)[:, None, :], P.C2))
-    u = torch.einsum("bik,bk->bi", P.C1, p.to(dt))
-    v = torch.einsum("bjl,bl->bj", P.C2, q.to(dt))
-    first = None
-    if P.lap:  # the gradient is rank one: the first vertex pairs the two sorted orders
-        first = torch.empty(B, n, dtype=torch.long, device=C1.device)
-        first.scatter_(1, u.argsort(dim=1), v.argsort(dim=1))
-    T = (p[:, :, None] * q[:, None, :]).to(dt)
-    return State(T, u[:, :, None] * v[:, None, :], first=first)
-
-
-def _first_step_value(P: Pairs, S: State) -> torch.Tensor:
-    """Objective after the product start's first step, O(n²) (the serial solver's pruning test)."""
-    sA = S.A.gather(2, S.first[:, :, None]).sum(dim=(1, 2)).double() / P.n
-    sB = (P.C1 * permuted(P.C2, S.first)).sum(dim=(1, 2)).double() / P.n ** 2
-    from gwray.gw.device_cg import line_search
-
-    alpha, dA, dBA = line_search(S.tA, sA, sB)
-    return P.const - 2.0 * (S.tA + 2.0 * alpha * dA + alpha * alpha * dBA)
-
-
-def _exact(S: State, C1d, C2d, p, q, const, lap: bool):
+def _exact(S: State, P: Pairs, lap: bool):
     """Float64 value and marginal error of each final plan; the dense float64 plans where they
     are not permutations (None when all are)."""
+    (C1d, C2d), p, q, const = P.exact, P.p, P.q, P.const
     B, n = C1d.shape[0], C1d.shape[1]
     value = torch.empty(B, dtype=torch.float64, device=C1d.device)
     err = torch.empty(B, dtype=torch.float64, device=C1d.device)
@@ -189,40 +160,67 @@ def _exact(S: State, C1d, C2d, p, q, const, lap: bool):
     return value.clamp_min(0.0), err, perm, T64
 
 
-def _solve_chunk(C1d, C2d, p, q, names, aligned, dtype, max_iter, tol, swap_rounds, bound,
-                 assignment_eps):
+def _solve_chunk(C1d, C2d, p, q, names, dtype, max_iter, tol, swap_rounds, bound, assignment_eps):
+    """The serial solver's screened portfolio for one device batch: every start's CG (a start is
+    dropped for the pairs whose first step ends above 1.5x the best CG end so far, and abandoned
+    above it), then the swap search polishes each pair's best CG end. Returns the best values,
+    lower bounds, the ends [(start, pair index, value, marginal error, is_perm, perm, dense plan,
+    iterations)] and whether the pairs are assignment problems."""
     B, n, m = C1d.shape[0], C1d.shape[1], C2d.shape[1]
+    dev = C1d.device
     uniform = host_read(((p - 1.0 / n).abs().amax() <= 1e-12) & ((q - 1.0 / m).abs().amax() <= 1e-12))
     lap = n == m and uniform
     const = (torch.einsum("bi,bik,bk->b", p, C1d * C1d, p) + torch.einsum("bj,bjl,bl->b", q, C2d * C2d, q))
     P = Pairs(C1d.to(dtype), C2d.to(dtype), p, q, const, lap, host_read, assignment_eps, (C1d, C2d))
-    best = torch.full((B,), math.inf, dtype=torch.float64, device=C1d.device)
-    out = {"values": {}, "iters": {}}
-    for name in names:
-        S = _start(P, name, C1d, C2d, p, q)
-        idx = torch.arange(B, device=C1d.device)
-        if S.first is not None and aligned:  # drop pairs whose product start cannot get near
-            keep = _first_step_value(P, S) <= _PRUNE * best
+    best = torch.full((B,), math.inf, dtype=torch.float64, device=dev)
+    ends, cache = [], {}
+    for k, name in enumerate(names):
+        S, idx = start_state(P, name, cache), torch.arange(B, device=dev)
+        if lap and k > 0 and max_iter > 0:  # the screen, O(n²) per pair, before any matmul
+            if S.first is None:
+                S.first, S.prices, _ = auction(S.A, final_epsilon(S.A, P.rel), read=host_read)
+            keep = first_step_value(P, S) <= _PRUNE * best
             if not host_read(keep.any()):
                 continue
-            idx = host_read(keep.nonzero()[:, 0])
-            idx = torch.as_tensor(idx, device=C1d.device)
+            idx = torch.as_tensor(host_read(keep.nonzero()[:, 0]), device=dev)
         Pk, Sk = (P, S) if len(idx) == B else (P.subset(idx), S.subset(idx))
-        active = torch.ones(len(idx), dtype=torch.bool, device=C1d.device)
-        Sk = cg(Pk, Sk, active, max_iter, tol)
-        if lap and swap_rounds > 0 and max_iter > 0:
-            Sk = polish(Pk, Sk, Sk.is_perm, max_iter, tol, swap_rounds)
-        value, err, is_perm, T64 = _exact(Sk, C1d[idx], C2d[idx], p[idx], q[idx], const[idx], lap)
-        out["values"][name] = (idx, value)
-        out["iters"][name] = (idx, Sk.iters)
-        better = value < best[idx]
-        best[idx] = torch.where(better, value, best[idx])
-        out.setdefault("won", []).append((name, idx, better, value, err, is_perm, Sk.perm, T64))
-    lb = torch.full((B,), math.nan, dtype=torch.float64, device=C1d.device)
+        Sk = cg(Pk, Sk, torch.ones(len(idx), dtype=torch.bool, device=dev), max_iter, tol,
+                cutoff=_PRUNE * best[idx] if k > 0 else None)
+        value, err, is_perm, T64 = _exact(Sk, Pk, lap)
+        best[idx] = torch.minimum(best[idx], value)
+        ends.append((name, idx, value, err, is_perm, Sk.perm, T64, Sk.iters))
+    if lap and swap_rounds > 0 and max_iter > 0:
+        ends.append(_polish_best(P, ends, best, max_iter, tol, swap_rounds))
+        best = torch.minimum(best, ends[-1][2])
+    lb = torch.full((B,), math.nan, dtype=torch.float64, device=dev)
     if bound:
         lb = certified_tlb(C1d, C2d, p, q, read=host_read, dtype=dtype) if uniform else slb(C1d, C2d, p, q)
         lb = torch.minimum(lb, best)
-    return best, lb, out, lap
+    return best, lb, ends, lap
+
+
+def _polish_best(P: Pairs, ends, best, max_iter, tol, swap_rounds):
+    """Swap search + CG from each pair's best CG end (when it is a permutation); an end whose
+    exact value is not lower is reported as +inf, so it never wins."""
+    B, dev = P.B, P.C1.device
+    perm = torch.zeros(B, P.n, dtype=torch.long, device=dev)
+    is_perm, its = torch.zeros(B, dtype=torch.bool, device=dev), torch.zeros(B, dtype=torch.long, device=dev)
+    start = torch.full((B,), -1, dtype=torch.long, device=dev)
+    won = torch.full((B,), math.inf, dtype=torch.float64, device=dev)
+    for k, (_, idx, value, _, end_perm, cols, _, iters) in enumerate(ends):
+        better = value < won[idx]  # the first start wins ties, as the serial solver's sort
+        won[idx] = torch.where(better, value, won[idx])
+        start[idx] = torch.where(better, k, start[idx])
+        is_perm[idx] = torch.where(better, end_perm, is_perm[idx])
+        its[idx] = torch.where(better, iters, its[idx])
+        if cols is not None:
+            perm[idx] = torch.where((better & end_perm)[:, None], cols, perm[idx])
+    perm = torch.where(is_perm[:, None], perm, torch.arange(P.n, device=dev))
+    S = State(*P.perm_plan(perm), perm, is_perm.clone())
+    S = polish(P, S, is_perm, max_iter, tol, swap_rounds)
+    value, err, end_perm, _ = _exact(S, P, True)
+    value = torch.where(is_perm & end_perm & (value < best), value, math.inf)
+    return (start, torch.arange(B, device=dev), value, err, end_perm, S.perm, None, its + S.iters)
 
 
 def batched_gw(C1, C2, *, p=None, q=None, aligned: bool = True, starts=STARTS, max_iter: int = 200,
@@ -239,9 +237,10 @@ def batched_gw(C1, C2, *, p=None, q=None, aligned: bool = True, starts=STARTS, m
         Positive marginals (uniform when omitted), each row summing to 1.
     aligned : bool
         Row i of both layers is the same sample: the identity plan is a start (needs n = m, p = q).
-    starts : sequence of {"identity", "product"}
-        As the serial solver's; with ``aligned`` the identity runs first and the product start is
-        dropped for pairs whose first step ends above 2x the identity's polished value.
+    starts : sequence of {"identity", "mixed", "product"}
+        As the serial solver's: the identity runs first; a later start is dropped for the pairs
+        whose first step ends above 1.5x the best CG end so far (an O(n²) screen), and the swap
+        search polishes each pair's best CG end.
     max_iter, tol : CG iterations per start and stopping tolerance (as the serial solver).
     swap_rounds : int
         Uniform weights, n = m: swap-search rounds per polish (0: plain CG).
@@ -308,8 +307,10 @@ def batched_gw(C1, C2, *, p=None, q=None, aligned: bool = True, starts=STARTS, m
     unknown = [s for s in starts if s not in STARTS]
     if unknown or not starts:
         raise GwrayInputError(f"starts: {unknown or starts!r} not a non-empty list of "
-                              "'identity' and 'product'")
-    names = [s for s in STARTS if s in starts and (aligned or s != "identity")] or ["product"]
+                              "'identity', 'mixed' and 'product'")
+    # as the serial solver: identity first (it prunes the rest); identity and mixed are no
+    # couplings of unaligned samples
+    names = [s for s in STARTS if s in starts and (aligned or s not in ALIGNED_ONLY)] or ["product"]
     size = batch_size or plan_batch(n, m, device)
     tf32_before = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32 and device.type == "cuda"
@@ -318,8 +319,8 @@ def batched_gw(C1, C2, *, p=None, q=None, aligned: bool = True, starts=STARTS, m
         for lo in range(0, B, size):
             sl = slice(lo, lo + size)
             t1 = time.perf_counter()
-            chunk = _solve_chunk(C1d[sl], C2d[sl], p64[sl], q64[sl], names, aligned, dtype,
-                                 max_iter, tol, swap_rounds, bound, assignment_eps)
+            chunk = _solve_chunk(C1d[sl], C2d[sl], p64[sl], q64[sl], names, dtype, max_iter, tol,
+                                 swap_rounds, bound, assignment_eps)
             results += _results(*chunk, p64[sl], q64[sl], keep_coupling,
                                 time.perf_counter() - t1 + (t1 - t0 if lo == 0 else 0.0))
     finally:
@@ -327,19 +328,25 @@ def batched_gw(C1, C2, *, p=None, q=None, aligned: bool = True, starts=STARTS, m
     return results
 
 
-def _results(best, lb, out, lap, p, q, keep_coupling, seconds) -> list[GWResult]:
-    """GWResults from one chunk's device tensors (read back once per start)."""
+def _results(best, lb, ends, lap, p, q, keep_coupling, seconds) -> list[GWResult]:
+    """GWResults from one chunk's device tensors (each end read back once)."""
     B, n, m = p.shape[0], p.shape[1], q.shape[1]
     best_h, lb_h = host_read(best), host_read(lb)
+    names = [e[0] for e in ends if isinstance(e[0], str)]
     winner, values, iters = [None] * B, [{} for _ in range(B)], [{} for _ in range(B)]
-    for name, idx, better, value, err, is_perm, perm, T64 in out.get("won", []):
-        idx_h, better_h, value_h, err_h = (host_read(t) for t in (idx, better, value, err))
-        its, is_perm_h = host_read(out["iters"][name][1]), host_read(is_perm)
+    won = np.full(B, np.inf)
+    for start, idx, value, err, is_perm, perm, T64, its in ends:
+        idx_h, value_h, err_h, its_h, is_perm_h = (host_read(t) for t in (idx, value, err, its, is_perm))
+        start_h = host_read(start) if not isinstance(start, str) else None
         perm_h = host_read(perm) if lap else None
         T_h = host_read(T64) if T64 is not None and keep_coupling else None
         for k, b in enumerate(idx_h):
-            values[b][name], iters[b][name] = float(value_h[k]), int(its[k])
-            if better_h[k]:
+            if not np.isfinite(value_h[k]):  # a polish that found nothing lower
+                continue
+            name = start if start_h is None else names[start_h[k]]
+            values[b][name], iters[b][name] = float(value_h[k]), int(its_h[k])
+            if value_h[k] < won[b]:
+                won[b] = value_h[k]
                 T, cols = None, perm_h[k].astype(np.int32) if is_perm_h[k] else None
                 if keep_coupling and cols is not None:
                     T = np.zeros((n, m))

@@ -24,7 +24,7 @@ _EPS_START, _EPS_STEP = 0.125, 6.0
 
 def final_epsilon(A: torch.Tensor, rel: float) -> torch.Tensor:
     """Per problem, the auction's final ε: ``rel`` × range(A) / n, but never so small that a bid
-    increment vanishes in A's floating-point precision (64 ulps of max |A| + range).
+    increment vanishes in the auction's float64 prices (64 ulps of max |A| + range).
 
     Parameters
     ----------
@@ -33,11 +33,11 @@ def final_epsilon(A: torch.Tensor, rel: float) -> torch.Tensor:
 
     Returns
     -------
-    (B,) tensor; the permutation's total benefit is within n·ε of the optimum.
+    (B,) float64 tensor; the permutation's total benefit is within n·ε of the optimum.
     """
-    hi, lo = A.amax(dim=(1, 2)), A.amin(dim=(1, 2))
+    hi, lo = A.amax(dim=(1, 2)).double(), A.amin(dim=(1, 2)).double()
     span = (hi - lo).clamp_min(torch.finfo(A.dtype).tiny)
-    floor = 64.0 * torch.finfo(A.dtype).eps * (hi.abs().maximum(lo.abs()) + span)
+    floor = 64.0 * torch.finfo(torch.float64).eps * (hi.abs().maximum(lo.abs()) + span)
     return torch.maximum(rel * span / A.shape[1], floor)
 
 
@@ -90,23 +90,27 @@ def auction(A: torch.Tensor, eps_final: torch.Tensor, prices: torch.Tensor | Non
     Returns
     -------
     cols : (B, n) long tensor, the permutations.
-    prices : (B, n) tensor, the final prices (to warm-start the next call).
+    prices : (B, n) float64 tensor, the final prices (to warm-start the next call).
     done : (B,) bool tensor, False where the round budget ran out (the bound n·ε then fails).
     """
     B, n, _ = A.shape
-    dev, dt = A.device, A.dtype
+    # prices and bids in float64 whatever A's precision: ε can then go far below A's ulp, so the
+    # assignment is as good on a float32 gradient as on a float64 one (only the K bidders' rows
+    # are widened per round)
+    dev, dt = A.device, torch.float64
+    eps_final = eps_final.to(dt)
     ar = torch.arange(n, device=dev).expand(B, n)
     if prices is None:
         prices = torch.zeros(B, n, dtype=dt, device=dev)
-        span = A.amax(dim=(1, 2)) - A.amin(dim=(1, 2))
+        span = (A.amax(dim=(1, 2)) - A.amin(dim=(1, 2))).to(dt)
         eps = torch.maximum(_EPS_START * span, eps_final)
     else:
-        prices = prices.clone()
+        prices = prices.to(dt, copy=True)
         eps = eps_final * _EPS_STEP ** warm_phases
     col_of = torch.full((B, n + 1), -1, dtype=torch.long, device=dev)  # slot n: a dump
     owner = torch.full((B, n + 1), -1, dtype=torch.long, device=dev)
     if prev is not None:
-        V = A - prices[:, None, :]
+        V = A.to(dt) - prices[:, None, :]
         kept = V.gather(2, prev[:, :, None])[..., 0] >= V.amax(dim=2) - eps[:, None]
         col_of[:, :n] = torch.where(kept, prev, -1)
         owner.scatter_(1, torch.where(kept, prev, n), ar)
@@ -123,7 +127,7 @@ def auction(A: torch.Tensor, eps_final: torch.Tensor, prices: torch.Tensor | Non
             done |= full & (eps <= eps_final)
             step = full & ~done
             eps = torch.where(step, torch.maximum(eps / _EPS_STEP, eps_final), eps)
-            V = A - prices[:, None, :]
+            V = A.to(dt) - prices[:, None, :]
             mine = V.gather(2, col_of[:, :n].clamp_min(0)[:, :, None])[..., 0]
             loose = assigned & step[:, None] & (mine < V.amax(dim=2) - eps[:, None])
             del V
@@ -138,7 +142,7 @@ def auction(A: torch.Tensor, eps_final: torch.Tensor, prices: torch.Tensor | Non
         rows = slots.fill_(n).scatter(1, torch.where(bidding & (rank < K), rank, K), ar)[:, :K]
         valid = rows < n
         rows = rows.clamp_max(n - 1)
-        V = A.gather(1, rows[:, :, None].expand(-1, -1, n)) - prices[:, None, :]
+        V = A.gather(1, rows[:, :, None].expand(-1, -1, n)).to(dt) - prices[:, None, :]
         v1, j1 = V.max(dim=2)  # two max passes: faster than topk(2) on CPUs, the same on GPUs
         v2 = V.scatter(2, j1[:, :, None], -torch.inf).amax(dim=2) if n > 1 else v1
         bid = torch.where(valid, prices.gather(1, j1) + (v1 - v2) + eps[:, None], -torch.inf)

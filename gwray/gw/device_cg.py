@@ -92,13 +92,14 @@ class State:
         return s
 
 
-def cg(P: Pairs, S: State, active: torch.Tensor, max_iter: int, tol: float,
+def cg(P: Pairs, S: State, active: torch.Tensor, max_iter: int, tol: float, cutoff=None,
        check_every: int = 4) -> State:
     """Conditional gradient on the ``active`` pairs of ``S`` (updated in place and returned).
 
-    A pair stops when its step is 0 or its objective moves by less than ``tol`` (absolute or
-    relative, as the serial solver). ``S.first``, when set, is the first iteration's vertex
-    (the product start's sorted pairing); it is used once."""
+    A pair stops when its step is 0, its objective moves by less than ``tol`` (absolute or
+    relative, as the serial solver) or exceeds ``cutoff`` ((B,) tensor: the start is abandoned).
+    ``S.first``, when set, is the first iteration's vertex (the product start's sorted pairing,
+    or the screen's assignment); it is used once."""
     active = active.clone()
     value = P.const - 2.0 * S.tA
     for it in range(max_iter):
@@ -136,6 +137,8 @@ def cg(P: Pairs, S: State, active: torch.Tensor, max_iter: int, tol: float,
         delta = (value - new).abs()
         value = new
         active &= (alpha > 0) & (delta >= tol) & (delta >= tol * value.abs())
+        if cutoff is not None:
+            active &= value <= cutoff
     S.first = None
     return S
 

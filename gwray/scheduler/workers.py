@@ -27,7 +27,7 @@ import ray
 from gwray.scheduler.plan import Batch, LayerKey
 
 # The starts batched_gw runs on the device; the others ("random:K", "entropic") are serial-only.
-BATCHED_STARTS = ("identity", "product")
+BATCHED_STARTS = ("identity", "mixed", "product")
 
 _LOST = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError,
          ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError)
@@ -179,7 +179,7 @@ class GWWorker:
             if tasks:
                 C1 = torch.stack([torch.as_tensor(costs[t.cost_keys[0]]) for t in tasks]).to(device)
                 C2 = torch.stack([torch.as_tensor(costs[t.cost_keys[1]]) for t in tasks]).to(device)
-                starts = [s for s in self.starts if s in BATCHED_STARTS and (al or s != "identity")]
+                starts = [s for s in self.starts if s in BATCHED_STARTS]
                 rs = batched_gw(C1, C2, aligned=al, starts=starts or ["product"],
                                 max_iter=self.max_iter, tol=self.tol, keep_coupling=False)
                 out.update({t.key: r for t, r in zip(tasks, rs)})
