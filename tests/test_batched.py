@@ -212,7 +212,7 @@ def test_auction_within_n_eps_of_optimum_cold_and_warm():
             assert got >= a[r, c].sum() - 50 * float(eps[b]) - 1e-4
 
 
-def test_certified_tlb_is_valid_for_any_potential_and_tight_for_the_auctions(toy_costs):
+def test_certified_tlb_is_valid_for_any_potential_and_tight_for_sinkhorns(toy_costs):
     from gwray.gw import device_bounds
     from gwray.gw.bounds import tlb
 
@@ -222,13 +222,13 @@ def test_certified_tlb_is_valid_for_any_potential_and_tight_for_the_auctions(toy
     exact = [tlb(C1[b].numpy(), C2[b].numpy()) for b in range(2)]
     for b in range(2):
         assert exact[b] * 0.995 <= float(lb[b]) <= exact[b] + 1e-12
-    # a useless potential (the auction replaced by noise) still gives a valid bound
-    noisy = device_bounds.auction
+    # a useless potential (Sinkhorn's replaced by noise) still gives a valid bound
+    noisy = device_bounds.sinkhorn
     try:
-        device_bounds.auction = lambda G, *a, **k: (None, torch.randn(G.shape[:2], dtype=G.dtype), None)
+        device_bounds.sinkhorn = lambda G, *a, **k: (None, torch.randn(G.shape[0], G.shape[2], dtype=G.dtype))
         bad = device_bounds.certified_tlb(C1, C2, u, u)
     finally:
-        device_bounds.auction = noisy
+        device_bounds.sinkhorn = noisy
     assert all(float(bad[b]) <= exact[b] + 1e-12 for b in range(2))
 
 

@@ -194,7 +194,7 @@ def _solve_chunk(C1d, C2d, p, q, names, dtype, max_iter, tol, swap_rounds, bound
         best = torch.minimum(best, ends[-1][2])
     lb = torch.full((B,), math.nan, dtype=torch.float64, device=dev)
     if bound:
-        lb = certified_tlb(C1d, C2d, p, q, read=host_read, dtype=dtype) if uniform else slb(C1d, C2d, p, q)
+        lb = certified_tlb(C1d, C2d, p, q, dtype=dtype) if uniform else slb(C1d, C2d, p, q)
         lb = torch.minimum(lb, best)
     return best, lb, ends, lap
 

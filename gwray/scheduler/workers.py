@@ -167,10 +167,13 @@ class GWWorker:
 
     def _solve_batched(self, batch: Batch, costs: Mapping[LayerKey, np.ndarray]) -> dict:
         """The batch's pairs on the device engine (:func:`gwray.gw.batched.batched_gw`), aligned
-        and unaligned pairs in separate calls; the engine sizes its device batches itself."""
+        and unaligned pairs in separate calls; the engine sizes its device batches itself. The
+        lower bound is maxed with the eigenvalue bound of the cached layer summaries, as the
+        serial path's."""
         import torch
 
         from gwray.gw.batched import batched_gw
+        from gwray.gw.bounds import eigen_bound
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         out = {}
@@ -182,7 +185,12 @@ class GWWorker:
                 starts = [s for s in self.starts if s in BATCHED_STARTS]
                 rs = batched_gw(C1, C2, aligned=al, starts=starts or ["product"],
                                 max_iter=self.max_iter, tol=self.tol, keep_coupling=False)
-                out.update({t.key: r for t, r in zip(tasks, rs)})
+                for t, r in zip(tasks, rs):
+                    (ka, kb) = t.cost_keys
+                    eig = eigen_bound(self._summary(ka, costs[ka]), self._summary(kb, costs[kb]))
+                    if np.isfinite(eig):
+                        r.lower_bound = min(max(r.lower_bound, eig), r.value)
+                    out[t.key] = r
         return out
 
 
