@@ -91,15 +91,22 @@ class _Say:
 
 def _quiet_libraries() -> None:
     """``-q``: no library chatter on stderr either (transformers' loading bar and warnings, Ray's
-    INFO/WARNING lines and token-auth notice); errors still show. The environment reaches the
-    processes an embedded Ray starts."""
+    and Ray Data's INFO/WARNING lines, the token-auth notice, Ray's Python warnings); a failure
+    still raises and is reported. The environment reaches the processes an embedded Ray starts.
+    Ray's C++ log is left alone: setting its level prints a line of its own, and its errors are
+    kept for failures (a Ray Data actor pool, ``resources.extract_actors`` > 1, logs one about
+    actor restarts, ray-project/ray#53727)."""
+    import warnings
+
     from transformers.utils import logging as hf_logging
 
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    os.environ.update(HF_HUB_DISABLE_PROGRESS_BARS="1", TRANSFORMERS_VERBOSITY="error",
+                      RAY_DATA_LOG_LEVEL="ERROR")
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    logging.getLogger("ray").setLevel(logging.ERROR)
+    for name in ("ray", "ray.data"):  # ray.data does not propagate to "ray"
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"ray\.")
 
 
 def _ensure_ray(cfg: RunConfig, say: _Say) -> bool:
