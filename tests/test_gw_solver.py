@@ -157,7 +157,7 @@ def test_pruning_keeps_the_value_and_drops_a_far_product_start(monkeypatch):
     for a, b in [(0, 1), (0, 4), (2, 3)]:
         C1, C2 = cost_matrix(layers[a]), cost_matrix(layers[b])
         full = gromov_wasserstein(C1, C2, aligned=True, prune=None, starts=["product", "identity"])
-        fast = gromov_wasserstein(C1, C2, aligned=True, starts=["product", "identity"])
+        fast = gromov_wasserstein(C1, C2, aligned=True, prune=1.5, starts=["product", "identity"])
         assert fast.value == pytest.approx(full.value, rel=1e-12)
         assert list(fast.start_values) == ["identity", "product"]  # identity ran first
     # neighbours: the product start cannot come within 2x, so it costs no n³ product at all
@@ -165,7 +165,8 @@ def test_pruning_keeps_the_value_and_drops_a_far_product_start(monkeypatch):
     calls, times_c = [], problem.Problem.times_c
     monkeypatch.setattr(problem.Problem, "times_c",
                         lambda self, *a: calls.append(1) or times_c(self, *a))
-    r = gromov_wasserstein(C1, C2, aligned=True, starts=["identity", "product"], swap_rounds=0)
+    r = gromov_wasserstein(C1, C2, aligned=True, starts=["identity", "product"], swap_rounds=0,
+                           prune=1.5)
     ident = gromov_wasserstein(C1, C2, aligned=True, starts=["identity"], swap_rounds=0)
     assert r.init == "identity" and r.start_values["product"] > 1.5 * r.value
     assert r.total_iterations == ident.total_iterations + 1 and len(calls) == 2 * ident.iterations
