@@ -111,6 +111,10 @@ def cg(P: Pairs, S: State, active: torch.Tensor, max_iter: int, tol: float, cuto
             else:
                 eps = final_epsilon(S.A, P.rel)
                 cols, S.prices, _ = auction(S.A, eps, S.prices, S.perm, active=active, read=P.read)
+                # the linear step returned the current vertex: CG is stationary, whatever tiny
+                # step float noise in ⟨S − T, A⟩ might suggest (TF32 matmuls)
+                if S.perm is not None:
+                    active &= ~(S.is_perm & (cols == S.perm).all(dim=1))
             Bm = P.times_c(cols)
             idx = cols[:, :, None]
             sA = S.A.gather(2, idx).sum(dim=(1, 2)).double() / P.n
