@@ -118,7 +118,10 @@ def test_toy_and_minilm_mixed_batch_in_chunks(minilm_costs, toy_costs, no_host_s
     C1 = np.stack([toy_costs[0], toy_costs[1], minilm_costs[2], toy_costs[3], toy_costs[0], minilm_costs[0]])
     C2 = np.stack([toy_costs[6], toy_costs[2], minilm_costs[2], toy_costs[4], toy_costs[0], minilm_costs[6]])
     results = batched_gw(C1, C2, batch_size=3)
+    pruned = batched_gw(C1, C2, prune=1.0)  # the screen drops later starts that start above
     monkeypatch.undo()
+    assert any(len(r.start_values) < 3 for r in pruned)
+    assert all(r.value <= r.start_values["identity"] + 1e-15 and r.lower_bound <= r.value for r in pruned)
     assert results[2].value <= 1e-12 and results[4].value <= 1e-12
     _check_against_serial(C1, C2, results)
 
@@ -299,6 +302,7 @@ def test_cuda_matches_cpu(toy_costs):
     ((np.zeros((1, 3, 3)), np.zeros((1, 3, 3))), {"tol": 0.0}, "tol: must be a positive"),
     ((np.zeros((1, 3, 3)), np.zeros((1, 3, 3))), {"max_iter": -1}, "max_iter: must be an integer"),
     ((np.zeros((1, 3, 3)), np.zeros((1, 3, 3))), {"batch_size": 0}, "batch_size: must be"),
+    ((np.zeros((1, 3, 3)), np.zeros((1, 3, 3))), {"prune": 0.5}, "prune: None or a number >= 1"),
     ((np.zeros((1, 3, 3)), np.zeros((1, 3, 3))), {"dtype": torch.float16}, "dtype: "),
     ((np.zeros((1, 3, 3)), [[["a"]]]), {}, "C2: not a numeric array"),
     ((np.zeros((1, 3, 3)), np.zeros((1, 3, 3))), {"device": "gpu7"}, "device: 'gpu7'"),

@@ -30,7 +30,6 @@ from gwray.gw.solver import GWResult
 
 __all__ = ["batched_gw", "plan_batch", "device_costs", "host_read", "HOST_READS"]
 
-_PRUNE = 1.5  # as the serial solver's ``prune``: a start is dropped above 1.5x the best CG end
 HOST_READS = {"count": 0}
 """How many times the engine synchronised with the device (tests bound it)."""
 
@@ -160,10 +159,11 @@ def _exact(S: State, P: Pairs, lap: bool):
     return value.clamp_min(0.0), err, perm, T64
 
 
-def _solve_chunk(C1d, C2d, p, q, names, dtype, max_iter, tol, swap_rounds, bound, assignment_eps):
-    """The serial solver's screened portfolio for one device batch: every start's CG (a start is
-    dropped for the pairs whose first step ends above 1.5x the best CG end so far, and abandoned
-    above it), then the swap search polishes each pair's best CG end. Returns the best values,
+def _solve_chunk(C1d, C2d, p, q, names, dtype, max_iter, tol, swap_rounds, bound, assignment_eps,
+                 prune):
+    """The serial solver's portfolio for one device batch: every start's CG (with ``prune``, a
+    start is dropped for the pairs whose first step ends above ``prune`` × the best CG end so far,
+    and abandoned above it), then the swap search polishes each pair's best CG end. Returns the best values,
     lower bounds, the ends [(start, pair index, value, marginal error, is_perm, perm, dense plan,
     iterations)] and whether the pairs are assignment problems."""
     B, n, m = C1d.shape[0], C1d.shape[1], C2d.shape[1]
@@ -176,16 +176,16 @@ def _solve_chunk(C1d, C2d, p, q, names, dtype, max_iter, tol, swap_rounds, bound
     ends, cache = [], {}
     for k, name in enumerate(names):
         S, idx = start_state(P, name, cache), torch.arange(B, device=dev)
-        if lap and k > 0 and max_iter > 0:  # the screen, O(n²) per pair, before any matmul
+        if lap and k > 0 and max_iter > 0 and prune is not None:  # the O(n²) screen
             if S.first is None:
                 S.first, S.prices, _ = auction(S.A, final_epsilon(S.A, P.rel), read=host_read)
-            keep = first_step_value(P, S) <= _PRUNE * best
+            keep = first_step_value(P, S) <= prune * best
             if not host_read(keep.any()):
                 continue
             idx = torch.as_tensor(host_read(keep.nonzero()[:, 0]), device=dev)
         Pk, Sk = (P, S) if len(idx) == B else (P.subset(idx), S.subset(idx))
         Sk = cg(Pk, Sk, torch.ones(len(idx), dtype=torch.bool, device=dev), max_iter, tol,
-                cutoff=_PRUNE * best[idx] if k > 0 else None)
+                cutoff=prune * best[idx] if k > 0 and prune is not None else None)
         value, err, is_perm, T64 = _exact(Sk, Pk, lap)
         best[idx] = torch.minimum(best[idx], value)
         ends.append((name, idx, value, err, is_perm, Sk.perm, T64, Sk.iters))
@@ -226,7 +226,8 @@ def _polish_best(P: Pairs, ends, best, max_iter, tol, swap_rounds):
 def batched_gw(C1, C2, *, p=None, q=None, aligned: bool = True, starts=STARTS, max_iter: int = 200,
                tol: float = 1e-9, swap_rounds: int = 30, bound: bool = True,
                keep_coupling: bool = True, device=None, dtype=torch.float32, tf32: bool = True,
-               batch_size: int | None = None, assignment_eps: float = 1e-5) -> list[GWResult]:
+               batch_size: int | None = None, assignment_eps: float = 1e-5,
+               prune: float | None = None) -> list[GWResult]:
     """Square-loss GW for B pairs of equal sizes at once, every step on the device.
 
     Parameters
@@ -238,9 +239,11 @@ def batched_gw(C1, C2, *, p=None, q=None, aligned: bool = True, starts=STARTS, m
     aligned : bool
         Row i of both layers is the same sample: the identity plan is a start (needs n = m, p = q).
     starts : sequence of {"identity", "mixed", "product"}
-        As the serial solver's: the identity runs first; a later start is dropped for the pairs
-        whose first step ends above 1.5x the best CG end so far (an O(n²) screen), and the swap
+        As the serial solver's: the identity runs first, every start's CG runs, and the swap
         search polishes each pair's best CG end.
+    prune : float or None
+        As the serial solver's: a later start is dropped for the pairs whose first step (an
+        O(n²) screen) ends above ``prune`` × the best CG end so far; None runs every start.
     max_iter, tol : CG iterations per start and stopping tolerance (as the serial solver).
     swap_rounds : int
         Uniform weights, n = m: swap-search rounds per polish (0: plain CG).
@@ -296,6 +299,8 @@ def batched_gw(C1, C2, *, p=None, q=None, aligned: bool = True, starts=STARTS, m
     for name, val in (("max_iter", max_iter), ("swap_rounds", swap_rounds)):
         if not (isinstance(val, int) and val >= 0):
             raise GwrayInputError(f"{name}: must be an integer >= 0, got {val!r}")
+    if prune is not None and not (isinstance(prune, (int, float)) and prune >= 1):
+        raise GwrayInputError(f"prune: None or a number >= 1, got {prune!r}")
     if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
         raise GwrayInputError(f"batch_size: must be a positive integer, got {batch_size!r}")
     if dtype not in (torch.float32, torch.float64):
@@ -320,7 +325,7 @@ def batched_gw(C1, C2, *, p=None, q=None, aligned: bool = True, starts=STARTS, m
             sl = slice(lo, lo + size)
             t1 = time.perf_counter()
             chunk = _solve_chunk(C1d[sl], C2d[sl], p64[sl], q64[sl], names, dtype, max_iter, tol,
-                                 swap_rounds, bound, assignment_eps)
+                                 swap_rounds, bound, assignment_eps, prune)
             results += _results(*chunk, p64[sl], q64[sl], keep_coupling,
                                 time.perf_counter() - t1 + (t1 - t0 if lo == 0 else 0.0))
     finally:
