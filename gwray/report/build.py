@@ -12,6 +12,9 @@ from gwray.storage import Location
 
 #: cross-checkpoint matrices drawn in the report (consecutive checkpoints first)
 MAX_CROSS = 8
+#: up to this many checkpoints each get a full section; beyond, only the last one does (the
+#: slider section shows every checkpoint's matrix and groups)
+MAX_SECTIONS = 4
 
 
 def build_report(out: Location | str) -> Path | str:
@@ -25,7 +28,10 @@ def build_report(out: Location | str) -> Path | str:
     - ``gap.png`` — its solver certainty (relative gap to the lower bound, value vs bound);
     - ``dendrogram.png`` — its average-linkage hierarchy, leaves coloured by group;
     - ``timeline.png`` — with two or more checkpoints: group boundaries per checkpoint, step order;
-    - ``report.html`` — self-contained: all of the above for every checkpoint embedded as base64,
+    - ``report.html`` — self-contained: with several checkpoints, a slider over all of them (GW
+      matrix, groups, hover values, boundary timeline; :mod:`gwray.report.interactive`); all of
+      the above embedded as base64 for every checkpoint (the last one only beyond
+      ``MAX_SECTIONS`` checkpoints),
       the GW matrix beside the baseline matrices (CKA, RSA, identity distortion) of each
       checkpoint that has them in communities.json, the boundary movement between consecutive
       checkpoints, up to ``MAX_CROSS`` cross-checkpoint layer matrices, tables of groups and
@@ -50,7 +56,8 @@ def build_report(out: Location | str) -> Path | str:
     data = load_run_dir(out)
     norm = ((data.info.get("config") or {}).get("costs") or {}).get("normalize")  # on every GW axis
     images: dict = {}
-    for ckpt in data.checkpoints:
+    full = data.checkpoints if len(data.checkpoints) <= MAX_SECTIONS else data.checkpoints[-1:]
+    for ckpt in full:
         res, D = data.result(ckpt), data.gw[ckpt]
         names, labels = res["names"], np.asarray(res["labels"])
         imgs = {"heatmap": figures.heatmap(D, names, labels, f"GW distances between layers · {ckpt} · "

@@ -10,7 +10,10 @@ import base64
 import json
 from html import escape
 
+import numpy as np
+
 from gwray.report.figures import MEANING
+from gwray.report.interactive import sweep_section
 from gwray.report.rundir import RunData, solver_quality
 
 CSS = """
@@ -102,6 +105,14 @@ def _baselines_key(kinds: list[str]) -> str:
             + _table(["panel", "what it is", "high values mean"], rows))
 
 
+def _correspondence(data: RunData, a: str, b: str) -> str:
+    """For each layer of a, its closest layer of b (the row minimum of the cross matrix)."""
+    M, nb = data.cross[(a, b)], data.layers[b]
+    rows = [[escape(name), escape(nb[int(np.argmin(row))]), _num(float(np.min(row)), "{:.4g}")]
+            for name, row in zip(data.layers[a], M)]
+    return _table([f"layer of {escape(a)}", f"closest layer of {escape(b)}", "GW"], rows)
+
+
 def _summary_line(data: RunData, ckpt: str) -> str:
     r = data.result(ckpt)
     parts = "; ".join(describe_group(g, r["names"]) for g in r["groups"])
@@ -135,7 +146,13 @@ def render_html(data: RunData, images: dict, color) -> str:
            f"<p class='meta'>gwray {escape(str(info.get('gwray_version', '?')))} · probe hash "
            f"{escape(str(info.get('probe_hash', '?')))} · {len(data.checkpoints)} checkpoint(s) · "
            f"grouping method <b>{escape(method)}</b> · groups from {escape(data.communities_source)}</p>",
-           "<h2>Summary</h2><ul>", *(_summary_line(data, c) for c in data.checkpoints), "</ul>"]
+           "<h2>Summary</h2><ul>", *(_summary_line(data, c) for c in data.checkpoints[-4:]), "</ul>"]
+    if len(data.checkpoints) > 4:  # the latest first; a long list would push the slider off screen
+        out += [f"<details><summary>the other {len(data.checkpoints) - 4} checkpoints</summary><ul>",
+                *(_summary_line(data, c) for c in data.checkpoints[:-4]), "</ul></details>"]
+    if len(data.checkpoints) > 1:
+        out.append(sweep_section(data.checkpoints, data.steps, data.layers, data.gw,
+                                 {c: data.result(c)["labels"] for c in data.checkpoints}))
     if images.get("timeline"):
         out += ["<h2>Across checkpoints</h2>", _img(images["timeline"], "timeline of group boundaries")]
         moves = data.communities.get("movement") or []
@@ -146,8 +163,15 @@ def render_html(data: RunData, images: dict, color) -> str:
                                for m in moves]))
     if images.get("cross"):
         out.append("<h2>Layer correspondence across checkpoints</h2>")
-        out += [_img(png, f"cross-checkpoint GW matrix {a} to {b}") for (a, b), png in images["cross"].items()]
-    for ckpt in data.checkpoints:
+        for (a, b), png in images["cross"].items():
+            out.append(_img(png, f"cross-checkpoint GW matrix {a} to {b}"))
+            if data.layers[a] != data.layers[b]:  # different models: say which layer matches which
+                out.append(_correspondence(data, a, b))
+    shown = [c for c in data.checkpoints if c in images]
+    if len(shown) < len(data.checkpoints):
+        out.append(f"<p class='meta'>{len(data.checkpoints)} checkpoints: the full section below is "
+                   f"the last one's; the slider above shows every checkpoint.</p>")
+    for ckpt in shown:
         entry, imgs = data.communities["checkpoints"][ckpt], images[ckpt]
         out += [f"<h2 id='ckpt-{escape(ckpt)}'>Checkpoint {escape(ckpt)}</h2>",
                 _img(imgs["heatmap"], f"GW distance heatmap of {ckpt}")]
