@@ -77,6 +77,9 @@ class GWConfig(_Section):
     max_iter: int = Field(200, ge=1)
     tol: float = Field(1e-9, ge=0)
     baselines: list[Literal["cka", "rsa", "identity"]] = []
+    # the previous checkpoint's plans as extra starts: values never above the cold solve's, at
+    # about 1.4x its solver time (bench/sweep.py), hence off by default
+    warm_start: bool = False
 
 
 class CompareConfig(_Section):

@@ -44,9 +44,11 @@ class RunResult:
     checkpoints, layers : list of str, dict
         Checkpoint ids in order (``["main"]`` for one model); id → layer names in depth order.
     gw, lower_bound : dict
-        Checkpoint id → (L, L) float64 GW distances / lower bounds between its layers.
+        Checkpoint (or model) id → its (L_id, L_id) float64 GW distances / lower bounds; depths
+        may differ between ids (models of different sizes).
     cross : dict
-        ``(checkpoint_a, checkpoint_b)`` → (L_a, L_b) float64 GW, rows = layers of a.
+        ``(checkpoint_a, checkpoint_b)`` → (L_a, L_b) float64 GW, rows = layers of a
+        (rectangular when depths differ).
     communities, pairs : dict, pyarrow.Table
         ``communities.json`` (groups per checkpoint and method, boundaries, movement,
         stability); every pair record of ``OUT/pairs`` (DESIGN.md schema).
@@ -68,8 +70,20 @@ class RunResult:
 
     @property
     def matrix(self) -> np.ndarray:
-        """The (L, L) GW matrix of a one-model run (of the last checkpoint otherwise)."""
-        return self.gw[self.checkpoints[-1]]
+        """The (L, L) GW matrix of a one-model run; with several checkpoints (or models) there is
+        no single matrix: ``ValueError`` naming ``gw[id]``, each one's (L_id, L_id) matrix."""
+        if len(self.checkpoints) > 1:
+            raise ValueError(f"this run has {len(self.checkpoints)} checkpoints/models: use "
+                             f"result.gw[id] (ids {', '.join(self.checkpoints)}) and "
+                             "result.cross[(a, b)]")
+        return self.gw[self.checkpoints[0]]
+
+    def correspondence(self, a: str, b: str) -> dict:
+        """For each layer of ``a``, the layer of ``b`` at the smallest GW distance: the argmin of
+        each row of ``cross[(a, b)]`` (``cross[(b, a)]``'s columns when only that was solved).
+        KeyError when no cross matrix of ``a`` and ``b`` was solved (``compare.cross``)."""
+        M = self.cross[(a, b)] if (a, b) in self.cross else self.cross[(b, a)].T
+        return {name: self.layers[b][int(k)] for name, k in zip(self.layers[a], M.argmin(axis=1))}
 
     @property
     def groups(self) -> dict:

@@ -199,3 +199,41 @@ def test_failed_first_run_leaves_nothing(ray_local, tiny_hf_model, tmp_path, mon
     with pytest.raises(GwrayInputError, match="no/such/model"):
         run(_cfg("/no/such/model"), out=out, progress=False)
     assert not out.exists()
+
+
+def test_models_of_different_depths_side_by_side(ray_local, tmp_path):
+    """Two toy models (2 and 4 blocks, widths 16 and 24) as the run's checkpoints: each its own
+    matrix and groups, a rectangular cross matrix, per-model .npy files, no stacked .npy, the
+    layer correspondence in the report, and load_run by id (``matrix`` refuses to pick one)."""
+    from gwray.models.toy import build_model, default_meta, save_toy, write_probe
+
+    dirs = []
+    for name, depth, width in (("small", 2, 16), ("big", 4, 24)):
+        meta = default_meta("digits", depth=depth, width=width, hidden=32)
+        dirs.append(str(save_toy(build_model(meta), meta, tmp_path / name)))
+    probe = write_probe(dirs[0], tmp_path / "probe.npy", n=24)
+    out = tmp_path / "run"
+    (out / "gw_matrix.npy").parent.mkdir()
+    np.save(out / "gw_matrix.npy", np.zeros((2, 3, 3)))  # stale: an earlier run of equal depths
+    cfg = {"name": "models", "model": {"source": "toy", "path": None, "checkpoints": dirs},
+           "probe": {"source": str(probe), "n_samples": 24}, "layers": {"pooling": "flatten"},
+           "compare": {"cross": "consecutive"}, "resources": {"workers": 2, "batch_pairs": 4}}
+    result = run(cfg, out=out, progress=False)
+    back = load_run(out)
+    assert back.checkpoints == ["small", "big"]  # listed order: the names carry no step
+    assert back.gw["small"].shape == (3, 3) and back.gw["big"].shape == (5, 5)
+    assert back.cross[("small", "big")].shape == (3, 5)
+    assert set(back.groups) == {"small", "big"}
+    assert sum(map(len, back.groups["big"])) == 5
+    for c in ("small", "big"):
+        np.testing.assert_array_equal(np.load(out / "gw" / f"{c}.npy"), back.gw[c])
+    assert not (out / "gw_matrix.npy").exists()
+    with pytest.raises(ValueError, match=r"gw\[id\]"):
+        back.matrix
+    corr = back.correspondence("small", "big")
+    M = back.cross[("small", "big")]
+    assert list(corr) == back.layers["small"]
+    assert [back.layers["big"].index(v) for v in corr.values()] == list(M.argmin(axis=1))
+    html = (out / "report.html").read_text()
+    assert "closest layer of big" in html and "cross-checkpoint GW matrix small to big" in html
+    assert result.report and back.pairs.num_rows == 3 + 10 + 15

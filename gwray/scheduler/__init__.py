@@ -14,9 +14,9 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from gwray.scheduler.plan import Plan, PairTask, make_batches, plan_pairs
-from gwray.scheduler.results import (assemble_matrices, done_keys, load_records, row_keys,
-                                     write_records)
+from gwray.scheduler.plan import Plan, PairTask, make_batches, plan_pairs, warm_sources
+from gwray.scheduler.results import (assemble_matrices, done_keys, load_plans, load_records,
+                                     row_keys, write_records)
 from gwray.storage import Location
 
 __all__ = ["run_pairs", "plan_for", "plan_pairs", "assemble_matrices", "PairTask", "Plan"]
@@ -52,6 +52,52 @@ def plan_for(store, cross: str, checkpoints: list[str] | None = None) -> Plan:
     """
     ids = _checkpoints(store) if checkpoints is None else checkpoints
     return plan_pairs({c: list(store.layer_names(c)) for c in ids}, cross)
+
+
+class _Warm:
+    """The driver's side of warm starts: which plan starts which pair, the plans kept until every
+    pair they start is handed out, and which batches must wait for a plan still being solved."""
+
+    def __init__(self, plan: Plan, todo: list[PairTask], ids: dict, out: Location):
+        sizes = {c: len(v) for c, v in ids.items()}
+        same = {(a, b) for a in ids for b in ids  # permutations carry over between these
+                if sizes[a] == sizes[b] and np.array_equal(ids[a], ids[b])}
+        self.sources = {k: src for k, src in warm_sources(plan).items()
+                        if {(k[0], k[2]), (src[0][0], k[0]), (src[0][2], k[0])} <= same}
+        todo_keys = {t.key for t in todo}
+        self.sources = {k: v for k, v in self.sources.items() if k in todo_keys}
+        self.users: dict = {}  # source key → how many pairs not yet handed out start from it
+        for src, _ in self.sources.values():
+            self.users[src] = self.users.get(src, 0) + 1
+        self.waiting = {src for src in self.users if src in todo_keys}  # not solved yet
+        self.plans = load_plans(out, set(self.users) - self.waiting)  # solved by an earlier run
+
+    def finished(self, records: list[dict]) -> None:
+        for r in records:
+            key = (r["checkpoint_a"], r["layer_a"], r["checkpoint_b"], r["layer_b"])
+            self.waiting.discard(key)
+            if self.users.get(key) and r.get("plan") is not None:
+                self.plans[key] = np.asarray(r["plan"], dtype=np.int32)
+
+    def ready(self, batch) -> bool:
+        """False while a pair of ``batch`` starts from a plan that another batch still solves."""
+        own = {t.key for t in batch.tasks}
+        return not any(self.sources[t.key][0] in self.waiting and self.sources[t.key][0] not in own
+                       for t in batch.tasks if t.key in self.sources)
+
+    def payload(self, batch) -> dict:
+        """``GWWorker.solve``'s ``warm`` argument for ``batch``; plans no pair needs any more are
+        dropped."""
+        warm = {}
+        for t in batch.tasks:
+            if t.key not in self.sources:
+                continue
+            src, transposed = self.sources[t.key]
+            warm[t.key] = (src, transposed, self.plans.get(src))
+            self.users[src] -= 1
+            if not self.users[src]:
+                self.plans.pop(src, None)
+        return warm
 
 
 def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
@@ -100,7 +146,7 @@ def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
     done = done_keys(load_records(out)) & {t.key for t in plan}
     todo = [t for t in plan if t.key not in done]
     stats = {"solved": 0, "resumed": len(done), "cost_matrices": 0, "solver_seconds": 0.0,
-             "startup_seconds": 0.0, "wall_seconds": 0.0}
+             "startup_seconds": 0.0, "wall_seconds": 0.0, "warm_starts": 0, "warm_won": 0}
     workers = 0
     if todo:
         ids = {c: np.asarray(store.sample_ids(c)) for c in plan.layers}
@@ -109,6 +155,7 @@ def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
             (a, b) for a, b in plan.checkpoint_pairs() if np.array_equal(ids[a], ids[b])}
         batches = make_batches(todo, sizes, cfg.resources.batch_pairs)
         workers = min(cfg.resources.workers, len(batches))
+        warm = _Warm(plan, todo, ids, out) if cfg.gw.warm_start else None
         bar = tqdm(total=len(plan), initial=len(done), unit="pair", desc="GW pairs",
                    disable=not progress, file=sys.stderr, smoothing=0.1)
 
@@ -117,16 +164,21 @@ def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
                 stats["startup_seconds"] = (time.perf_counter() - t0
                                             - sum(r["seconds"] for r in records))
             write_records(out, records)
+            if warm is not None:
+                warm.finished(records)
             stats["solved"] += len(records)
             stats["solver_seconds"] += sum(r["seconds"] for r in records)
+            stats["warm_starts"] += sum(bool(r.get("warm")) for r in records)
+            stats["warm_won"] += sum(r["init"] == "warm" for r in records)
             bar.update(len(records))
 
         pool = WorkerPool(workers, cfg.resources.cpus_per_worker, cfg.resources.gpus_per_worker,
                           store=store, metric=cfg.costs.metric, normalize=cfg.costs.normalize,
                           starts=list(cfg.gw.starts), max_iter=cfg.gw.max_iter, tol=cfg.gw.tol,
-                          aligned=sorted(aligned), batched=cfg.resources.gpus_per_worker > 0)
+                          aligned=sorted(aligned), batched=cfg.resources.gpus_per_worker > 0,
+                          keep_plans=warm is not None)
         try:
-            pool.run(batches, on_result)
+            pool.run(batches, on_result, ready=warm and warm.ready, payload=warm and warm.payload)
         finally:
             stats["cost_matrices"] = pool.cost_tasks
             pool.shutdown()
@@ -135,6 +187,9 @@ def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
     line = (f"GW pairs: {len(plan)} total, {stats['solved']} solved, {stats['resumed']} already "
             f"on disk, {stats['cost_matrices']} cost matrices; {wall:.1f} s wall, "
             f"{stats['solver_seconds']:.1f} solver-s on {workers} workers")
+    if stats["warm_starts"]:
+        line += (f"; {stats['warm_starts']} also started from the previous checkpoint's plans "
+                 f"(the warm plan won {stats['warm_won']})")
     if progress:
         print(line, file=sys.stderr)
     log.info(line)

@@ -18,6 +18,8 @@ CROSS_MODES = ("none", "consecutive", "all", "final")
 
 LayerKey = tuple[str, str]
 """``(checkpoint id, layer name)``: what one cost matrix belongs to."""
+PairKey = tuple[str, str, str, str]
+"""``(checkpoint_a, layer_a, checkpoint_b, layer_b)``: one GW pair."""
 
 
 @dataclass(frozen=True)
@@ -129,8 +131,10 @@ def plan_pairs(layers: Mapping[str, Sequence[str]], cross: str = "none") -> Plan
     Returns
     -------
     Plan
-        A list of :class:`PairTask`: per checkpoint the ``L (L - 1) / 2`` pairs ``i < j``, then per
-        checkpoint pair ``(A, B)`` the ``L_A × L_B`` pairs (including equal positions ``i == j``).
+        A list of :class:`PairTask` in training order: per checkpoint ``c`` its ``L (L - 1) / 2``
+        pairs ``i < j``, then, per checkpoint pair ``(A, c)`` ending at ``c``, the ``L_A × L_c``
+        pairs (including equal positions ``i == j``). Warm starts (:func:`warm_sources`) rely on
+        this order: a pair's source is always planned before it.
 
     Raises
     ------
@@ -143,15 +147,47 @@ def plan_pairs(layers: Mapping[str, Sequence[str]], cross: str = "none") -> Plan
             if name in seen:
                 raise GwrayInputError(f"checkpoint {ckpt!r}: layer {name!r} listed twice")
             seen.add(name)
-    tasks = [
-        PairTask(c, names[i], c, names[j], i, j)
-        for c, names in layers.items()
-        for i in range(len(names)) for j in range(i + 1, len(names))
-    ]
-    for a, b in checkpoint_pairs(list(layers), cross):
-        tasks += [PairTask(a, la, b, lb, i, j)
-                  for i, la in enumerate(layers[a]) for j, lb in enumerate(layers[b])]
+    tasks, pairs = [], checkpoint_pairs(list(layers), cross)
+    for c, names in layers.items():  # training order: all of c's pairs before the next one's
+        tasks += [PairTask(c, names[i], c, names[j], i, j)
+                  for i in range(len(names)) for j in range(i + 1, len(names))]
+        for a, b in (p for p in pairs if p[1] == c):
+            tasks += [PairTask(a, la, b, lb, i, j)
+                      for i, la in enumerate(layers[a]) for j, lb in enumerate(layers[b])]
     return Plan(tasks, layers, cross)
+
+
+def warm_sources(plan: Plan) -> dict[PairKey, tuple[PairKey, bool]]:
+    """The planned pair whose plan is the warm start of each pair, and whether it is transposed.
+
+    A pair's source always comes earlier in ``plan`` (training order):
+
+    - within ``(c, x, c, y)``: the same layers at the previous checkpoint, ``(c', x, c', y)``;
+    - cross ``(a, x, b, y)``: the same layers one checkpoint earlier on both sides
+      ``(a', x, b', y)`` (``consecutive``, ``all``), else on the earlier side ``(a', x, b, y)``
+      (``final``), else the within pair ``(a, x, a, y)`` of ``a`` — transposed (its plan runs
+      y → x) when y precedes x; a pair of a layer with itself (x = y) then has none (the
+      identity start is already the natural one).
+
+    Where layer names differ (models of different depths), a source exists only for names both
+    have. Returns ``{pair key: (source key, transposed)}`` for the pairs that have a source.
+    """
+    keys = {t.key for t in plan}
+    order = list(plan.layers)
+    prev = {c: order[k - 1] for k, c in enumerate(order) if k}
+    out: dict[PairKey, tuple[PairKey, bool]] = {}
+    for t in plan:
+        a, x, b, y = t.key
+        if t.within:
+            cands = [((prev.get(a), x, prev.get(a), y), False)]
+        else:
+            cands = [((prev.get(a), x, prev.get(b), y), False), ((prev.get(a), x, b, y), False),
+                     ((a, x, a, y), False), ((a, y, a, x), True)]
+        for key, transposed in cands:
+            if key in keys:
+                out[t.key] = (key, transposed)
+                break
+    return out
 
 
 def make_batches(tasks: Sequence[PairTask], sizes: Mapping[LayerKey, int],

@@ -39,10 +39,18 @@ def pairs_dir(out: Location | str) -> Location:
     return Location.parse(out).child("pairs")
 
 
+PLAN_FIELD = pa.field("plan", pa.list_(pa.int32()))
+"""Optional column of ``pairs/`` files (``gw.warm_start``): the pair's plan as its permutation
+(``plan[i]`` = the sample of layer_b matched to sample i of layer_a; null when the plan is not a
+permutation), the warm start of the same pair at the next checkpoint, also after a resume."""
+
+
 def records_table(records: Sequence[dict]) -> pa.Table:
-    """Pair records (dicts with the :data:`PAIR_SCHEMA` fields) → a table with that schema."""
-    return pa.Table.from_pylist([{f: r[f] for f in PAIR_SCHEMA.names} for r in records],
-                                schema=PAIR_SCHEMA)
+    """Pair records (dicts with the :data:`PAIR_SCHEMA` fields, optionally ``plan``) → a table
+    with that schema, plus the :data:`PLAN_FIELD` column when any record carries a plan."""
+    with_plan = any(r.get("plan") is not None for r in records)
+    schema = PAIR_SCHEMA.append(PLAN_FIELD) if with_plan else PAIR_SCHEMA
+    return pa.Table.from_pylist([{f: r.get(f) for f in schema.names} for r in records], schema=schema)
 
 
 def write_records(out: Location | str, records: Sequence[dict]) -> Location:
@@ -95,6 +103,23 @@ def load_records(out: Location | str) -> pa.Table:
     if not tables:
         return PAIR_SCHEMA.append(pa.field("file", pa.string())).empty_table()
     return pa.concat_tables(tables)
+
+
+def load_plans(out: Location | str, keys: set) -> dict[tuple, np.ndarray]:
+    """The stored plans of the pairs ``keys`` in ``OUT/pairs/``: ``{key: permutation (n,)
+    int32}``; pairs stored without a plan are left out. Reads only the key and plan columns, of
+    the files that have a plan column."""
+    plans: dict = {}
+    for loc in pairs_dir(out).files():
+        try:
+            table = loc.read_table(columns=KEY_COLUMNS + [PLAN_FIELD.name])
+        except (pa.ArrowException, OSError, KeyError):
+            continue  # no plan column: a run without warm starts, or another gwray version
+        for row in table.to_pylist():
+            key = tuple(row[c] for c in KEY_COLUMNS)
+            if key in keys and row["plan"] is not None:
+                plans[key] = np.asarray(row["plan"], dtype=np.int32)
+    return plans
 
 
 def row_keys(table: pa.Table) -> list[tuple[str, str, str, str]]:
@@ -170,8 +195,10 @@ def assemble_matrices(out: Location | str, plan: Sequence[PairTask], *,
         matrices are symmetric with a zero diagonal; cross matrices have rows = layers of ``a``.
 
     Writes ``OUT/gw_matrix.parquet`` (``checkpoint, layer_i, layer_j, gw, lower_bound``, all
-    ``L × L`` cells), ``OUT/gw_matrix.npy`` ((L, L) for one checkpoint, (C, L, L) for several of
-    equal depth) and, with cross pairs, ``OUT/cross/gw_matrix.parquet`` (``checkpoint_a,
+    ``L_c × L_c`` cells of each checkpoint), ``OUT/gw_matrix.npy`` ((L, L) for one checkpoint,
+    (C, L, L) for C checkpoints of equal depth; not written — and removed if an earlier run left
+    one — when depths differ), ``OUT/gw/<id>.npy`` ((L_c, L_c) per checkpoint, whenever there
+    are several) and, with cross pairs, ``OUT/cross/gw_matrix.parquet`` (``checkpoint_a,
     checkpoint_b, layer_i, layer_j, gw, lower_bound``) plus ``OUT/cross/<a>__<b>.npy``.
 
     Raises
@@ -218,6 +245,11 @@ def assemble_matrices(out: Location | str, plan: Sequence[PairTask], *,
         out.child("gw_matrix.npy").write_bytes(_npy_bytes(mats[0]))
     elif mats and len({m.shape for m in mats}) == 1:
         out.child("gw_matrix.npy").write_bytes(_npy_bytes(np.stack(mats)))
+    else:  # models of different depths: no stack exists; a stale one from an earlier run goes
+        out.child("gw_matrix.npy").remove()
+    if len(mats) > 1:
+        for c, gw in result["gw"].items():
+            out.child("gw", f"{_safe(c)}.npy").write_bytes(_npy_bytes(gw))
     if cross_rows:
         out.child("cross", "gw_matrix.parquet").write_table(
             pa.Table.from_pylist(cross_rows, schema=CROSS_SCHEMA))

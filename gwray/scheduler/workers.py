@@ -60,15 +60,17 @@ class GWWorker:
         Solve equal-size batches with :func:`gwray.gw.batched.batched_gw` (the GPU path).
     cache_bytes : int
         Cost matrices kept in this worker (least recently used dropped first).
+    keep_plans : bool
+        Return each pair's plan as its permutation (record key ``plan``), for warm starts.
     """
 
     def __init__(self, store, metric: str, normalize: str, starts: Sequence[str], max_iter: int,
                  tol: float, aligned: Iterable[tuple[str, str]], batched: bool = False,
-                 cache_bytes: int = 2 << 30):
+                 cache_bytes: int = 2 << 30, keep_plans: bool = False):
         self.store, self.metric, self.normalize = store, metric, normalize
         self.starts, self.max_iter, self.tol = list(starts), max_iter, tol
         self.aligned = set(map(tuple, aligned))
-        self.batched, self.cache_bytes = batched, cache_bytes
+        self.batched, self.cache_bytes, self.keep_plans = batched, cache_bytes, keep_plans
         self._cache: OrderedDict[LayerKey, np.ndarray] = OrderedDict()
         self._summaries: dict = {}  # per-layer bound data (gwray.gw.bounds.layer_summary)
         self._lock = threading.Lock()  # ``cost`` runs in its own thread (concurrency group)
@@ -135,35 +137,62 @@ class GWWorker:
                     self._cache.move_to_end(k)
         return held
 
-    def solve(self, batch: Batch, refs: Mapping[LayerKey, "ray.ObjectRef"]) -> list[dict]:
+    def solve(self, batch: Batch, refs: Mapping[LayerKey, "ray.ObjectRef"],
+              warm: Mapping[tuple, tuple] | None = None) -> list[dict]:
         """Solve every pair of ``batch``; ``refs`` maps each needed (checkpoint, layer) to its cost ref.
+
+        ``warm`` maps a pair key to ``(source key, transposed, permutation or None)``: the source
+        pair's plan (None when the source is solved earlier in this batch) is the pair's warm
+        start, after the configured ones (:func:`gwray.gw.warm.warm_gw`).
 
         Returns
         -------
         list of dict
-            Full pair records (DESIGN.md: names, gw, lower_bound, init, iterations,
-            marginal_error, seconds, n, solver), in batch order.
+            Full pair records (DESIGN.md: names, gw, lower_bound, init — "warm" when the warm
+            plan won —, iterations, marginal_error, seconds, n, solver), in batch order, plus
+            ``plan`` (with ``keep_plans``) and ``warm`` (a warm plan was offered).
         """
         costs = self._fetch(batch.cost_keys, refs)
         results = {}
         if self.batched and batch.n[0] == batch.n[1]:
             results = self._solve_batched(batch, costs)
-        from gwray.gw.solver import gromov_wasserstein
+        from gwray.gw.warm import warm_gw
 
-        records = []
+        records, solved, warm = [], {}, warm or {}
         for t in batch.tasks:
-            r = results.get(t.key)
+            r, offered = results.get(t.key), False
             if r is None:
                 (ka, kb), al = t.cost_keys, (t.checkpoint_a, t.checkpoint_b) in self.aligned
-                r = gromov_wasserstein(costs[ka], costs[kb], aligned=al,
-                                       starts=self.starts, max_iter=self.max_iter,
-                                       tol=self.tol, keep_coupling=False,
-                                       layer_data=(self._summary(ka, costs[ka]),
-                                                   self._summary(kb, costs[kb])))
-            rec = {"n": batch.n[0], **r.record()}
+                perm = self._warm_plan(warm.get(t.key), solved)
+                offered = perm is not None
+                r = warm_gw(costs[ka], costs[kb], [perm] if offered else [], aligned=al,
+                            starts=self.starts, max_iter=self.max_iter, tol=self.tol,
+                            keep_coupling=False,
+                            layer_data=(self._summary(ka, costs[ka]), self._summary(kb, costs[kb])))
+                if r.init == "given":
+                    r.init = "warm"
+                solved[t.key] = r.permutation
+            rec = {"n": batch.n[0], **r.record(), "warm": offered}
+            if self.keep_plans:
+                rec["plan"] = getattr(r, "permutation", None)
             records.append({"checkpoint_a": t.checkpoint_a, "layer_a": t.layer_a,
                             "checkpoint_b": t.checkpoint_b, "layer_b": t.layer_b, **rec})
         return records
+
+    @staticmethod
+    def _warm_plan(entry, solved: Mapping) -> np.ndarray | None:
+        """The permutation of a warm entry (of the source solved in this batch if need be; its
+        inverse when transposed), or None."""
+        if entry is None:
+            return None
+        source, transposed, perm = entry
+        if perm is None:
+            perm = solved.get(source)
+        if perm is None or not transposed:
+            return perm
+        inverse = np.empty_like(perm)  # the source's plan runs layer_b -> layer_a
+        inverse[perm] = np.arange(perm.size, dtype=perm.dtype)
+        return inverse
 
     def _solve_batched(self, batch: Batch, costs: Mapping[LayerKey, np.ndarray]) -> dict:
         """The batch's pairs on the device engine (:func:`gwray.gw.batched.batched_gw`), aligned
@@ -236,23 +265,23 @@ class WorkerPool:
         return all(k in self.ready or k not in self.costs or self.costs[k][1] == idx
                    for k in batch.cost_keys)
 
-    def _pick(self, pending: list[Batch], idx: int) -> int | None:
+    def _pick(self, pending: list[Batch], idx: int, ready) -> int | None:
         held, best, best_score = self.slots[idx].held, None, -1
         for pos, batch in enumerate(pending[:self.window]):
-            if self._usable(batch, idx):
+            if self._usable(batch, idx) and ready(batch):
                 score = len(batch.cost_keys & held)
                 if score > best_score:
                     best, best_score = pos, score
         return best
 
-    def _submit(self, batch: Batch, idx: int):
+    def _submit(self, batch: Batch, idx: int, extra: dict):
         slot = self.slots[idx]
         for key in sorted(batch.cost_keys - set(self.costs)):
             self.costs[key] = (slot.actor.cost.remote(*key), idx)
             self.cost_tasks += 1
         slot.held |= batch.cost_keys
         slot.running += 1
-        return slot.actor.solve.remote(batch, {k: self.costs[k][0] for k in batch.cost_keys})
+        return slot.actor.solve.remote(batch, {k: self.costs[k][0] for k in batch.cost_keys}, extra)
 
     def _forget(self, keys: Iterable[LayerKey]) -> None:
         for k in keys:
@@ -269,8 +298,14 @@ class WorkerPool:
         if slot.ping is None:
             slot.ping = slot.actor.ping.remote()
 
-    def run(self, batches: Sequence[Batch], on_result: Callable[[Batch, list[dict]], None]) -> None:
+    def run(self, batches: Sequence[Batch], on_result: Callable[[Batch, list[dict]], None],
+            ready: Callable[[Batch], bool] | None = None,
+            payload: Callable[[Batch], dict] | None = None) -> None:
         """Solve every batch; call ``on_result(batch, records)`` in the driver as each finishes.
+
+        ``ready(batch)`` holds a batch back while False (e.g. until the plans it starts from are
+        solved; when no batch is ready and none runs, the first pending one goes anyway), and
+        ``payload(batch)``, called as it is handed out, is passed to ``GWWorker.solve`` as ``warm``.
 
         Raises
         ------
@@ -281,17 +316,20 @@ class WorkerPool:
         """
         pending, attempts = list(batches), {b.index: 0 for b in batches}
         inflight: dict = {}  # solve ref → (batch, slot index)
+        ready = ready or (lambda batch: True)
         while pending or inflight:
             for idx, slot in enumerate(self.slots):
                 # queue ahead only while there is work for everyone: near the end a second queued
                 # batch would leave another worker idle
                 depth = self.depth if len(pending) >= len(self.slots) else 1
                 while pending and slot.ping is None and slot.running < depth:
-                    pos = self._pick(pending, idx)
+                    stuck = not inflight  # nothing runs that could make a batch ready
+                    pos = self._pick(pending, idx, (lambda b: True) if stuck else ready)
                     if pos is None:
                         break
                     batch = pending.pop(pos)
-                    inflight[self._submit(batch, idx)] = (batch, idx)
+                    extra = payload(batch) if payload else None
+                    inflight[self._submit(batch, idx, extra)] = (batch, idx)
             waiting = {self.costs[k][0]: k for k in self.costs if k not in self.ready}
             pings = {s.ping: i for i, s in enumerate(self.slots) if s.ping is not None}
             done, _ = ray.wait(list(inflight) + list(waiting) + list(pings), num_returns=1,

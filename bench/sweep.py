@@ -1,0 +1,141 @@
+"""Benchmark: warm starts across the checkpoints of a training run (``gw.warm_start``).
+
+Trains a toy residual MLP on scikit-learn's digits (offline) and keeps K checkpoints (or takes
+``--ckpts DIR`` with ``step-*`` checkpoint directories of :mod:`gwray.models.toy`), runs a
+held-out probe through each, and solves every pair a ``compare.cross: consecutive`` run plans —
+each checkpoint's L (L - 1) / 2 within pairs and the L² cross pairs against the previous
+checkpoint — twice, interleaved pair by pair (which one runs first alternates):
+
+- cold: the configured starts (identity + product), as with ``gw.warm_start: false``;
+- warm: the same starts, then the plan the warm sweep found for the pair's source
+  (:func:`gwray.scheduler.plan.warm_sources`: the same pair one checkpoint earlier) through
+  :func:`gwray.gw.warm.warm_gw`, exactly what the scheduler's workers do.
+
+Solver time is CPU time of the solving thread (``time.thread_time``, 1 BLAS thread); the lower
+bound's per-layer data is computed once per layer for both. Prints per checkpoint the
+solver-seconds cold and warm, their ratio, how many pairs were offered a warm plan and won by it,
+and the range of (warm − cold) / cold; then the totals over checkpoints 2..K. Issue targets:
+ratio ≤ 0.35, every warm value ≤ cold × 1.001.
+
+Usage: python bench/sweep.py [--ckpts DIR] [--checkpoints 9] [--steps 400] [--depth 8]
+                             [--n 128] [--out runs/bench-sweep]
+(``--ckpts runs/toy-digits/ckpts --n 256``: the checkpoints of configs/checkpoints.yaml.)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gwray.gw.bounds import layer_summary
+from gwray.gw.costs import cost_matrix
+from gwray.gw.solver import gromov_wasserstein
+from gwray.gw.warm import warm_gw
+from gwray.models.toy import load_toy, train_toy
+from gwray.scheduler.plan import plan_pairs, warm_sources
+
+STARTS = ["identity", "product"]
+
+
+def checkpoints(args) -> list[Path]:
+    root = Path(args.ckpts or os.path.join(args.out, f"digits-d{args.depth}-s{args.steps}"))
+    found = sorted(root.glob("step-*"))
+    if not found:
+        every = max(args.steps // (args.checkpoints - 1), 1)
+        print(f"training the digits toy ({args.steps} steps, depth {args.depth}) into {root}")
+        found = train_toy("digits", root, save_every=every, steps=args.steps, depth=args.depth)
+    return found
+
+
+def layer_costs(paths: list[Path], n: int) -> dict:
+    probe = np.load(paths[0].parent / "probe.npy")[:n]
+    costs = {}
+    torch.set_num_threads(1)
+    for path in paths:
+        model, names = load_toy(path)
+        with torch.no_grad():
+            states = model.hidden_states(torch.as_tensor(probe))
+        costs[path.name] = {name: cost_matrix(h.numpy().astype(np.float64)) for name, h in zip(names, states)}
+    return costs
+
+
+def sweep(costs: dict) -> list[dict]:
+    # per-layer bound data, computed once per layer as a worker would cache it, for both sweeps
+    summaries = {c: {k: layer_summary(C) for k, C in layers.items()} for c, layers in costs.items()}
+    first = list(next(iter(costs.values())).values())
+    gromov_wasserstein(first[0], first[1], aligned=True)  # compile the numba kernels first
+    plan = plan_pairs({c: list(layers) for c, layers in costs.items()}, "consecutive")
+    sources, warm_out, rows = warm_sources(plan), {}, []
+    for k, t in enumerate(plan):
+        C1, C2 = costs[t.checkpoint_a][t.layer_a], costs[t.checkpoint_b][t.layer_b]
+        data = (summaries[t.checkpoint_a][t.layer_a], summaries[t.checkpoint_b][t.layer_b])
+        src, transposed = sources.get(t.key, (None, False))
+        perm = warm_out.get(src)
+        if perm is not None and transposed:  # the source's plan runs layer_b -> layer_a
+            perm = np.argsort(perm).astype(np.int32)
+        runs = {}
+        for which in (("cold", "warm") if k % 2 else ("warm", "cold")):
+            t0 = time.thread_time()
+            warm = [] if which == "cold" or perm is None else [perm]
+            runs[which] = (warm_gw(C1, C2, warm, aligned=True, starts=STARTS, keep_coupling=False,
+                                   layer_data=data), time.thread_time() - t0)
+        (cold, tc), (warm, tw) = runs["cold"], runs["warm"]
+        warm_out[t.key] = warm.permutation
+        rows.append({"checkpoint": t.checkpoint_b, "cold": cold.value, "warm": warm.value,
+                     "cold_s": tc, "warm_s": tw, "offered": perm is not None,
+                     "won": warm.init == "given"})
+    return rows
+
+
+def report(rows: list[dict], order: list[str]) -> dict:
+    print(f"{'checkpoint':>12} {'pairs':>6} {'cold s':>8} {'warm s':>8} {'ratio':>6} {'warm':>5} "
+          f"{'won':>5} {'max rel diff':>13} {'min rel diff':>13}")
+    totals = {"cold_s": 0.0, "warm_s": 0.0, "pairs": 0, "offered": 0, "won": 0,
+              "worst": -np.inf, "best": np.inf}
+    for c in order:
+        mine = [r for r in rows if r["checkpoint"] == c]
+        cs, ws = sum(r["cold_s"] for r in mine), sum(r["warm_s"] for r in mine)
+        rel = [(r["warm"] - r["cold"]) / r["cold"] for r in mine if r["cold"] > 0]
+        counts = [sum(r[k] for r in mine) for k in ("offered", "won")]
+        print(f"{c:>12} {len(mine):>6} {cs:8.2f} {ws:8.2f} {ws / cs:6.3f} {counts[0]:>5} "
+              f"{counts[1]:>5} {max(rel):13.2e} {min(rel):13.2e}")
+        if c != order[0]:
+            totals["cold_s"] += cs
+            totals["warm_s"] += ws
+            totals["pairs"] += len(mine)
+            totals["offered"] += counts[0]
+            totals["won"] += counts[1]
+            totals["worst"], totals["best"] = max(totals["worst"], max(rel)), min(totals["best"], min(rel))
+    totals["ratio"] = totals["warm_s"] / totals["cold_s"]
+    return totals
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ckpts", help="directory of step-* toy checkpoints (default: train them)")
+    ap.add_argument("--checkpoints", type=int, default=9, help="checkpoints to train (>= 8)")
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--depth", type=int, default=8)
+    ap.add_argument("--n", type=int, default=128, help="probe samples")
+    ap.add_argument("--out", default="runs/bench-sweep", help="where trained checkpoints are kept")
+    args = ap.parse_args(argv)
+    paths = checkpoints(args)
+    costs = layer_costs(paths, args.n)
+    order = list(costs)
+    L = len(next(iter(costs.values())))
+    print(f"{len(order)} checkpoints x {L} layers, n = {args.n}; load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    tot = report(sweep(costs), order)
+    print(f"checkpoints 2..{len(order)}: {tot['pairs']} pairs, solver CPU-s cold {tot['cold_s']:.2f}, "
+          f"warm {tot['warm_s']:.2f}: ratio {tot['ratio']:.3f} (target <= 0.35); warm plan offered "
+          f"{tot['offered']}, won {tot['won']}; (warm - cold) / cold from {tot['best']:.2e} to "
+          f"{tot['worst']:.2e} (target <= 1e-3)")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
