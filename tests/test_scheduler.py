@@ -81,7 +81,7 @@ def test_records_are_complete_and_costs_computed_once(finished):
     assert int(meta["solved"]) == 45 and int(meta["resumed"]) == 0
     assert int(meta["cost_matrices"]) == 2 * LAYERS  # once per (checkpoint, layer)
     assert table.column("n").to_pylist() == [N] * 45
-    assert set(table.column("init").to_pylist()) <= {"identity", "product", "warm"}
+    assert set(table.column("init").to_pylist()) <= {"identity", "product"}
     assert (table.column("gw").to_numpy() >= table.column("lower_bound").to_numpy() - 1e-12).all()
     assert (table.column("seconds").to_numpy() > 0).all()
     assert len(load_records(out)) == 45
