@@ -54,8 +54,8 @@ def causal_family(config, where: str) -> Family:
 
 
 def base_model(model: nn.Module, family: Family) -> nn.Module:
-    """The base model (``GPT2Model``, ``LlamaModel``, ...) inside a causal LM."""
-    return model.get_submodule(family.prefix)
+    """The base model (``GPT2Model``, ``LlamaModel``, ...) inside a task model, or ``model`` itself."""
+    return model.get_submodule(family.prefix) if hasattr(model, family.prefix) else model
 
 
 @torch.no_grad()
