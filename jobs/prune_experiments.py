@@ -1,12 +1,12 @@
 """Evidence for `gwray prune` and for fine-tuning by group (docs/results.md, sections 4 and 5).
 
-    python jobs/prune_experiments.py --out runs/prune           # about 15 minutes on 2 busy cores
+    python jobs/prune_experiments.py --out runs/prune           # about 40 minutes on 2 busy cores
     python jobs/prune_experiments.py --out /tmp/p --quick       # a minute: small everything
 
-1. Trains a small GPT-2 (8 blocks, width 128, a 2,048-token byte-level BPE) on 80 % of the built-in
+1. Trains a small GPT-2 (8 blocks, width 64, a 2,048-token byte-level BPE) on 80 % of the built-in
    English corpus (Botchan, gwray/data/english.txt) on the CPU, with gwray's own AdamW loop.
 2. Runs gwray on it (``gwray.pipeline.run``: 256 probe sentences, Ray) for its GW matrix and groups.
-3. ``gwray prune`` (through :func:`gwray.prune.command.prune`): every rule at K = 1 … 5, evaluated
+3. ``gwray prune`` (through :func:`gwray.prune.command.prune`): every rule at K = 1 … 4, evaluated
    on the 20 % of Botchan the LM never saw, without and with healing; random = 3 seeds.
 4. Fine-tuning by group on a shifted domain (sentences of the Python 3.11 standard library's
    docstrings): only one group's blocks vs all blocks vs as many random blocks (3 seeds);
@@ -40,8 +40,8 @@ from gwray.models.families import get_family  # noqa: E402
 from gwray.prune import evaluate, hf, scores  # noqa: E402
 from gwray.prune.command import prune  # noqa: E402
 
-FULL = dict(layers=8, width=128, vocab=2048, train_steps=1500, lr=1e-3, batch=32, max_tokens=64, n_probe=256,
-            drops=[1, 2, 3, 4, 5], heal_steps=50, seeds=3, ft_steps=150, ft_lr=5e-4, minilm_drops=[1, 2, 3, 4])
+FULL = dict(layers=8, width=64, vocab=2048, train_steps=600, lr=2e-3, batch=16, max_tokens=64, n_probe=256,
+            drops=[1, 2, 3, 4], heal_steps=30, seeds=3, ft_steps=100, ft_lr=1e-3, minilm_drops=[1, 2, 3, 4])
 QUICK = dict(FULL, layers=4, width=64, vocab=512, train_steps=100, n_probe=32, drops=[1, 2], heal_steps=5,
              seeds=2, ft_steps=10, minilm_drops=[1])
 STDLIB = ("os", "collections", "itertools", "functools", "json", "re", "argparse", "pathlib", "subprocess",
@@ -97,7 +97,8 @@ def train_lm(out: Path, texts: list[str], p: dict) -> Path:
     model = tf.GPT2LMHeadModel(config)
     t0 = time.process_time()
     evaluate.heal(model, tok, texts, p["train_steps"], lr=p["lr"], batch_size=p["batch"], max_tokens=p["max_tokens"])
-    say(f"trained the LM: {p['train_steps']} steps, {time.process_time() - t0:.0f} CPU-s")
+    say(f"trained the LM: {p['train_steps']} steps, {time.process_time() - t0:.0f} CPU-s, "
+        f"{sum(x.numel() for x in model.parameters())} parameters")
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out
@@ -274,9 +275,9 @@ def main(argv=None) -> None:
         analyse(model_dir, run_dir, p)
     res = {"params": p, "sizes": {"botchan_train": len(train), "botchan_test": len(test),
                                   "docstring_train": len(domain[0]), "docstring_test": len(domain[1])}}
-    common = dict(eval_source=str(out / "botchan_test.txt"), seeds=p["seeds"], n_eval=256, quiet=True)
+    common = dict(eval_source=str(out / "botchan_test.txt"), seeds=p["seeds"], n_eval=256, quiet=False)
     res["prune"] = {"plain": prune(str(run_dir), p["drops"], "all", **common)["perplexities"],
-                    "healed": prune(str(run_dir), p["drops"], "all", heal_steps=p["heal_steps"], heal_lr=3e-4,
+                    "healed": prune(str(run_dir), p["drops"], "all", heal_steps=p["heal_steps"], heal_lr=5e-4,
                                     **common)["perplexities"]}
     from gwray.pipeline import load_run
 
