@@ -1,6 +1,6 @@
 """Evidence for `gwray prune` and for fine-tuning by group (docs/results.md, sections 4 and 5).
 
-    python jobs/prune_experiments.py --out runs/prune           # about 40 minutes on 2 busy cores
+    python jobs/prune_experiments.py --out runs/prune           # about 25 minutes on 2 busy cores
     python jobs/prune_experiments.py --out /tmp/p --quick       # a minute: small everything
 
 1. Trains a small GPT-2 (8 blocks, width 64, a 2,048-token byte-level BPE) on 80 % of the built-in
@@ -41,7 +41,8 @@ from gwray.prune import evaluate, hf, scores  # noqa: E402
 from gwray.prune.command import prune  # noqa: E402
 
 FULL = dict(layers=8, width=64, vocab=2048, train_steps=600, lr=2e-3, batch=16, max_tokens=64, n_probe=256,
-            drops=[1, 2, 3, 4], heal_steps=30, seeds=3, ft_steps=100, ft_lr=1e-3, minilm_drops=[1, 2, 3, 4])
+            drops=[1, 2, 3, 4], heal_steps=30, seeds=3, ft_steps=100, ft_lr=1e-3, ft_groups=3, ft_seeds=2,
+            minilm_drops=[1, 2, 3, 4])
 QUICK = dict(FULL, layers=4, width=64, vocab=512, train_steps=100, n_probe=32, drops=[1, 2], heal_steps=5,
              seeds=2, ft_steps=10, minilm_drops=[1])
 STDLIB = ("os", "collections", "itertools", "functools", "json", "re", "argparse", "pathlib", "subprocess",
@@ -119,9 +120,14 @@ def finetune(model_dir: Path, run_dir: Path, domain: tuple, botchan_test: list[s
 
     from gwray.pipeline import load_run
 
+    from gwray.graph.communities import find_subnetworks
+
     result = load_run(run_dir)
     names = result.layers[result.checkpoints[-1]]
     groups = result.groups[result.checkpoints[-1]]
+    if max(len(g) for g in groups) >= len(names) - 1:  # one group holds every block: nothing to compare
+        groups = find_subnetworks(result.matrix, method="contiguous", k=p["ft_groups"], names=names).groups
+        say(f"fine-tuning: the run's groups put every block in one group; contiguous k = {p['ft_groups']}: {groups}")
     block_of = {n: i - 1 for i, n in enumerate(names) if i > 0}  # layer i + 1 is block i's output
     tok = tf.AutoTokenizer.from_pretrained(model_dir)
     train, test = domain
@@ -132,7 +138,7 @@ def finetune(model_dir: Path, run_dir: Path, domain: tuple, botchan_test: list[s
         if blocks:
             conditions.append((f"group {g + 1}", 0, blocks))
             conditions += [(f"random x{len(blocks)}", s, scores.random_choice(n_blocks, len(blocks), 100 + s))
-                           for s in range(p["seeds"])]
+                           for s in range(p["ft_seeds"])]
     conditions.append(("all blocks", 0, list(range(n_blocks))))
     rows = []
     for label, seed, blocks in conditions:
@@ -152,7 +158,7 @@ def finetune(model_dir: Path, run_dir: Path, domain: tuple, botchan_test: list[s
                "botchan_loss": float(np.log(evaluate.perplexity(model, tok, botchan_test, p["max_tokens"])))}
         say(f"fine-tune {label} seed {seed} blocks {blocks}: domain {row['domain_loss']:.3f}, botchan {row['botchan_loss']:.3f}")
         rows.append(row)
-    return rows
+    return {"groups": groups, "rows": rows}
 
 
 def minilm(out: Path, p: dict) -> dict:
@@ -205,6 +211,14 @@ def minilm(out: Path, p: dict) -> dict:
     return {"groups": groups, "note": note, "bi": probe["bi"].tolist(), "n_eval": len(held), "rows": rows}
 
 
+def stage(out: Path, name: str, compute):
+    """A stage's results from OUT/stage_<name>.json, computed (and saved) when absent: reruns resume."""
+    path = out / f"stage_{name}.json"
+    if not path.exists():
+        path.write_text(json.dumps(compute(), indent=1))
+    return json.loads(path.read_text())
+
+
 def curve_table(rows, drops, key, fmt="{:.2f}") -> str:
     methods = [m for m in ("unpruned", "groups", "bi", "angular", "random") if any(r["method"] == m for r in rows)]
     lines = ["| method | " + " | ".join(f"K={k}" for k in drops) + " |", "|" + "---|" * (len(drops) + 1)]
@@ -239,7 +253,7 @@ def figures(res: dict, out: Path) -> None:
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(out / "prune_curves.png", dpi=110)
-    ft = res["finetune"]
+    ft = res["finetune"]["rows"]
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for label in dict.fromkeys(r["condition"] for r in ft):
         rs = [r for r in ft if r["condition"] == label]
@@ -276,14 +290,14 @@ def main(argv=None) -> None:
     res = {"params": p, "sizes": {"botchan_train": len(train), "botchan_test": len(test),
                                   "docstring_train": len(domain[0]), "docstring_test": len(domain[1])}}
     common = dict(eval_source=str(out / "botchan_test.txt"), seeds=p["seeds"], n_eval=256, quiet=False)
-    res["prune"] = {"plain": prune(str(run_dir), p["drops"], "all", **common)["perplexities"],
-                    "healed": prune(str(run_dir), p["drops"], "all", heal_steps=p["heal_steps"], heal_lr=5e-4,
-                                    **common)["perplexities"]}
+    res["prune"] = stage(out, "prune", lambda: {
+        "plain": prune(str(run_dir), p["drops"], "all", **common)["perplexities"],
+        "healed": prune(str(run_dir), p["drops"], "all", heal_steps=p["heal_steps"], heal_lr=5e-4, **common)["perplexities"]})
     from gwray.pipeline import load_run
 
     res["lm_groups"] = load_run(run_dir).groups
-    res["finetune"] = finetune(model_dir, run_dir, domain, test[:256], p)
-    res["minilm"] = minilm(out, p)
+    res["finetune"] = stage(out, "finetune", lambda: finetune(model_dir, run_dir, domain, test[:256], p))
+    res["minilm"] = stage(out, "minilm", lambda: minilm(out, p))
     res["wall_seconds"] = time.time() - t0
     (out / "results.json").write_text(json.dumps(res, indent=1))
     figures(res, out / "figures")
@@ -292,9 +306,10 @@ def main(argv=None) -> None:
               "LM perplexity (healed)", curve_table(res["prune"]["healed"], p["drops"], "healed"),
               f"MiniLM groups: {res['minilm']['groups']} {res['minilm']['note']}",
               "MiniLM 10-NN kept", curve_table(res["minilm"]["rows"], p["minilm_drops"], "knn10_kept", "{:.3f}"),
-              "fine-tuning", "| condition | blocks | params | domain loss | Botchan loss |\n|---|---|---|---|---|"]
-    tables += [f"| {r['condition']} (seed {r['seed']}) | {r['blocks']} | {r['params']} | {r['domain_loss']:.3f} | "
-               f"{r['botchan_loss']:.3f} |" for r in res["finetune"]]
+              f"fine-tuning groups: {res['finetune']['groups']}",
+              "\n".join(["| condition | blocks | params | domain loss | Botchan loss |", "|---|---|---|---|---|"]
+                        + [f"| {r['condition']} (seed {r['seed']}) | {r['blocks']} | {r['params']} | "
+                           f"{r['domain_loss']:.3f} | {r['botchan_loss']:.3f} |" for r in res["finetune"]["rows"]])]
     (out / "tables.md").write_text("\n\n".join(tables) + "\n")
     print((out / "tables.md").read_text())
     say(f"done in {res['wall_seconds']:.0f} s")
