@@ -266,21 +266,21 @@ def size_run(cfg: RunConfig, rates: dict | None = None, calibrate_here: bool = T
     if unknown:
         raise GwrayInputError(f"rate {sorted(unknown)[0]!r}: expected one of {', '.join(RATE_NAMES)}")
     checkpoints, probe = check_inputs(cfg)
-    layers, dims, per_ckpt = {}, {}, []
+    layers, dims, first = {}, {}, None
     for ckpt, path in checkpoints:
         layers[ckpt], dims[ckpt], loaded = _layers_and_dims(cfg, path, probe)
         check_layer_count(cfg, ckpt, layers[ckpt])
-        per_ckpt.append((path, loaded))
-    path, loaded = per_ckpt[0]
+        first = first or (path, loaded)  # checkpoints of one training run share their shapes
+    path, loaded = first
     pooling = cfg.layers.pooling
-    k = int(pooling.split(":")[1]) if pooling.startswith("tokens:") else 1
+    per_sample = int(pooling.split(":")[1]) if pooling.startswith("tokens:") else 1
     n = len(probe)
-    rows = n * k
+    rows = n * per_sample
     plan = plan_pairs(layers, cfg.compare.cross)
     within = sum(t.within for t in plan)
     n_layers = sum(len(v) for v in layers.values())
     storage = cfg.layers.storage_dtype
-    act_bytes = sum(_activation_bytes(d, rows, cfg.probe.batch_size * k, storage) for d in dims.values())
+    act_bytes = sum(_activation_bytes(d, rows, cfg.probe.batch_size * per_sample, storage) for d in dims.values())
     cost_bytes = n_layers * rows * rows * 8
     itemsize = {"float32": 4, "float16": 2, "bfloat16": 2}[cfg.model.dtype]
     shard_params = _shard_params(cfg, path, loaded)
@@ -291,7 +291,7 @@ def size_run(cfg: RunConfig, rates: dict | None = None, calibrate_here: bool = T
     solve = _SOLVER_ARRAYS * rows * rows * 8
     batch = cfg.resources.batch_pairs if cfg.resources.gpus_per_worker > 0 else 1
     worker = min(2 << 30, cost_bytes) + batch * solve  # cache cap of gwray.scheduler.workers
-    size = RunSize(layers, dims, cfg.layers.select != "all" or loaded.kind != "hf", n, k, within,
+    size = RunSize(layers, dims, cfg.layers.select != "all" or loaded.kind != "hf", n, per_sample, within,
                    len(plan) - within, act_bytes, cost_bytes,
                    sum(p.numel() for p in loaded.module.parameters()) * itemsize,
                    _forward_params(loaded), _index_bytes(path or cfg.model.path) if loaded.kind == "hf" else None,
@@ -328,11 +328,10 @@ def _stage_seconds(cfg: RunConfig, size: RunSize, tokens: int, rates: dict) -> d
 
 
 def _human(nbytes: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if nbytes < 1024 or unit == "TiB":
-            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
-        nbytes /= 1024
-    return ""
+    if nbytes < 1024:
+        return f"{int(nbytes)} B"
+    power = min(4, int(math.log(nbytes, 1024)))
+    return f"{nbytes / 1024 ** power:.1f} {('KiB', 'MiB', 'GiB', 'TiB')[power - 1]}"
 
 
 def _duration(s: float) -> str:
