@@ -360,7 +360,8 @@ def format_size(cfg: RunConfig, size: RunSize) -> str:
                f"{_human(size.worker_bytes)} (× {cfg.resources.workers} workers)")
     if size.seconds:
         rates = "; ".join(f"{k} {v:.3g} ({how})" for k, (v, how) in size.rates.items())
-        out.append("time: " + ", ".join(f"{k} {_duration(v)}" for k, v in size.seconds.items())
+        out.append("time (compute only; Ray start-up, model loading and worker start-up come on top): "
+                   + ", ".join(f"{k} {_duration(v)}" for k, v in size.seconds.items())
                    + f" — total {_duration(sum(size.seconds.values()))}")
         out.append(f"  rates: {rates}")
     return "\n".join(out)

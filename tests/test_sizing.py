@@ -83,7 +83,7 @@ def test_plan_command(tiny_hf_model, probe, tmp_path, capsys):
     assert code == 0, out
     for needle in ("checkpoint main: 4 layers", "embeddings, transformer.h.0, transformer.h.1, transformer.h.2",
                    "pairs: 6 within checkpoints", "activations", "cost matrices", "peak memory",
-                   "time: activations", "gw_pair_s 0.01 (given)", "figure_s"):
+                   "time (compute only", "gw_pair_s 0.01 (given)", "figure_s"):
         assert needle in out, needle
     assert cli.main(["plan", str(cfg), "--rate", "gw_pair_s=fast"]) == 2
     assert "rate 'gw_pair_s=fast'" in capsys.readouterr().err
