@@ -131,3 +131,29 @@ def test_eigen_bound_beats_tlb_on_structured_pairs_and_refuses_n_ne_m():
     with pytest.raises(GwrayInputError, match="^layer_data does not match"):
         gromov_wasserstein(costs[0], costs[3], layer_data=(layer_summary(costs[0]),
                                                            layer_summary(costs[1][:30, :30])))
+
+
+def test_bounds_below_values_on_real_minilm_pairs(minilm_dir):
+    """All 21 hidden-state pairs of the packaged all-MiniLM-L6-v2 on 48 built-in probe sentences:
+    both bounds stay below the solver's value (checked unclipped) and the solver reports their max."""
+    from pathlib import Path
+
+    import torch
+    import transformers as tf
+
+    import gwray
+
+    text = (Path(gwray.__file__).parent / "data" / "english.txt").read_text().splitlines()[:48]
+    tok = tf.AutoTokenizer.from_pretrained(minilm_dir)
+    model = tf.AutoModel.from_pretrained(minilm_dir).eval()
+    enc = tok(text, padding=True, truncation=True, max_length=48, return_tensors="pt")
+    with torch.no_grad():
+        states = model(**enc, output_hidden_states=True).hidden_states
+    mask = enc["attention_mask"][:, :, None].double()
+    costs = [cost_matrix((h.double() * mask).sum(1) / mask.sum(1)) for h in states]
+    summaries = [layer_summary(C) for C in costs]
+    for a, b in itertools.combinations(range(len(costs)), 2):
+        r = gromov_wasserstein(costs[a], costs[b], aligned=True, layer_data=(summaries[a], summaries[b]))
+        eig, t = eigen_bound(summaries[a], summaries[b]), tlb(costs[a], costs[b])
+        assert 0.0 < eig <= r.value and 0.0 < t <= r.value
+        assert r.lower_bound == pytest.approx(max(eig, t), rel=1e-12)

@@ -107,12 +107,16 @@ def layer_summary(C: np.ndarray) -> LayerSummary:
 
     Parameters
     ----------
-    C : (n, n) symmetric float64 ndarray (e.g. from :func:`gwray.gw.costs.check_cost`)
+    C : array-like or torch.Tensor, shape (n, n), symmetric (validated by
+        :func:`gwray.gw.costs.check_cost`)
 
     Returns
     -------
     LayerSummary
     """
+    from gwray.gw.costs import check_cost
+
+    C = check_cost(C, "C")
     n = C.shape[0]
     w = np.full(n, 1.0 / np.sqrt(n))  # Householder H = I − 2wwᵀ maps e1 to 1/√n: V = H[:, 1:]
     w[0] -= 1.0
