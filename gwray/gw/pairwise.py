@@ -1,7 +1,8 @@
 """All-pairs GW between the layers of one network, in process (no Ray).
 
-Each layer's cost matrix is computed once; every unordered pair is solved once and mirrored, so
-the result is exactly symmetric with a zero diagonal.
+Each layer's cost matrix and lower-bound data (:func:`gwray.gw.bounds.layer_summary`) are computed
+once; every unordered pair is solved once and mirrored, so the result is exactly symmetric with a
+zero diagonal.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gwray.errors import GwrayInputError
+from gwray.gw.bounds import layer_summary
 from gwray.gw.costs import check_cost, cost_matrix
 from gwray.gw.solver import gromov_wasserstein
 
@@ -24,7 +26,7 @@ class PairwiseGW:
     gw : numpy.ndarray, shape (L, L), float64
         Symmetric, zero diagonal; entry (i, j) is the GW value of a feasible coupling.
     lower_bound : numpy.ndarray, shape (L, L), float64
-        Certified lower bounds (TLB), symmetric, zero diagonal, ≤ ``gw``.
+        Certified lower bounds (max of TLB and eigenvalue bound), symmetric, zero diagonal, ≤ ``gw``.
     records : list of dict
         One per solved pair i < j: ``i``, ``j`` and :meth:`GWResult.record` fields.
     """
@@ -90,7 +92,14 @@ def pairwise_gw(layers, *, precomputed: bool = False, metric: str = "euclidean",
 
         bar = tqdm(total=len(pairs), desc="GW pairs", unit="pair")
     records = []
+    # a layer takes part in L − 1 pairs: its bound data (uniform weights) is computed once
+    summaries = {}
+    shared = solver_kwargs.get("bound", True) and not {"p", "q"} & set(solver_kwargs)
     for i, j in pairs:
+        if shared:
+            for k in (i, j):
+                summaries[k] = summaries.get(k) or layer_summary(costs[k])
+            solver_kwargs["layer_data"] = (summaries[i], summaries[j])
         r = gromov_wasserstein(costs[i], costs[j], aligned=aligned, starts=starts,
                                max_iter=max_iter, tol=tol, keep_coupling=False, **solver_kwargs)
         gw[i, j] = gw[j, i] = r.value
