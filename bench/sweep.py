@@ -11,6 +11,11 @@ checkpoint — twice, interleaved pair by pair (which one runs first alternates)
   (:func:`gwray.scheduler.plan.warm_sources`: the same pair one checkpoint earlier) through
   :func:`gwray.gw.warm.warm_gw`, exactly what the scheduler's workers do.
 
+Then, within the last checkpoint, each pair (i, k) at distance k - i ≥ 2 is solved cold and
+cold + the composition of the plans of (i, k - 1) and (k - 1, k) (the issue's composed start;
+aligned samples make it a feasible plan), by distance: how often it wins, by how much, at what
+time ratio.
+
 Solver time is CPU time of the solving thread (``time.thread_time``, 1 BLAS thread); the lower
 bound's per-layer data is computed once per layer for both. Prints per checkpoint the
 solver-seconds cold and warm, their ratio, how many pairs were offered a warm plan and won by it,
@@ -114,6 +119,41 @@ def report(rows: list[dict], order: list[str]) -> dict:
     return totals
 
 
+def composed(costs: dict, summaries: dict) -> list[dict]:
+    """Within one checkpoint: (i, k) solved cold and cold + the composed plan of (i, k-1) and
+    (k-1, k) (each from the composed sweep), pairs in order of distance k - i."""
+    names, rows, perms = list(costs), [], {}
+    for d in range(1, len(names)):
+        for i in range(len(names) - d):
+            k = i + d
+            C1, C2 = costs[names[i]], costs[names[k]]
+            data = (summaries[names[i]], summaries[names[k]])
+            # i -> k-1 then k-1 -> k: sample a of layer i goes to σ2[σ1[a]] of layer k
+            start = [] if d == 1 else [perms[k - 1, k][perms[i, k - 1]]]
+            runs = {}
+            for which in (("cold", "composed") if (i + d) % 2 else ("composed", "cold")):
+                t0 = time.thread_time()
+                runs[which] = (warm_gw(C1, C2, start if which == "composed" else [], aligned=True,
+                                       starts=STARTS, keep_coupling=False, layer_data=data),
+                               time.thread_time() - t0)
+            (cold, tc), (comp, tw) = runs["cold"], runs["composed"]
+            perms[i, k] = comp.permutation
+            rows.append({"distance": d, "cold": cold.value, "composed": comp.value, "cold_s": tc,
+                         "composed_s": tw, "won": comp.init == "given"})
+    return rows
+
+
+def report_composed(rows: list[dict]) -> None:
+    print(f"\ncomposed plans (i -> k-1 -> k) within the last checkpoint\n{'distance':>8} {'pairs':>6} "
+          f"{'won':>5} {'time ratio':>10} {'min rel diff':>13} {'max rel diff':>13}")
+    for d in sorted({r["distance"] for r in rows if r["distance"] > 1}):
+        mine = [r for r in rows if r["distance"] == d]
+        rel = [(r["composed"] - r["cold"]) / r["cold"] for r in mine]
+        ratio = sum(r["composed_s"] for r in mine) / sum(r["cold_s"] for r in mine)
+        print(f"{d:>8} {len(mine):>6} {sum(r['won'] for r in mine):>5} {ratio:10.3f} "
+              f"{min(rel):13.2e} {max(rel):13.2e}")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ckpts", help="directory of step-* toy checkpoints (default: train them)")
@@ -134,6 +174,8 @@ def main(argv=None) -> None:
           f"warm {tot['warm_s']:.2f}: ratio {tot['ratio']:.3f} (target <= 0.35); warm plan offered "
           f"{tot['offered']}, won {tot['won']}; (warm - cold) / cold from {tot['best']:.2e} to "
           f"{tot['worst']:.2e} (target <= 1e-3)")
+    last = order[-1]
+    report_composed(composed(costs[last], {k: layer_summary(C) for k, C in costs[last].items()}))
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

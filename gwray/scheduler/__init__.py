@@ -107,7 +107,9 @@ def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
     Parameters
     ----------
     cfg : RunConfig
-        Uses ``costs`` (metric, normalize), ``gw`` (starts, max_iter, tol), ``compare.cross`` and
+        Uses ``costs`` (metric, normalize), ``gw`` (starts, max_iter, tol, warm_start: each pair
+        also starts from its :func:`~gwray.scheduler.plan.warm_sources` plan, its batch waiting
+        until that plan is solved), ``compare.cross`` and
         ``resources`` (workers, cpus_per_worker, gpus_per_worker, batch_pairs). With
         ``gpus_per_worker > 0`` the workers use the batched torch solver.
     store : ActivationStore
@@ -126,7 +128,8 @@ def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
     pyarrow.Table
         One row per planned pair (DESIGN.md pair-record columns, plus ``file``). Schema metadata
         ``solved`` / ``resumed`` / ``cost_matrices`` count pairs solved in this call, pairs found
-        on disk and cost matrices computed.
+        on disk and cost matrices computed; ``warm_starts`` / ``warm_won`` the pairs offered a
+        warm plan and those it won.
 
     Raises
     ------
