@@ -126,7 +126,7 @@ def finetune(model_dir: Path, run_dir: Path, domain: tuple, botchan_test: list[s
     names = result.layers[result.checkpoints[-1]]
     groups = result.groups[result.checkpoints[-1]]
     if max(len(g) for g in groups) >= len(names) - 1:  # one group holds every block: nothing to compare
-        groups = find_subnetworks(result.matrix, method="contiguous", k=p["ft_groups"], names=names).groups
+        groups = find_subnetworks(result.gw[result.checkpoints[-1]], method="contiguous", k=p["ft_groups"], names=names).groups
         say(f"fine-tuning: the run's groups put every block in one group; contiguous k = {p['ft_groups']}: {groups}")
     block_of = {n: i - 1 for i, n in enumerate(names) if i > 0}  # layer i + 1 is block i's output
     tok = tf.AutoTokenizer.from_pretrained(model_dir)
