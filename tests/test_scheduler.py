@@ -10,7 +10,7 @@ from gwray.config import load_config
 from gwray.errors import GwrayInputError
 from gwray.gw.solver import gromov_wasserstein
 from gwray.scheduler import assemble_matrices, plan_for, plan_pairs, run_pairs
-from gwray.scheduler.results import load_records, pairs_dir, write_records
+from gwray.scheduler.results import load_records, pairs_dir, row_keys, write_records
 
 N, LAYERS = 24, 5
 
@@ -147,7 +147,11 @@ def test_duplicate_or_missing_pair_is_an_error(tmp_path):
 
 
 def test_batched_path_on_cpu(finished):
-    """The GPU worker path (batched_gw) runs on the CPU too and returns full records."""
+    """The GPU worker path (batched_gw) runs on the CPU too and returns full records; it builds
+    its costs itself (CPU tensors here) equal to the host's cost_matrix."""
+    import torch
+
+    from gwray.gw.costs import cost_matrix
     from gwray.scheduler.plan import make_batches
     from gwray.scheduler.workers import GWWorker
 
@@ -157,9 +161,11 @@ def test_batched_path_on_cpu(finished):
     batch = make_batches(plan[:3], {k: N for t in plan[:3] for k in t.cost_keys}, 3)[0]
     worker = GWWorker(store, "euclidean", "mean", ["identity", "product"], 100, 1e-9,
                       aligned=[("early", "early")], batched=True)
+    records = worker.solve(batch, {})  # no cost references: built from the store's activations
     for key in batch.cost_keys:
-        worker.cost(*key)
-    records = worker.solve(batch, {})
+        assert isinstance(worker._cache[key], torch.Tensor)
+        np.testing.assert_allclose(worker._cache[key].numpy(), cost_matrix(store.read_layer(*key)),
+                                   rtol=1e-13, atol=0)
     assert [(r["layer_a"], r["layer_b"]) for r in records] == [(t.layer_a, t.layer_b) for t in batch.tasks]
     for rec in records:
         assert rec["solver"].startswith("batched") and rec["n"] == N
@@ -167,7 +173,7 @@ def test_batched_path_on_cpu(finished):
         assert rec["marginal_error"] < 1e-6
     # the GPU path finds the same minima as the CPU path (within 1 %)
     for rec, task in zip(records, batch.tasks):
-        C1, C2 = (worker._cache[k] for k in task.cost_keys)
+        C1, C2 = (worker._cache[k].numpy() for k in task.cost_keys)
         serial = gromov_wasserstein(C1, C2, aligned=True, max_iter=100, tol=1e-9).value
         assert rec["gw"] <= serial * 1.01 + 1e-12, (task.layer_a, task.layer_b, rec["gw"], serial)
 
@@ -209,3 +215,58 @@ def test_cost_tasks_run_while_the_worker_is_busy_solving(finished, tmp_path):
     finally:
         release.touch()
         pool.shutdown()
+
+
+class _RecordedActor:
+    """An actor handle that records every call the driver makes on it as (method, args)."""
+
+    def __init__(self, actor, calls: list):
+        self.actor, self.calls = actor, calls
+
+    def __getattr__(self, name):
+        method, calls = getattr(self.actor, name), self.calls
+
+        class _Method:
+            def remote(self, *args):
+                calls.append((name, args))
+                return method.remote(*args)
+        return _Method()
+
+
+def test_batched_workers_get_activations_not_costs(finished):
+    """GPU workers (batched, here on CPU) read activations and build their costs themselves: the
+    driver starts no cost task and hands out no cost reference (no n² array in the object store),
+    and every pair's value is within the device engine's 1 % of the CPU workers' (or lower, but
+    above their valid lower bound), with its own bound below the CPU workers' value."""
+    from gwray.scheduler.plan import make_batches
+    from gwray.scheduler.workers import WorkerPool
+
+    out, _, table = finished
+    store = ActivationStore(out)
+    plan = plan_for(store, "consecutive")
+    cpu = {k: (gw, lb) for k, gw, lb in zip(row_keys(table), table.column("gw").to_pylist(),
+                                             table.column("lower_bound").to_pylist())}
+    pool = WorkerPool(2, 1, 0, store=store, metric="euclidean", normalize="mean",
+                      starts=["identity", "product"], max_iter=100, tol=1e-9, batched=True,
+                      aligned=[("early", "early"), ("late", "late"), ("early", "late")])
+    calls, actors = [], [s.actor for s in pool.slots]
+    for s in pool.slots:
+        s.actor = _RecordedActor(s.actor, calls)
+    records = []
+    try:
+        pool.run(make_batches(list(plan), {k: N for t in plan for k in t.cost_keys}, 3),
+                 lambda batch, recs: records.extend(recs))
+    finally:
+        for s, actor in zip(pool.slots, actors):
+            s.actor = actor
+        pool.shutdown()
+    assert {name for name, _ in calls} == {"solve"} and not pool.costs
+    assert all(args[1] == {} for _, args in calls)  # (batch, cost refs, warm-start payload)
+    assert 2 * LAYERS <= pool.cost_tasks <= 2 * 2 * LAYERS  # each layer built once per worker at most
+    keys = row_keys(pa.Table.from_pylist(records))
+    assert sorted(keys) == sorted(cpu)
+    for key, rec in zip(keys, records):
+        gw, lb = cpu[key]
+        assert rec["solver"].startswith("batched")
+        assert lb - 1e-12 <= rec["gw"] <= 1.01 * gw + 1e-12, (key, rec["gw"], gw)
+        assert rec["lower_bound"] <= gw + 1e-12, (key, rec["lower_bound"], gw)

@@ -9,6 +9,10 @@ that already holds most of their matrices, and a batch is only handed out when e
 needs is either ready or will be computed by the same worker, so two workers never wait on each
 other's solves.
 
+GPU workers (``batched=True``) get no cost references at all: each reads the (n, d) activations
+of the layers it needs from the activation store (readable from every node) and builds their
+costs on its own device, kept there in an LRU cache; only activations travel, never n² costs.
+
 Fault tolerance is the driver's own bookkeeping: a batch whose worker dies (``RayActorError``) or
 whose cost matrix is gone is put back in the queue (the actor restarts, ``max_restarts=-1``); a
 worker that failed gets no new work until it answers a ping.
@@ -58,19 +62,22 @@ class GWWorker:
         included); only those pairs use ``aligned=True``.
     batched : bool
         Solve equal-size batches with :func:`gwray.gw.batched.batched_gw` (the GPU path).
-    cache_bytes : int
-        Cost matrices kept in this worker (least recently used dropped first).
+    cache_bytes : int, optional
+        Cost matrices kept in this worker (least recently used dropped first). Default: 2 GiB,
+        or a quarter of the device's memory for a batched worker on a CUDA device.
     keep_plans : bool
         Return each pair's plan as its permutation (record key ``plan``), for warm starts.
     """
 
     def __init__(self, store, metric: str, normalize: str, starts: Sequence[str], max_iter: int,
                  tol: float, aligned: Iterable[tuple[str, str]], batched: bool = False,
-                 cache_bytes: int = 2 << 30, keep_plans: bool = False):
+                 cache_bytes: int | None = None, keep_plans: bool = False):
         self.store, self.metric, self.normalize = store, metric, normalize
         self.starts, self.max_iter, self.tol = list(starts), max_iter, tol
         self.aligned = set(map(tuple, aligned))
         self.batched, self.cache_bytes, self.keep_plans = batched, cache_bytes, keep_plans
+        if cache_bytes is None:
+            self.cache_bytes = _device_memory() // 4 if batched and _device().type == "cuda" else 2 << 30
         self._cache: OrderedDict[LayerKey, np.ndarray] = OrderedDict()
         self._summaries: dict = {}  # per-layer bound data (gwray.gw.bounds.layer_summary)
         self._lock = threading.Lock()  # ``cost`` runs in its own thread (concurrency group)
@@ -95,7 +102,7 @@ class GWWorker:
         with self._lock:
             S = self._summaries.get(key)
         if S is None:
-            S = layer_summary(C)
+            S = layer_summary(C)  # a device tensor too (copied to the host)
             with self._lock:
                 if key in self._cache:
                     self._summaries[key] = S
@@ -103,34 +110,42 @@ class GWWorker:
 
     @ray.method(concurrency_group="costs")
     def cost(self, checkpoint: str, layer: str) -> np.ndarray:
-        """Cost matrix of one layer, (n, n) float64, from the activation dataset (kept here too)."""
+        """Cost matrix of one layer, (n, n) float64, from the activation dataset (kept here too);
+        CPU workers only (a batched worker builds its own, :meth:`_build_on_device`)."""
         from gwray.gw.costs import cost_matrix
 
         X = self.store.read_layer(checkpoint, layer)
-        if self.batched:  # a GPU worker builds the n² costs on the device from (n, d) activations
-            import torch
-
-            if torch.cuda.is_available():
-                X = torch.as_tensor(np.asarray(X)).cuda()
         C = cost_matrix(X, metric=self.metric, normalize=self.normalize, name=f"{checkpoint}/{layer}")
         C = C.cpu().numpy() if hasattr(C, "cpu") else np.asarray(C)
         self._keep((checkpoint, layer), C)
         return C
 
+    def _build_on_device(self, key: LayerKey):
+        """Cost matrix of one layer as an (n, n) float64 tensor on this worker's device (CPU
+        without CUDA), built there from the (n, d) activations read from the store."""
+        import torch
+
+        from gwray.gw.costs import cost_matrix
+
+        X = torch.as_tensor(np.asarray(self.store.read_layer(*key))).to(_device())
+        return cost_matrix(X, metric=self.metric, normalize=self.normalize, name=f"{key[0]}/{key[1]}")
+
     def _fetch(self, keys: Iterable[LayerKey],
                refs: Mapping[LayerKey, "ray.ObjectRef"]) -> dict[LayerKey, np.ndarray]:
-        """The cost matrices of ``keys``, from this worker's cache or else the object store."""
+        """The cost matrices of ``keys``, from this worker's cache or else the object store (a
+        batched worker builds them on its device instead and never reads ``refs``)."""
         with self._lock:
             held = {k: self._cache[k] for k in keys if k in self._cache}
         missing = [k for k in keys if k not in held]
-        if missing:
+        if missing and self.batched:
+            held |= {k: self._build_on_device(k) for k in missing}
+        elif missing:
             try:
-                arrays = ray.get([refs[k] for k in missing])
+                held |= dict(zip(missing, ray.get([refs[k] for k in missing])))
             except _LOST as exc:
                 raise CostUnavailable(missing) from exc
-            for k, C in zip(missing, arrays):
-                self._keep(k, C)
-                held[k] = C
+        for k in missing:
+            self._keep(k, held[k])
         with self._lock:
             for k in held:
                 if k in self._cache:
@@ -156,6 +171,8 @@ class GWWorker:
         results = {}
         if self.batched and batch.n[0] == batch.n[1]:
             results = self._solve_batched(batch, costs)
+        elif self.batched:  # unequal sizes: the serial solver, on host copies of the device costs
+            costs = {k: C.cpu().numpy() for k, C in costs.items()}
         from gwray.gw.warm import warm_gw
 
         records, solved, warm = [], {}, warm or {}
@@ -204,13 +221,13 @@ class GWWorker:
         from gwray.gw.batched import batched_gw
         from gwray.gw.bounds import eigen_bound
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = _device()
         out = {}
         for al in (True, False):
             tasks = [t for t in batch.tasks if ((t.checkpoint_a, t.checkpoint_b) in self.aligned) == al]
             if tasks:
-                C1 = torch.stack([torch.as_tensor(costs[t.cost_keys[0]]) for t in tasks]).to(device)
-                C2 = torch.stack([torch.as_tensor(costs[t.cost_keys[1]]) for t in tasks]).to(device)
+                C1 = torch.stack([costs[t.cost_keys[0]] for t in tasks]).to(device)
+                C2 = torch.stack([costs[t.cost_keys[1]] for t in tasks]).to(device)
                 starts = [s for s in self.starts if s in BATCHED_STARTS]
                 rs = batched_gw(C1, C2, aligned=al, starts=starts or ["product"],
                                 max_iter=self.max_iter, tol=self.tol, keep_coupling=False)
@@ -221,6 +238,20 @@ class GWWorker:
                         r.lower_bound = min(max(r.lower_bound, eig), r.value)
                     out[t.key] = r
         return out
+
+
+def _device():
+    """The device a batched worker builds its costs and solves on: CUDA when torch sees one."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _device_memory() -> int:
+    """Total memory of the CUDA device, in bytes."""
+    import torch
+
+    return torch.cuda.get_device_properties(_device()).total_memory
 
 
 @dataclass
@@ -257,9 +288,10 @@ class WorkerPool:
                                   max_task_retries=0)
         self.slots = [_Slot(self._cls.remote(**worker_kwargs)) for _ in range(workers)]
         self.depth, self.window = depth, window
+        self.batched = worker_kwargs.get("batched", False)
         self.costs: dict[LayerKey, tuple[object, int]] = {}  # key → (ref, slot index)
         self.ready: set[LayerKey] = set()
-        self.cost_tasks = 0
+        self.cost_tasks = 0  # cost matrices computed (by GPU workers: built where not held)
 
     def _usable(self, batch: Batch, idx: int) -> bool:
         return all(k in self.ready or k not in self.costs or self.costs[k][1] == idx
@@ -276,12 +308,17 @@ class WorkerPool:
 
     def _submit(self, batch: Batch, idx: int, extra: dict):
         slot = self.slots[idx]
-        for key in sorted(batch.cost_keys - set(self.costs)):
-            self.costs[key] = (slot.actor.cost.remote(*key), idx)
-            self.cost_tasks += 1
+        refs = {}
+        if self.batched:  # a GPU worker builds the costs it does not hold from the activations
+            self.cost_tasks += len(batch.cost_keys - slot.held)
+        else:
+            for key in sorted(batch.cost_keys - set(self.costs)):
+                self.costs[key] = (slot.actor.cost.remote(*key), idx)
+                self.cost_tasks += 1
+            refs = {k: self.costs[k][0] for k in batch.cost_keys}
         slot.held |= batch.cost_keys
         slot.running += 1
-        return slot.actor.solve.remote(batch, {k: self.costs[k][0] for k in batch.cost_keys}, extra)
+        return slot.actor.solve.remote(batch, refs, extra)
 
     def _forget(self, keys: Iterable[LayerKey]) -> None:
         for k in keys:
