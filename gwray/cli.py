@@ -81,12 +81,15 @@ def add_run_arguments(parser: argparse.ArgumentParser, config: bool = True) -> N
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     parser.add_argument("--force", action="store_true",
                         help="replace a run of another model or probe found in the run directory")
+    parser.add_argument("--json", action="store_true",
+                        help="print the summary of what was found as JSON (stdout)")
 
 
-def _print_result(result) -> None:
-    print(f"run directory: {result.out}")
-    if result.report is not None:
-        print(f"report: {result.report}")
+def _print_result(result, as_json: bool = False) -> None:
+    """stdout: per checkpoint the groups found (p-value, boundary confidences), run dir, report."""
+    from gwray.report.summary import format_summary, run_summary
+
+    print(format_summary(run_summary(result), as_json=as_json))
 
 
 def _cmd_run(args, require_checkpoints: int = 1) -> None:
@@ -94,7 +97,7 @@ def _cmd_run(args, require_checkpoints: int = 1) -> None:
 
     result = run(args.config, out=args.out, overrides=args.overrides, progress=not args.quiet,
                  min_checkpoints=require_checkpoints, force=args.force)
-    _print_result(result)
+    _print_result(result, args.json)
 
 
 def _cmd_report(args) -> None:
@@ -111,8 +114,9 @@ def _cmd_demo(args) -> None:
 
     cfg = load_config(DEMO_CONFIG, parse_overrides(args.overrides))
     result = run(cfg, out=args.out, progress=not args.quiet, force=args.force)
-    _print_result(result)
-    print("open the report in a browser; `gwray report DIR` rebuilds it from the run directory")
+    _print_result(result, args.json)
+    if not args.json:
+        print("open the report in a browser; `gwray report DIR` rebuilds it from the run directory")
 
 
 def build_parser() -> argparse.ArgumentParser:

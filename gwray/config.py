@@ -99,6 +99,8 @@ class ResourcesConfig(_Section):
 class GraphConfig(_Section):
     method: Literal["contiguous", "louvain", "greedy", "spectral", "all"] = "contiguous"
     k: Union[Literal["auto"], int] = "auto"
+    alpha: float = Field(0.05, gt=0, lt=1)
+    null_draws: int = Field(99, ge=0)
 
     @field_validator("k")
     @classmethod
@@ -109,9 +111,17 @@ class GraphConfig(_Section):
 
 
 class StabilityConfig(_Section):
-    resamples: int = Field(0, ge=0)
+    resamples: Union[Literal["auto"], int] = "auto"
     fraction: float = Field(0.8, gt=0, le=1)
     seed: int = 0
+
+
+    @field_validator("resamples")
+    @classmethod
+    def _resamples_form(cls, v):
+        if isinstance(v, int) and v < 0:
+            raise ValueError("must be 'auto' or an integer >= 0")
+        return v
 
 
 class RunConfig(_Section):

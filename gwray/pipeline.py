@@ -332,31 +332,47 @@ class _Run:
 
 
 def _find_groups(cfg: RunConfig, gw: dict, layers: dict, store, say: _Say) -> dict:
-    """communities.json: groups per checkpoint and method, stability, baselines (CKA, RSA, ... as
-    (L, L) lists, on the same activations), and how group boundaries move between checkpoints."""
+    """communities.json: groups per checkpoint and method (each tested against smooth depth
+    drift, k = 1 when not significant), stability with boundary confidences and GW resampling
+    intervals, baselines (CKA, RSA, ... as (L, L) lists, on the same activations), and how group
+    boundaries move between checkpoints."""
     from gwray.graph.communities import find_subnetworks
-    from gwray.graph.stability import stability
+    from gwray.graph.stability import AUTO_BUDGET, auto_resamples, stability
     from gwray.gw.baselines import baseline_matrices
 
-    method, costs = cfg.graph.method, dict(metric=cfg.costs.metric, normalize=cfg.costs.normalize)
+    method, costs, g = cfg.graph.method, dict(metric=cfg.costs.metric, normalize=cfg.costs.normalize), cfg.graph
     main = "contiguous" if method == "all" else method  # whose boundaries the summary follows
     out: dict = {"method": main, "checkpoints": {}, "stability": {}, "baselines": {}}
     for ckpt, D in gw.items():
-        found = find_subnetworks(D, method=method, k=cfg.graph.k, names=layers[ckpt])
-        out["checkpoints"][ckpt] = (found.to_dict() if method == "all" else
-                                    {"methods": {method: found.to_dict()}, "agreement": {}})
-        if cfg.stability.resamples or cfg.gw.baselines:
+        n_rows = len(store.sample_ids(ckpt))
+        found = find_subnetworks(D, method=method, k=g.k, names=layers[ckpt], alpha=g.alpha,
+                                 n_null=g.null_draws, n_samples=n_rows)
+        resamples = (auto_resamples(len(D), n_rows, cfg.stability.fraction)
+                     if cfg.stability.resamples == "auto" else cfg.stability.resamples)
+        if resamples or cfg.gw.baselines:
             arrays = [store.read_layer(ckpt, n) for n in layers[ckpt]]
         if cfg.gw.baselines:
             out["baselines"][ckpt] = {kind: m.tolist() for kind, m in baseline_matrices(
                 arrays, cfg.gw.baselines, **costs).items()}
-        if cfg.stability.resamples:
-            say(f"communities: stability of {ckpt} on {cfg.stability.resamples} probe resamples")
-            find = functools.partial(find_subnetworks, method=main, k=cfg.graph.k, names=layers[ckpt])
+        if resamples:
+            say(f"communities: stability of {ckpt} on {resamples} probe resamples "
+                f"({len(D) * (len(D) - 1) // 2} GW pairs each at n={round(cfg.stability.fraction * n_rows)}, "
+                f"in process{', stability.resamples: auto' if cfg.stability.resamples == 'auto' else ''})")
+            # resamples give the method's partition untested (the test ran once, on all samples)
+            find = functools.partial(find_subnetworks, method=main, k=g.k, names=layers[ckpt], n_null=0)
             gw_kwargs = dict(costs, starts=tuple(cfg.gw.starts), max_iter=cfg.gw.max_iter, tol=cfg.gw.tol)
-            out["stability"][ckpt] = stability(
-                arrays, find, cfg.stability.fraction, cfg.stability.resamples, cfg.stability.seed,
-                gw_kwargs, reference=found[main] if method == "all" else found).to_dict()
+            chosen = found[main] if method == "all" else found
+            st = stability(arrays, find, cfg.stability.fraction, resamples, cfg.stability.seed,
+                           gw_kwargs, reference=chosen.candidate or chosen)
+            for res in (chosen, chosen.candidate):
+                if res is not None:
+                    res.boundary_confidence = st.boundary_confidence(res.labels)
+            out["stability"][ckpt] = st.to_dict()
+        elif cfg.stability.resamples == "auto":
+            say(f"communities: no stability resamples for {ckpt} (stability.resamples: auto is off "
+                f"above {AUTO_BUDGET:,} pairs × samples²; set it to an integer to compute them)")
+        out["checkpoints"][ckpt] = (found.to_dict() if method == "all" else
+                                    {"methods": {method: found.to_dict()}, "agreement": {}})
     # Boundaries: the first layer of each group after the first, in depth order; movement: which
     # boundaries appear and disappear from one checkpoint to the next.
     bounds = {}

@@ -1,4 +1,5 @@
-"""gwray.graph.communities: planted groups are recovered by every method, k="auto", flags, errors."""
+"""gwray.graph.communities: planted groups are recovered by every method (and pass the test against
+smooth drift, 19 null draws), k="auto", flags, errors."""
 import json
 
 import numpy as np
@@ -28,7 +29,7 @@ CONTIGUOUS = [np.repeat([0, 1, 2], [4, 4, 4]), np.repeat([0, 1, 2, 3], [2, 3, 4,
 @pytest.mark.parametrize("lab", CONTIGUOUS, ids=lambda lab: "-".join(map(str, np.bincount(lab))))
 def test_exact_planted_contiguous_every_method_auto_k(lab):
     names = [f"layer{i}" for i in range(len(lab))]
-    res = find_subnetworks(planted(lab), method="all", names=names)
+    res = find_subnetworks(planted(lab), method="all", names=names, n_null=19)
     assert isinstance(res, SubnetworkSet) and set(res) == set(METHODS)
     for m, r in res.items():
         assert adjusted_rand_score(lab, r.labels) == 1.0, m
@@ -49,7 +50,7 @@ def test_noisy_planted_contiguous(lab, seed):
     # within 0.2–0.6 vs between 1.0–1.4: the groups overlap in spread, not in value
     D = planted(lab, within=0.2, noise=0.4, seed=seed)
     for m in METHODS:
-        assert adjusted_rand_score(lab, find_subnetworks(D, method=m, seed=seed).labels) >= 0.9, m
+        assert adjusted_rand_score(lab, find_subnetworks(D, method=m, seed=seed, n_null=19).labels) >= 0.9, m
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -59,18 +60,18 @@ def test_noisy_two_layer_group_found_by_dp_and_louvain(seed):
     lab = np.repeat([0, 1, 2, 3], [2, 3, 4, 3])
     D = planted(lab, within=0.2, noise=0.5, seed=seed)
     for m in ("contiguous", "louvain"):
-        assert adjusted_rand_score(lab, find_subnetworks(D, method=m, seed=seed).labels) >= 0.9, m
+        assert adjusted_rand_score(lab, find_subnetworks(D, method=m, seed=seed, n_null=19).labels) >= 0.9, m
 
 
 def test_noncontiguous_recovered_and_flagged():
     lab = np.array([0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1])
     D = planted(lab, noise=0.1)
     for m in ("louvain", "spectral", "greedy"):
-        r = find_subnetworks(D, method=m)
+        r = find_subnetworks(D, method=m, n_null=19)
         assert adjusted_rand_score(lab, r.labels) == 1.0, m
         assert not r.contiguous and r.noncontiguous_groups == [0, 1]
         assert r.to_dict()["contiguous"] is False
-    seg = find_subnetworks(D, method="contiguous")
+    seg = find_subnetworks(D, method="contiguous", n_null=19)
     assert seg.contiguous  # the DP can only cut the depth order
 
 
@@ -78,20 +79,22 @@ def test_given_k_and_reason():
     lab = CONTIGUOUS[0]
     D = planted(lab)
     for m in METHODS:
-        r = find_subnetworks(D, method=m, k=2)
+        r = find_subnetworks(D, method=m, k=2, n_null=19)
         assert r.k == 2 and r.k_reason.startswith("given k=2"), m
-    r = find_subnetworks(D, method="spectral")
+    r = find_subnetworks(D, method="spectral", n_null=19)
     assert "eigengap" in r.k_reason
     assert find_subnetworks(D, method="contiguous", k=1).groups == [[str(i) for i in range(12)]]
-    assert find_subnetworks(D, method="spectral", k=12).k == 12
+    assert find_subnetworks(D, method="spectral", k=12, n_null=19).k == 12
 
 
-def test_structureless_matrix_is_called_weak():
+def test_structureless_matrix_is_one_group_and_its_candidate_weak():
     D = np.ones((6, 6)) - np.eye(6)
     for m in ("contiguous", "spectral"):
         r = find_subnetworks(D, method=m)
-        assert "weak structure" in r.k_reason and r.scores["silhouette"] < 0.25, m
-    assert "weak" not in find_subnetworks(planted(CONTIGUOUS[0]), method="contiguous").k_reason
+        assert r.k == 1 and "no significant block structure" in r.k_reason, m
+        assert "weak structure" in r.candidate.k_reason and r.candidate.scores["silhouette"] < 0.25, m
+        assert find_subnetworks(D, method=m, n_null=0).k == r.candidate.k  # untested: as before
+    assert "weak" not in find_subnetworks(planted(CONTIGUOUS[0]), method="contiguous", n_null=19).k_reason
 
 
 def test_dp_is_exact_against_brute_force():
@@ -111,11 +114,12 @@ def test_dp_is_exact_against_brute_force():
 
 def test_deterministic_and_json_ready():
     D = planted(CONTIGUOUS[1], within=0.2, noise=0.5)
-    a = find_subnetworks(D, method="all", seed=7)
-    b = find_subnetworks(D, method="all", seed=7)
+    a = find_subnetworks(D, method="all", seed=7, n_null=19)
+    b = find_subnetworks(D, method="all", seed=7, n_null=19)
     assert json.dumps(a.to_dict(), sort_keys=True) == json.dumps(b.to_dict(), sort_keys=True)
     d = a["louvain"].to_dict()
-    assert set(d) >= {"groups", "labels", "k", "k_reason", "scores", "contiguous", "method"}
+    assert set(d) >= {"groups", "labels", "k", "k_reason", "scores", "contiguous", "method", "test",
+                      "significant", "candidate", "boundaries"}
     assert set(d["scores"]) == {"modularity", "silhouette", "within_between"}
 
 

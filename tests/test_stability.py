@@ -34,7 +34,7 @@ def cost_gap(layers, gw_kwargs):
 def test_stability_mechanics_on_clear_regimes():
     layers = regime_layers(noise=0.05)
     names = [f"L{i}" for i in range(8)]
-    find = functools.partial(find_subnetworks, method="contiguous", names=names)
+    find = functools.partial(find_subnetworks, method="contiguous", names=names, n_null=0)
     res = stability(layers, find, fraction=0.7, resamples=6, seed=3, matrix_fn=cost_gap)
     assert res.co_assignment.shape == (8, 8) and np.allclose(np.diag(res.co_assignment), 1)
     assert res.labels.shape == (6, 8) and res.n_rows == round(0.7 * 32)
@@ -48,7 +48,7 @@ def test_stability_mechanics_on_clear_regimes():
 
 def test_stability_drops_when_structure_is_noise():
     layers = regime_layers(noise=3.0)  # the noise swamps the regimes
-    find = functools.partial(find_subnetworks, method="contiguous")
+    find = functools.partial(find_subnetworks, method="contiguous", n_null=0)
     res = stability(layers, find, fraction=0.5, resamples=5, seed=0, matrix_fn=cost_gap)
     assert res.mean_ari < 0.9
 
@@ -80,6 +80,6 @@ def test_pairwise_gw_two_regimes_give_two_groups_at_the_boundary(seed):
 
 def test_stability_with_pairwise_gw():
     layers = regime_layers(n=24, sizes=(2, 3))
-    find = functools.partial(find_subnetworks, method="contiguous")
+    find = functools.partial(find_subnetworks, method="contiguous", n_null=0)
     res = stability(layers, find, fraction=0.75, resamples=3, seed=0)
     assert res.mean_ari == 1.0 and list(res.reference) == [0, 0, 1, 1, 1]

@@ -14,8 +14,13 @@ Methods (``method=``):
   largest eigengap λ_{k+1} − λ_k of the normalised Laplacian for k in 2 … K_max.
 - ``all`` — every method above, plus their pairwise agreement (adjusted Rand index).
 
-K_max = min(L − 1, 12). Auto never answers k = 1 (pass ``k=1`` for that); the silhouette says how
-clear the groups are, and ``k_reason`` says "weak structure" when it is below 0.25. Group ids are numbered by the first (shallowest) layer of each group.
+K_max = min(L − 1, 12). The partition each method picks is then *tested* against smooth depth drift
+(:mod:`gwray.graph.null_model`: the same method reruns on ``n_null`` matrices of fitted drift plus
+resampled noise). With ``k="auto"`` the answer is one group (k = 1) holding every layer when the
+structure is not significant at ``alpha`` (or the probe has fewer than ``MIN_SAMPLES`` samples);
+the rejected partition stays in ``candidate``. A given k is always answered with k groups, the
+test attached. ``k_reason`` also says "weak structure" when the silhouette is below 0.25. Group
+ids are numbered by the first (shallowest) layer of each group.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from sklearn.metrics import adjusted_rand_score, silhouette_score
 
 from gwray.errors import GwrayInputError
 from gwray.graph.build import build_graph, check_distances, similarity
+from gwray.graph.null_model import BlockTest, block_test
 from gwray.graph.segment import segmentations
 
 METHODS = ("contiguous", "louvain", "greedy", "spectral")
@@ -41,6 +47,8 @@ LOUVAIN_SEEDS = 5
 #: below this silhouette the groups are reported with a "weak structure" note in ``k_reason``
 #: (Kaufman & Rousseeuw read < 0.25 as "no substantial structure")
 WEAK_SILHOUETTE = 0.25
+#: fewer probe samples than this cannot tell groups from sampling noise: auto answers k = 1
+MIN_SAMPLES = 16
 
 
 @dataclass
@@ -64,6 +72,14 @@ class SubnetworkResult:
         None when undefined). Lower within/between and higher silhouette = clearer groups.
     params : dict
         Method settings that produced it (seed, resolution, sigma …).
+    test : BlockTest or None
+        The partition tested against smooth depth drift (the candidate's test when the answer is
+        k = 1); None when not run (``n_null=0``).
+    candidate : SubnetworkResult or None
+        The method's best partition before the test (k ≥ 2); None when there was none.
+    boundary_confidence : dict or None
+        Boundary index i (between layers i and i + 1) → share of probe resamples that have it;
+        set from :func:`gwray.graph.stability.boundary_confidence`, None without resamples.
     """
 
     method: str
@@ -73,6 +89,24 @@ class SubnetworkResult:
     k_reason: str
     scores: dict
     params: dict = field(default_factory=dict)
+    test: BlockTest | None = None
+    candidate: "SubnetworkResult | None" = None
+    boundary_confidence: dict | None = None
+
+    @property
+    def significant(self) -> bool:
+        """True when the test rejected smooth drift at its level (False when not tested)."""
+        return self.test is not None and self.test.significant
+
+    @property
+    def boundaries(self) -> list[int]:
+        """Indices i with layers i and i + 1 in different groups (depth order)."""
+        return [int(i) for i in np.flatnonzero(self.labels[1:] != self.labels[:-1])]
+
+    def boundary_list(self) -> list[dict]:
+        """``[{after: layer name, index: i, confidence: float or None}]`` per boundary."""
+        conf = self.boundary_confidence or {}
+        return [{"after": self.names[i], "index": i, "confidence": conf.get(i)} for i in self.boundaries]
 
     @property
     def groups(self) -> list[list[str]]:
@@ -96,11 +130,17 @@ class SubnetworkResult:
 
     def to_dict(self) -> dict:
         """JSON-ready form (the per-method entry of ``communities.json``)."""
+        cand = self.candidate
         return {"method": self.method, "k": int(self.k), "k_reason": self.k_reason,
                 "groups": self.groups, "labels": [int(x) for x in self.labels],
                 "names": list(self.names), "scores": dict(self.scores),
                 "contiguous": self.contiguous, "noncontiguous_groups": self.noncontiguous_groups,
-                "params": dict(self.params)}
+                "params": dict(self.params),
+                "test": self.test.to_dict() if self.test is not None else None,
+                "significant": self.significant, "boundaries": self.boundary_list(),
+                "candidate": None if cand is None else {
+                    "k": int(cand.k), "groups": cand.groups, "labels": [int(x) for x in cand.labels],
+                    "scores": dict(cand.scores), "boundaries": cand.boundary_list()}}
 
 
 class SubnetworkSet(dict):
@@ -268,9 +308,28 @@ def _partition_labels(communities, L: int) -> np.ndarray:
 _RUN = {"contiguous": _contiguous, "louvain": _louvain, "greedy": _greedy, "spectral": _spectral}
 
 
+def _checked_k(k, L: int):
+    if k == "auto":
+        return k
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise GwrayInputError(f"k: must be 'auto' or an integer, got {k!r}")
+    if not 1 <= k <= L:
+        raise GwrayInputError(f"k: {k} is not in 1..{L} (the matrix has {L} layers)")
+    return int(k)
+
+
+def _partition(D, m, k, G, seed):
+    """(canonical labels, reason, params) of method m on checked D with graph G."""
+    if D.shape[0] == 1:
+        return np.zeros(1, dtype=int), "one layer", {}
+    labels, reason, params = _RUN[m](D, k, G, seed)
+    return canonical(labels), reason, params
+
+
 def find_subnetworks(D, method: str = "contiguous", k="auto", names=None, seed: int = 0,
-                     *, knn: int | None = None):
-    """Group the layers of one network into sub-networks.
+                     *, knn: int | None = None, alpha: float = 0.05, n_null: int = 99,
+                     n_samples: int | None = None):
+    """Group the layers of one network into sub-networks, tested against smooth depth drift.
 
     Parameters
     ----------
@@ -278,13 +337,21 @@ def find_subnetworks(D, method: str = "contiguous", k="auto", names=None, seed: 
         Layer distances (GW values): finite, ≥ 0, symmetric (up to 1e-6 relative).
     method : {"contiguous", "louvain", "greedy", "spectral", "all"}
     k : "auto" or int in 1 … L
-        Number of groups; "auto" applies the method's stated rule (module docstring).
+        Number of groups; "auto" applies the method's stated rule (module docstring), then the
+        test: not significant → k = 1. An integer is answered as given, the test attached.
     names : sequence of str, length L, optional
         Layer names in depth order (default "0" … "L-1").
     seed : int
-        Seed of Louvain and of spectral label assignment (results are deterministic given it).
+        Seed of Louvain, of spectral label assignment and of the null draws (deterministic).
     knn : int, optional
         Sparsify the similarity graph to each layer's knn nearest neighbours (graph methods).
+    alpha : float in (0, 1)
+        Level of the test of block structure against smooth drift.
+    n_null : int ≥ 0
+        Null matrices of the test (p-values ≥ 1/(n_null + 1)); 0 skips the test (auto then
+        keeps the method's partition, as in gwray < 0.2).
+    n_samples : int, optional
+        Probe samples behind D; below ``MIN_SAMPLES`` auto answers k = 1 ("too few samples").
 
     Returns
     -------
@@ -293,33 +360,57 @@ def find_subnetworks(D, method: str = "contiguous", k="auto", names=None, seed: 
     Raises
     ------
     GwrayInputError
-        Bad D, names of the wrong length, unknown method, k not "auto" or not in 1 … L.
+        Bad D, names of the wrong length, unknown method, k not "auto" or not in 1 … L, alpha
+        not in (0, 1), n_null < 0.
     """
     D, names = check_distances(D, names)
     L = D.shape[0]
     if method != "all" and method not in METHODS:
         raise GwrayInputError(f"method: {method!r} is not one of {', '.join(METHODS + ('all',))}")
-    if k != "auto":
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-            raise GwrayInputError(f"k: must be 'auto' or an integer, got {k!r}")
-        if not 1 <= k <= L:
-            raise GwrayInputError(f"k: {k} is not in 1..{L} (the matrix has {L} layers)")
-        k = int(k)
+    k = _checked_k(k, L)
     if not isinstance(seed, numbers.Integral):
         raise GwrayInputError(f"seed: must be an integer, got {seed!r}")
-    G_full = build_graph(D, names)
-    G = build_graph(D, names, knn=knn) if knn is not None else G_full
-    run = METHODS if method == "all" else (method,)
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 < alpha < 1:
+        raise GwrayInputError(f"alpha: must be in (0, 1), got {alpha!r}")
+    if isinstance(n_null, bool) or not isinstance(n_null, numbers.Integral) or n_null < 0:
+        raise GwrayInputError(f"n_null: must be an integer >= 0, got {n_null!r}")
+
+    def graphs(M):
+        full = build_graph(M, names)
+        return full, (build_graph(M, names, knn=knn) if knn is not None else full)
+
+    G_full, G = graphs(D)
     results = {}
-    for m in run:
-        if L == 1:
-            labels, reason, params = np.zeros(1, dtype=int), "one layer", {}
-        else:
-            labels, reason, params = _RUN[m](D, k, G, int(seed))
-        labels = canonical(labels)
+    for m in METHODS if method == "all" else (method,):
+        labels, reason, params = _partition(D, m, k, G, int(seed))
         params = {"seed": int(seed), "sigma": G.graph["sigma"], "knn": knn, **params}
-        sc = scores(D, labels, G_full)
-        if sc["silhouette"] is not None and sc["silhouette"] < WEAK_SILHOUETTE:
-            reason += f"; weak structure (silhouette {sc['silhouette']:.2f} < {WEAK_SILHOUETTE})"
-        results[m] = SubnetworkResult(m, list(names), labels, int(labels.max()) + 1, reason, sc, params)
+        found = _result(m, names, labels, reason, D, G_full, params)
+        if n_null and found.k >= 2:
+            found.test = block_test(D, labels, lambda M, m=m: _partition(M, m, k, graphs(M)[1], int(seed))[0],
+                                    n_null=int(n_null), alpha=float(alpha), seed=int(seed))
+            found.k_reason += _test_note(found.test)
+        found.candidate = found if found.k >= 2 else None
+        few = n_samples is not None and n_samples < MIN_SAMPLES
+        if k == "auto" and found.k >= 2 and (few or (found.test is not None and not found.significant)):
+            why = (f"too few probe samples ({n_samples} < {MIN_SAMPLES}) to tell groups from sampling "
+                   "noise" if few else "no significant block structure beyond smooth depth drift")
+            cand = found
+            found = _result(m, names, np.zeros(L, dtype=int), f"auto: {why}{_test_note(cand.test)}; "
+                            f"the candidate had {cand.k} groups", D, G_full, params)
+            found.test, found.candidate = cand.test, cand
+        results[m] = found
     return SubnetworkSet(results) if method == "all" else results[method]
+
+
+def _result(m, names, labels, reason, D, G_full, params) -> SubnetworkResult:
+    sc = scores(D, labels, G_full)
+    if sc["silhouette"] is not None and sc["silhouette"] < WEAK_SILHOUETTE:
+        reason += f"; weak structure (silhouette {sc['silhouette']:.2f} < {WEAK_SILHOUETTE})"
+    return SubnetworkResult(m, list(names), labels, int(labels.max()) + 1, reason, sc, dict(params))
+
+
+def _test_note(test: BlockTest | None) -> str:
+    if test is None or test.p_value is None:
+        return ""
+    return (f"; test vs smooth drift: T = {test.statistic:.3f}, p = {test.p_value:.3g} "
+            f"({test.n_null} null draws, α = {test.alpha:g})")

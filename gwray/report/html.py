@@ -15,6 +15,7 @@ import numpy as np
 from gwray.report.figures import MEANING
 from gwray.report.interactive import sweep_section
 from gwray.report.rundir import RunData, solver_quality
+from gwray.report.summary import headline
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;
@@ -87,10 +88,36 @@ def _quality(q: dict) -> str:
     return _table(["solver quality", "value"], rows)
 
 
+#: boundaries that fewer resamples than this share are marked uncertain
+UNCERTAIN = 0.7
+
+
+def _boundaries_table(res: dict) -> str:
+    """Each boundary with its resampling confidence; the test against smooth drift below it."""
+    test, rows = res.get("test") or {}, []
+    for b in res.get("boundaries") or []:
+        c = b.get("confidence")
+        mark = ("–" if c is None else f"{c:.2f}" if c >= UNCERTAIN
+                else f"<span class='warn'>{c:.2f} (uncertain)</span>")
+        rows.append([f"after {escape(b['after'])}", mark])
+    out = _table(["boundary", f"confidence (share of probe resamples; &lt; {UNCERTAIN} uncertain)"],
+                 rows) if rows else ""
+    if test.get("p_value") is not None:
+        out += (f"<p class='meta'>Test of block structure against smooth depth drift: statistic "
+                f"{test['statistic']:.3g}, p = {test['p_value']:.3g} ({test['n_null']} null "
+                f"matrices, α = {test['alpha']:g}). Null: {escape(test['null'])}.</p>")
+    cand = res.get("candidate")
+    if res["k"] == 1 and cand:
+        out += ("<details><summary>the rejected candidate partition</summary>"
+                + _groups_table(cand | {"names": res["names"]}, lambda g: "#bbb") + "</details>")
+    return out
+
+
 def _stability(st: dict | None) -> str:
     if not st:
-        return ("<p class='meta'>Stability not computed (set <code>stability.resamples</code> "
-                "&gt; 0 to recompute the matrix on random subsets of the probe).</p>")
+        return ("<p class='meta'>Stability not computed (<code>stability.resamples: auto</code> "
+                "skips large runs; set an integer &gt; 0 to recompute the matrix on random subsets "
+                "of the probe).</p>")
     return (f"<p>On {st.get('resamples')} random subsets of {_num(st.get('fraction'), '{:.0%}')} of the "
             f"probe ({st.get('n_rows')} samples each), the grouping matched the full-data one with mean "
             f"ARI <b>{_num(st.get('mean_ari'))}</b> (min {_num(st.get('min_ari'))}).</p>")
@@ -115,11 +142,26 @@ def _correspondence(data: RunData, a: str, b: str) -> str:
 
 def _summary_line(data: RunData, ckpt: str) -> str:
     r = data.result(ckpt)
-    parts = "; ".join(describe_group(g, r["names"]) for g in r["groups"])
-    sil = r["scores"].get("silhouette")
-    clear = "" if sil is None else f" (silhouette {sil:.2f})"
+    line = escape(headline(r))
+    if r["k"] > 1:
+        line += ": " + "; ".join(describe_group(g, r["names"]) for g in r["groups"])
     flag = "" if r["contiguous"] else " <span class='warn'>— some groups are not contiguous in depth</span>"
-    return f"<li><b>{escape(ckpt)}</b>: {r['k']} sub-network(s): {parts}{clear}{flag}</li>"
+    return f"<li><b>{escape(ckpt)}</b>: {line}{flag}</li>"
+
+
+def _certainty_sentence(q: dict) -> str:
+    """What the solver's gap means for reading the matrix, in one sentence."""
+    gap = q.get("max_gap")
+    if gap is None:
+        return ""
+    if gap <= 1e-6:
+        text = "Every GW value is proven optimal: the matrix is exact, its pattern is the data's."
+    else:
+        text = (f"Each GW value is the exact cost of a feasible alignment (an upper bound) and its "
+                f"true distance lies at most {gap:.1%} below it (median {q['median_gap']:.1%}): "
+                f"differences between cells smaller than that may be the solver's, larger ones "
+                f"are the data's.")
+    return f"<p>{text}</p>"
 
 
 def render_html(data: RunData, images: dict, color) -> str:
@@ -180,6 +222,7 @@ def render_html(data: RunData, images: dict, color) -> str:
             out += ["<h3>GW beside the baselines</h3>", _baselines_key(kinds),
                     _img(imgs["baselines"], f"GW matrix of {ckpt} beside {', '.join(kinds)}")]
         out += [f"<h3>Groups ({escape(method)})</h3>", _groups_table(data.result(ckpt), color),
+                _boundaries_table(data.result(ckpt)),
                 "<h3>Scores per method</h3>", _scores_table(entry["methods"])]
         if entry.get("agreement"):
             out.append(_table(["methods", "agreement (adjusted Rand index)"],
@@ -192,7 +235,8 @@ def render_html(data: RunData, images: dict, color) -> str:
         out += ["<h3>Stability</h3>", _stability(st)]
         if imgs.get("coassignment"):
             out.append(_img(imgs["coassignment"], f"co-assignment of {ckpt}"))
-        out += ["<h3>Solver certainty</h3>", _quality(solver_quality(data, ckpt)),
+        quality = solver_quality(data, ckpt)
+        out += ["<h3>Solver certainty</h3>", _certainty_sentence(quality), _quality(quality),
                 _img(imgs["gap"], f"lower bound and gap view of {ckpt}"),
                 "<h3>Hierarchy</h3>", _img(imgs["dendrogram"], f"dendrogram of {ckpt}")]
     settings = json.dumps(info.get("config", {}), indent=2, sort_keys=True, default=str)

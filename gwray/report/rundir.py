@@ -153,7 +153,8 @@ def _computed_communities(info: dict, ckpts: list, layers: dict, gw: dict) -> di
     method, k = graph.get("method", "contiguous"), graph.get("k", "auto")
     out = {"method": "contiguous" if method == "all" else method, "checkpoints": {}, "stability": {}}
     for c in ckpts:
-        found = find_subnetworks(gw[c], method=method, k=k, names=layers[c])
+        found = find_subnetworks(gw[c], method=method, k=k, names=layers[c],
+                                 alpha=graph.get("alpha", 0.05), n_null=graph.get("null_draws", 99))
         out["checkpoints"][c] = (found.to_dict() if method == "all" else
                                  {"methods": {method: found.to_dict()}, "agreement": {}})
     return out
