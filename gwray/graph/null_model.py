@@ -12,15 +12,11 @@ Layer representations drift with depth in every network, so "no sub-networks" do
    top of the drift. The statistic is the drift residual's variance that the blocks explain per
    block parameter, over the residual variance per degree of freedom (an F-like ratio, see
    :func:`block_statistic`): ≈ 1 for blocks that only fit noise, ≫ 1 for real blocks.
-3. **Null.** B matrices are drawn from the fitted drift plus two kinds of noise. *Uneven
-   steps*: real nets do not move by the same amount at every layer, so each step between
-   consecutive layers gets an i.i.d. Gaussian perturbation, added to every pair that spans it,
-   with the spread of the steps that add up along depth (a robust covariance of two
-   measurements of each step; blocks, whose distances do not add up, and a few large steps do
-   not inflate it). *Pair noise*: the drift residuals,
-   leverage-corrected (÷ √(1 − h)), times an independent random sign (wild bootstrap: the
-   observed noise level at every position, heteroscedastic noise is kept). Clipped at 0. On each null matrix *the same method with the same settings* picks its partition and T
-   is computed for it, so the null holds everything the method can find in drift and noise.
+3. **Null.** B matrices are drawn from the fitted drift plus wild-bootstrap noise: each drift
+   residual, leverage-corrected (÷ √(1 − h)), times an independent random sign — symmetric, with
+   the observed noise level at every position (heteroscedastic noise is kept); clipped at 0. On
+   each null matrix *the same method with the same settings* picks its partition and T is
+   computed for it, so the null holds everything the method can find in drift and noise.
 4. **p-value** = (1 + #{T_null ≥ T_obs}) / (1 + B); drawing stops early once ``STOP_AFTER``
    null statistics reach T_obs (then p = STOP_AFTER / draws, Besag & Clifford's sequential
    p-value, also valid), so a clearly non-significant partition costs a fraction of B draws.
@@ -37,8 +33,7 @@ from numpy.polynomial import legendre
 
 #: human-readable description of the null (stored with every test result)
 NULL_DESCRIPTION = ("smooth depth drift: distances over pairs i<j regressed on polynomial additive "
-                    "drift h(x_j) − h(x_i) and position-dependent lag terms (√v, v², v³), plus i.i.d. "
-                    "uneven steps between layers (robust spread) and wild-bootstrap (random-sign, leverage-corrected) "
+                    "drift h(x_j) − h(x_i) and position-dependent lag terms (√v, v², v³), plus wild-bootstrap (random-sign, leverage-corrected) "
                     "residual noise; the same method reruns on every null matrix")
 #: highest degree of the additive drift h(x) (higher degrees start to draw steps, i.e. blocks)
 ADDITIVE_DEGREE = 8
@@ -104,14 +99,7 @@ class DriftFit:
     residual : np.ndarray, shape (n,)
         d_ij − fitted.
     scale : np.ndarray, shape (n,)
-        Leverage-corrected residual r / √(1 − h): the size of the pair noise of the null draws.
-    spans : np.ndarray, shape (n, L − 1)
-        1 where the pair i < j spans the step s (i ≤ s < j).
-    step_scale : float
-        Spread of the steps between consecutive layers beyond the smooth drift: the square root
-        of the robust covariance of r(s, s+2) − r(s, s+1) and r(s+1, s+2), which both measure
-        step s + 1 when steps add up (0 when negative). Uneven per-layer steps of this size are
-        part of the null.
+        Leverage-corrected residual r / √(1 − h): the noise of the null draws.
     """
 
     L: int
@@ -119,8 +107,6 @@ class DriftFit:
     fitted: np.ndarray
     residual: np.ndarray
     scale: np.ndarray
-    spans: np.ndarray
-    step_scale: float
 
 
 def _orthonormal(X: np.ndarray) -> np.ndarray:
@@ -130,32 +116,15 @@ def _orthonormal(X: np.ndarray) -> np.ndarray:
 
 
 def fit_drift(D: np.ndarray) -> DriftFit:
-    """Least-squares fit of the smooth-drift model to a checked (L, L) distance matrix, and the
-    noise of the null: uneven steps between consecutive layers (each pair i < j moves with every
-    step it spans) at their robust spread, and pair noise."""
+    """Least-squares fit of the smooth-drift model to a checked (L, L) distance matrix."""
     L = D.shape[0]
     iu, ju = pair_index(L)
     y = D[iu, ju]
     Q = _orthonormal(drift_basis(L))
     fitted = Q @ (Q.T @ y)
     resid = y - fitted
-    steps = np.arange(L - 1)
-    spans = ((iu[:, None] <= steps) & (steps < ju[:, None])).astype(float)
-    R = np.zeros((L, L))
-    R[iu, ju] = resid
-    # Under additive uneven steps δ_s, both r(s, s+2) − r(s, s+1) and r(s+1, s+2) measure δ_{s+1}
-    # (with independent pair noise): their covariance is Var δ. Within a block distances do not
-    # add up, so blocks give none. Robust covariance (MAD(x+y)² − MAD(x−y)²)/4: boundaries ignored.
-    x = np.diagonal(R, 2) - np.diagonal(R, 1)[:-1]
-    y = np.diagonal(R, 1)[1:]
-    step_var = (_mad(x + y) ** 2 - _mad(x - y) ** 2) / 4.0 if x.size >= 3 else 0.0
     lev = np.minimum((Q**2).sum(axis=1), 0.99)
-    return DriftFit(L, Q, fitted, resid, resid / np.sqrt(1.0 - lev), spans, float(np.sqrt(max(step_var, 0.0))))
-
-
-def _mad(x: np.ndarray) -> float:
-    """Robust standard deviation 1.4826 × median |x − median x| (a few boundaries do not move it)."""
-    return float(1.4826 * np.median(np.abs(x - np.median(x)))) if x.size else 0.0
+    return DriftFit(L, Q, fitted, resid, resid / np.sqrt(1.0 - lev))
 
 
 def block_design(labels: np.ndarray) -> np.ndarray:
@@ -214,14 +183,12 @@ def block_statistic(D: np.ndarray, labels, Q: np.ndarray | None = None) -> float
 
 
 def null_matrices(fit: DriftFit, draws: int, rng: np.random.Generator):
-    """Yield ``draws`` null matrices (L, L): fitted drift + i.i.d. steps N(0, step_scale²) summed
-    over the steps each pair spans + random-sign pair residuals; clipped at 0."""
+    """Yield ``draws`` null matrices (L, L): fitted drift + random-sign residuals, clipped at 0."""
     iu, ju = pair_index(fit.L)
     for _ in range(draws):
-        steps = fit.spans @ rng.normal(0.0, fit.step_scale, fit.L - 1)
-        y = fit.fitted + steps + fit.scale * rng.choice((-1.0, 1.0), size=fit.scale.size)
+        y = np.maximum(fit.fitted + fit.scale * rng.choice((-1.0, 1.0), size=fit.scale.size), 0.0)
         M = np.zeros((fit.L, fit.L))
-        M[iu, ju] = np.maximum(y, 0.0)
+        M[iu, ju] = y
         yield M + M.T
 
 
