@@ -96,18 +96,22 @@ class ResourcesConfig(_Section):
     gpus_per_shard: float = Field(0, ge=0)
 
 
+def _auto_or_at_least(low: int):
+    """A field validator: the value is "auto" or an integer ≥ ``low``."""
+    def check(cls, v):
+        if isinstance(v, int) and v < low:
+            raise ValueError(f"must be 'auto' or an integer >= {low}")
+        return v
+    return classmethod(check)
+
+
 class GraphConfig(_Section):
     method: Literal["contiguous", "louvain", "greedy", "spectral", "all"] = "contiguous"
     k: Union[Literal["auto"], int] = "auto"
     alpha: float = Field(0.05, gt=0, lt=1)
     null_draws: int = Field(99, ge=0)
 
-    @field_validator("k")
-    @classmethod
-    def _k_positive(cls, v):
-        if isinstance(v, int) and v < 1:
-            raise ValueError("must be 'auto' or an integer >= 1")
-        return v
+    _k_positive = field_validator("k")(_auto_or_at_least(1))
 
 
 class StabilityConfig(_Section):
@@ -115,13 +119,7 @@ class StabilityConfig(_Section):
     fraction: float = Field(0.8, gt=0, le=1)
     seed: int = 0
 
-
-    @field_validator("resamples")
-    @classmethod
-    def _resamples_form(cls, v):
-        if isinstance(v, int) and v < 0:
-            raise ValueError("must be 'auto' or an integer >= 0")
-        return v
+    _resamples_form = field_validator("resamples")(_auto_or_at_least(0))
 
 
 class RunConfig(_Section):
