@@ -34,7 +34,7 @@ def fake_baselines(D):
 
 
 def make_run(root, checkpoints, method="contiguous", communities=True, stability=False,
-             baselines=False):
+             baselines=False, n_null=19):
     """A run dir as the pipeline leaves it: run.json, gw_matrix.parquet, pairs/, communities.json
     (with boundaries, movement and, given baselines=True, baseline matrices).
     checkpoints: list of (id, step, labels)."""
@@ -58,7 +58,7 @@ def make_run(root, checkpoints, method="contiguous", communities=True, stability
                                  "init": "identity" if (i + j) % 3 else "product",
                                  "iterations": np.int32(5 + i), "marginal_error": 1e-12,
                                  "seconds": 0.01, "n": np.int32(64), "solver": "cg-lap"})
-        found = find_subnetworks(D, method=method, names=names)
+        found = find_subnetworks(D, method=method, names=names, n_null=n_null)
         comm["checkpoints"][c] = (found.to_dict() if method == "all" else
                                   {"methods": {method: found.to_dict()}, "agreement": {}})
         if baselines:
@@ -401,7 +401,7 @@ def _many(root, count, layers):
     for c in range(count):
         k = 2 if c < count // 2 else 4
         ckpts.append((f"step-{c:03d}", 10 * c, [i * k // layers for i in range(layers)]))
-    return make_run(root, ckpts)
+    return make_run(root, ckpts, n_null=0)  # the report's size, not the test of 100 matrices
 
 
 @pytest.fixture(scope="module")
