@@ -29,7 +29,7 @@ CONTIGUOUS = [np.repeat([0, 1, 2], [4, 4, 4]), np.repeat([0, 1, 2, 3], [2, 3, 4,
 @pytest.mark.parametrize("lab", CONTIGUOUS, ids=lambda lab: "-".join(map(str, np.bincount(lab))))
 def test_exact_planted_contiguous_every_method_auto_k(lab):
     names = [f"layer{i}" for i in range(len(lab))]
-    res = find_subnetworks(planted(lab), method="all", names=names, n_null=19)
+    res = find_subnetworks(planted(lab), method="all", names=names)
     assert isinstance(res, SubnetworkSet) and set(res) == set(METHODS)
     for m, r in res.items():
         assert adjusted_rand_score(lab, r.labels) == 1.0, m
