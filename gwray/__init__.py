@@ -14,8 +14,8 @@ _EXPORTS = {
     "pairwise_gw": "gwray.gw.pairwise",
     "find_subnetworks": "gwray.graph.communities",
     "run": "gwray.pipeline",
-    "load_run": "gwray.pipeline",
-    "RunResult": "gwray.pipeline",
+    "load_run": "gwray.result",
+    "RunResult": "gwray.result",
     "GwrayInputError": "gwray.errors",
 }
 

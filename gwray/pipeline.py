@@ -7,89 +7,22 @@ Wiring and bookkeeping only (no math, no model code). A stage is skipped when it
 from __future__ import annotations
 
 import functools
-import glob
 import hashlib
 import json
 import logging
 import math
 import os
-import re
 import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-
-import numpy as np
 
 from gwray import __version__
 from gwray.activations.store import ActivationStore
 from gwray.config import RunConfig, load_config
-from gwray.errors import GwrayInputError
-from gwray.preflight import check_layer_count, check_output_location, check_run_owner
+from gwray.preflight import (check_inputs, check_layer_count, check_output_location,
+                             check_run_owner, step_of)
+from gwray.result import RunResult, load_run, read_matrices
 from gwray.storage import Location
 
-_STEP_RE = re.compile(r"(?:checkpoint|ckpt|step|iter|epoch)[-_=]?(\d+)", re.IGNORECASE)
-_UNSAFE_RE = re.compile(r"[^A-Za-z0-9._-]+")
-SINGLE = "main"  # checkpoint id of a run over one model
-
-
-@dataclass
-class RunResult:
-    """What a run produced, as returned by :func:`run` and :func:`load_run`.
-
-    Attributes
-    ----------
-    out, config, report : str, RunConfig, str or None
-        The run directory (path or URI), the resolved config, ``report.html``.
-    checkpoints, layers : list of str, dict
-        Checkpoint ids in order (``["main"]`` for one model); id → layer names in depth order.
-    gw, lower_bound : dict
-        Checkpoint (or model) id → its (L_id, L_id) float64 GW distances / lower bounds; depths
-        may differ between ids (models of different sizes).
-    cross : dict
-        ``(checkpoint_a, checkpoint_b)`` → (L_a, L_b) float64 GW, rows = layers of a
-        (rectangular when depths differ).
-    communities, pairs : dict, pyarrow.Table
-        ``communities.json`` (groups per checkpoint and method, boundaries, movement,
-        stability); every pair record of ``OUT/pairs`` (DESIGN.md schema).
-    stages : dict
-        Stage → ``"ran"`` or ``"skipped"`` (empty when read back by :func:`load_run`).
-    """
-
-    out: str
-    config: RunConfig
-    checkpoints: list
-    layers: dict
-    gw: dict
-    lower_bound: dict
-    cross: dict
-    communities: dict
-    pairs: object
-    report: str | None = None
-    stages: dict = field(default_factory=dict)
-
-    @property
-    def matrix(self) -> np.ndarray:
-        """The (L, L) GW matrix of a one-model run; with several checkpoints (or models) there is
-        no single matrix: ``ValueError`` naming ``gw[id]``, each one's (L_id, L_id) matrix."""
-        if len(self.checkpoints) > 1:
-            raise ValueError(f"this run has {len(self.checkpoints)} checkpoints/models: use "
-                             f"result.gw[id] (ids {', '.join(self.checkpoints)}) and "
-                             "result.cross[(a, b)]")
-        return self.gw[self.checkpoints[0]]
-
-    def correspondence(self, a: str, b: str) -> dict:
-        """For each layer of ``a``, the layer of ``b`` at the smallest GW distance: the argmin of
-        each row of ``cross[(a, b)]`` (``cross[(b, a)]``'s columns when only that was solved).
-        KeyError when no cross matrix of ``a`` and ``b`` was solved (``compare.cross``)."""
-        M = self.cross[(a, b)] if (a, b) in self.cross else self.cross[(b, a)].T
-        return {name: self.layers[b][int(k)] for name, k in zip(self.layers[a], M.argmin(axis=1))}
-
-    @property
-    def groups(self) -> dict:
-        """Checkpoint id → groups (lists of layer names) of the configured method."""
-        comm = self.communities
-        return {c: comm["checkpoints"][c]["methods"][comm["method"]]["groups"] for c in self.checkpoints}
 
 
 class _Say:
@@ -156,68 +89,6 @@ def _why(prev: dict | None, key: dict, what: dict) -> str:
     return " and ".join(changed) + " changed" if changed else "its output is missing"
 
 
-def _step(name: str) -> int | None:
-    return int(m.group(1)) if (m := _STEP_RE.search(name)) else None
-
-
-def resolve_checkpoints(cfg: RunConfig) -> list[tuple[str, str | None]]:
-    """The run's checkpoints as ``(id, path)`` in training order.
-
-    ``model.checkpoints`` is a list of directories or a glob. A glob, and a list whose every
-    name carries a step (``checkpoint-1000``, ``step1000``, ``step-000500``, ``ckpt_5``), are
-    sorted by step; other lists keep their order (e.g. several fine-tunes). Ids are the directory
-    names. Without checkpoints: ``[("main", None)]``.
-
-    Raises
-    ------
-    GwrayInputError
-        A glob that matches nothing, a listed directory that does not exist, repeated names.
-    """
-    spec, key = cfg.model.checkpoints, "config key model.checkpoints"
-    if spec is None:
-        return [(SINGLE, None)]
-    if isinstance(spec, str):
-        paths = sorted(glob.glob(os.path.expanduser(spec)))
-        if not paths:
-            raise GwrayInputError(f"{key}: glob {spec!r} matches nothing")
-    else:
-        paths = [os.path.expanduser(p) for p in spec]
-        if not paths:
-            raise GwrayInputError(f"{key}: empty list (omit the key for one model)")
-    step = {p: _step(Path(p.rstrip("/")).name) for p in paths}
-    if isinstance(spec, str) or None not in step.values():
-        paths = sorted(paths, key=lambda p: (step[p] is None, step[p] or 0, p))
-    ids = [_UNSAFE_RE.sub("_", Path(p.rstrip("/")).name) for p in paths]
-    if len(set(ids)) < len(ids):
-        raise GwrayInputError(f"{key}: two checkpoints have the same directory name (their id)")
-    return list(zip(ids, paths))
-
-
-def check_inputs(cfg: RunConfig, min_checkpoints: int = 1) -> tuple[list, object]:
-    """Check checkpoints, model and probe before anything is written or Ray is reached.
-
-    Returns ``(checkpoints, probe)``: checkpoints as :func:`resolve_checkpoints` gives them, the
-    :class:`~gwray.activations.probes.ProbeSet`.
-    Raises GwrayInputError: fewer than ``min_checkpoints``; a missing model, checkpoint or probe.
-    """
-    from gwray.activations.probes import load_probe
-    from gwray.models.loaders import resolve_model_path
-
-    checkpoints = resolve_checkpoints(cfg)
-    if len(checkpoints) < min_checkpoints:
-        raise GwrayInputError(f"config key model.checkpoints: {min_checkpoints} or more checkpoints "
-                              f"needed to compare, got {len(checkpoints)}")
-    source = cfg.model.source
-    for path in [cfg.model.path] if cfg.model.checkpoints is None else [p for _, p in checkpoints]:
-        if path is None and source != "factory":
-            raise GwrayInputError(f"config key model.path: required for model.source {source}")
-        if source == "hf":
-            resolve_model_path(path)
-        elif source == "toy" and not os.path.exists(path):
-            raise GwrayInputError(f"toy checkpoint {path}: not found (config key model.path)")
-    return checkpoints, load_probe(cfg.probe)
-
-
 class _Run:
     """One run's state: config, location, stage keys (run.json), progress and Ray."""
 
@@ -228,7 +99,7 @@ class _Run:
         # Old keys stay until their stage ends again: a run that died mid-stage redoes it whole.
         self.info = {"gwray_version": __version__, "name": cfg.name,
                      "config": cfg.model_dump(mode="json"), "probe_hash": probe.hash,
-                     "checkpoints": [{"id": c, "path": p, "step": _step(c)} for c, p in checkpoints],
+                     "checkpoints": [{"id": c, "path": p, "step": step_of(c)} for c, p in checkpoints],
                      "layers": {}, "stages": dict(self.prev)}
         self.status: dict[str, str] = {}
 
@@ -313,7 +184,7 @@ class _Run:
         why = _why(self.prev.get("communities"), key, {"pairs": "GW matrices", "graph": "graph/stability config",
                                                         "baselines": "gw.baselines"})
         self.say(f"communities: {why}, {self.cfg.graph.method} on {len(self.ckpts)} checkpoint(s)")
-        gw, _, _ = _read_matrices(self.loc, self.info["layers"])
+        gw, _, _ = read_matrices(self.loc, self.info["layers"])
         self.loc.child("communities.json").write_json(
             _find_groups(self.cfg, gw, self.info["layers"], store, self.say))
         self.done("communities", key, True)
@@ -438,38 +309,3 @@ def run(config, out=None, overrides=None, *, progress: bool = True,
     result = load_run(loc)
     result.stages, result.report = dict(state.status), str(report)
     return result
-
-
-def _read_matrices(loc: Location, layers: dict):
-    """(gw, lower_bound, cross) matrices from gw_matrix.parquet and cross/gw_matrix.parquet."""
-    index = {c: {n: i for i, n in enumerate(names)} for c, names in layers.items()}
-    gw, lb = ({c: np.zeros((len(n), len(n))) for c, n in layers.items()} for _ in range(2))
-    for row in loc.child("gw_matrix.parquet").read_table().to_pylist():
-        c = row["checkpoint"]
-        ij = index[c][row["layer_i"]], index[c][row["layer_j"]]
-        gw[c][ij], lb[c][ij] = row["gw"], row["lower_bound"]
-    cross, where = {}, loc.child("cross", "gw_matrix.parquet")
-    for row in where.read_table().to_pylist() if where.exists() else []:
-        a, b = row["checkpoint_a"], row["checkpoint_b"]
-        m = cross.setdefault((a, b), np.zeros((len(layers[a]), len(layers[b]))))
-        m[index[a][row["layer_i"]], index[b][row["layer_j"]]] = row["gw"]
-    return gw, lb, cross
-
-
-def load_run(out) -> RunResult:
-    """Read a finished run back (config, layer names, matrices, groups, pair records) from the
-    run directory or URI ``out``; GwrayInputError when ``out`` holds no finished run."""
-    from gwray.scheduler.results import load_records
-
-    loc = Location.parse(out)
-    for name in ("run.json", "gw_matrix.parquet", "communities.json"):
-        if not loc.child(name).exists():
-            raise GwrayInputError(f"run directory {loc}: no {name} (not a finished gwray run)")
-    info = loc.child("run.json").read_json()
-    layers = {c["id"]: info["layers"][c["id"]] for c in info["checkpoints"]}
-    gw, lb, cross = _read_matrices(loc, layers)
-    html = loc.child("report.html")  # absent while a rerun rebuilds it
-    return RunResult(out=str(loc), config=RunConfig.model_validate(info["config"]),
-                     checkpoints=list(layers), layers=layers, gw=gw, lower_bound=lb, cross=cross,
-                     communities=loc.child("communities.json").read_json(), pairs=load_records(loc),
-                     report=str(html) if html.exists() else None)

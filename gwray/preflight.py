@@ -4,7 +4,9 @@ names the thing at fault, before a model loads or Ray starts.
 """
 from __future__ import annotations
 
+import glob
 import os
+import re
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -12,6 +14,10 @@ from pydantic import ValidationError
 from gwray.config import RunConfig
 from gwray.errors import GwrayInputError
 from gwray.storage import Location
+
+_STEP_RE = re.compile(r"(?:checkpoint|ckpt|step|iter|epoch)[-_=]?(\d+)", re.IGNORECASE)
+_UNSAFE_RE = re.compile(r"[^A-Za-z0-9._-]+")
+SINGLE = "main"  # checkpoint id of a run over one model
 
 
 def check_output_location(loc: Location) -> None:
@@ -49,7 +55,7 @@ def run_identity(cfg: RunConfig, checkpoints: list) -> dict:
     ----------
     cfg : RunConfig
     checkpoints : list of (str, str or None)
-        ``(id, path)`` as :func:`gwray.pipeline.resolve_checkpoints` gives them.
+        ``(id, path)`` as :func:`resolve_checkpoints` gives them.
     """
     model = cfg.model
     return {"model": [model.source, model.path if model.checkpoints is None else None, model.factory],
@@ -117,3 +123,66 @@ def check_layer_count(cfg: RunConfig, checkpoint: str, names: list[str]) -> None
     if isinstance(k, int) and k > len(names):
         raise GwrayInputError(f"config key graph.k: {k} groups, but checkpoint {checkpoint} has "
                               f"{len(names)} layers")
+
+
+def step_of(name: str) -> int | None:
+    """The training step a checkpoint name carries (``checkpoint-1000`` → 1000), else None."""
+    return int(m.group(1)) if (m := _STEP_RE.search(name)) else None
+
+
+def resolve_checkpoints(cfg: RunConfig) -> list[tuple[str, str | None]]:
+    """The run's checkpoints as ``(id, path)`` in training order.
+
+    ``model.checkpoints`` is a list of directories or a glob. A glob, and a list whose every
+    name carries a step (``checkpoint-1000``, ``step1000``, ``step-000500``, ``ckpt_5``), are
+    sorted by step; other lists keep their order (e.g. several fine-tunes). Ids are the directory
+    names. Without checkpoints: ``[("main", None)]``.
+
+    Raises
+    ------
+    GwrayInputError
+        A glob that matches nothing, a listed directory that does not exist, repeated names.
+    """
+    spec, key = cfg.model.checkpoints, "config key model.checkpoints"
+    if spec is None:
+        return [(SINGLE, None)]
+    if isinstance(spec, str):
+        paths = sorted(glob.glob(os.path.expanduser(spec)))
+        if not paths:
+            raise GwrayInputError(f"{key}: glob {spec!r} matches nothing")
+    else:
+        paths = [os.path.expanduser(p) for p in spec]
+        if not paths:
+            raise GwrayInputError(f"{key}: empty list (omit the key for one model)")
+    step = {p: step_of(Path(p.rstrip("/")).name) for p in paths}
+    if isinstance(spec, str) or None not in step.values():
+        paths = sorted(paths, key=lambda p: (step[p] is None, step[p] or 0, p))
+    ids = [_UNSAFE_RE.sub("_", Path(p.rstrip("/")).name) for p in paths]
+    if len(set(ids)) < len(ids):
+        raise GwrayInputError(f"{key}: two checkpoints have the same directory name (their id)")
+    return list(zip(ids, paths))
+
+
+def check_inputs(cfg: RunConfig, min_checkpoints: int = 1) -> tuple[list, object]:
+    """Check checkpoints, model and probe before anything is written or Ray is reached.
+
+    Returns ``(checkpoints, probe)``: checkpoints as :func:`resolve_checkpoints` gives them, the
+    :class:`~gwray.activations.probes.ProbeSet`.
+    Raises GwrayInputError: fewer than ``min_checkpoints``; a missing model, checkpoint or probe.
+    """
+    from gwray.activations.probes import load_probe
+    from gwray.models.loaders import resolve_model_path
+
+    checkpoints = resolve_checkpoints(cfg)
+    if len(checkpoints) < min_checkpoints:
+        raise GwrayInputError(f"config key model.checkpoints: {min_checkpoints} or more checkpoints "
+                              f"needed to compare, got {len(checkpoints)}")
+    source = cfg.model.source
+    for path in [cfg.model.path] if cfg.model.checkpoints is None else [p for _, p in checkpoints]:
+        if path is None and source != "factory":
+            raise GwrayInputError(f"config key model.path: required for model.source {source}")
+        if source == "hf":
+            resolve_model_path(path)
+        elif source == "toy" and not os.path.exists(path):
+            raise GwrayInputError(f"toy checkpoint {path}: not found (config key model.path)")
+    return checkpoints, load_probe(cfg.probe)

@@ -258,7 +258,7 @@ def size_run(cfg: RunConfig, rates: dict | None = None, calibrate_here: bool = T
         What a run would refuse before extraction: missing model, checkpoint or probe, a bad
         layer selection, fewer than 2 layers, ``graph.k`` above the layer count, unknown rates.
     """
-    from gwray.pipeline import check_inputs
+    from gwray.preflight import check_inputs
     from gwray.preflight import check_layer_count
     from gwray.scheduler.plan import plan_pairs
 

@@ -26,7 +26,8 @@ def main(argv=None, min_checkpoints: int = 1, description: str = __doc__) -> int
         import ray
 
         from gwray.config import load_config
-        from gwray.pipeline import check_inputs, run
+        from gwray.pipeline import run
+        from gwray.preflight import check_inputs
 
         cfg = load_config(args.config, args.overrides)
         check_inputs(cfg, min_checkpoints)  # bad input fails here, before reaching the cluster

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from gwray.errors import GwrayInputError
-from gwray.pipeline import load_run, resolve_checkpoints, run
+from gwray.pipeline import load_run, run
+from gwray.preflight import resolve_checkpoints
 from gwray.config import load_config
 
 pytestmark = pytest.mark.slow

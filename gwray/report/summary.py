@@ -56,7 +56,7 @@ def run_summary(result) -> dict:
 
     Parameters
     ----------
-    result : gwray.pipeline.RunResult
+    result : gwray.result.RunResult
 
     Returns
     -------
