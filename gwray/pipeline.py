@@ -208,7 +208,7 @@ def _find_groups(cfg: RunConfig, gw: dict, layers: dict, store, say: _Say) -> di
     intervals, baselines (CKA, RSA, ... as (L, L) lists, on the same activations), and how group
     boundaries move between checkpoints."""
     from gwray.graph.communities import find_subnetworks
-    from gwray.graph.stability import AUTO_BUDGET, auto_resamples, stability
+    from gwray.graph.stability import AUTO_BUDGET, resamples_for, stability
     from gwray.gw.baselines import baseline_matrices
 
     method, costs, g = cfg.graph.method, dict(metric=cfg.costs.metric, normalize=cfg.costs.normalize), cfg.graph
@@ -218,8 +218,7 @@ def _find_groups(cfg: RunConfig, gw: dict, layers: dict, store, say: _Say) -> di
         n_rows = len(store.sample_ids(ckpt))
         found = find_subnetworks(D, method=method, k=g.k, names=layers[ckpt], alpha=g.alpha,
                                  n_null=g.null_draws, n_samples=n_rows)
-        resamples = (auto_resamples(len(D), n_rows, cfg.stability.fraction)
-                     if cfg.stability.resamples == "auto" else cfg.stability.resamples)
+        resamples = resamples_for(cfg.stability.resamples, len(D), n_rows, cfg.stability.fraction)
         if resamples or cfg.gw.baselines:
             arrays = [store.read_layer(ckpt, n) for n in layers[ckpt]]
         if cfg.gw.baselines:

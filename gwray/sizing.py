@@ -18,6 +18,7 @@ import numpy as np
 
 from gwray.config import RunConfig
 from gwray.errors import GwrayInputError
+from gwray.graph.stability import resamples_for
 
 #: Rates a user may pass (``--rate NAME=VALUE``), measured on the hardware the run will use.
 RATE_NAMES = {"forward_flops": "FLOP/s of one model replica or shard in the forward pass",
@@ -320,9 +321,12 @@ def _stage_seconds(cfg: RunConfig, size: RunSize, tokens: int, rates: dict) -> d
     costs = sum(2 * rows * rows * d for d in widths) / rates["forward_flops"] / workers
     pair = rates["gw_pair_s"]  # per pair and worker; a batched GPU worker's rate is measured as such
     pairs = costs + (size.pairs_within + size.pairs_cross) * pair / workers
-    resamples = cfg.stability.resamples
     sub = cfg.stability.fraction ** 3  # a resample solves the within pairs at fraction * n
-    groups = resamples * size.pairs_within * pair * sub / workers
+    groups = 0.0  # resamples run in process, one checkpoint after another
+    for names in size.layers.values():
+        L = len(names)
+        resamples = resamples_for(cfg.stability.resamples, L, rows, cfg.stability.fraction)
+        groups += resamples * L * (L - 1) / 2 * pair * sub
     figures = 3 * n_ckpt + (n_ckpt > 1) * (1 + min(size.pairs_cross, 1) * (n_ckpt - 1))  # + timeline, cross
     return {"activations": extract, "pairs": pairs, "communities": groups, "report": figures * rates["figure_s"]}
 

@@ -184,7 +184,7 @@ def test_cost_tasks_run_while_the_worker_is_busy_solving(finished, tmp_path):
     import ray
 
     from gwray.scheduler.plan import make_batches
-    from gwray.scheduler.workers import WorkerPool
+    from gwray.scheduler.pool import WorkerPool
 
     out, _, _ = finished
     store = ActivationStore(out)
@@ -239,7 +239,7 @@ def test_batched_workers_get_activations_not_costs(finished):
     and every pair's value is within the device engine's 1 % of the CPU workers' (or lower, but
     above their valid lower bound), with its own bound below the CPU workers' value."""
     from gwray.scheduler.plan import make_batches
-    from gwray.scheduler.workers import WorkerPool
+    from gwray.scheduler.pool import WorkerPool
 
     out, _, table = finished
     store = ActivationStore(out)

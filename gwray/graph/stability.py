@@ -31,6 +31,11 @@ def auto_resamples(n_layers: int, n_rows: int, fraction: float) -> int:
     return AUTO_RESAMPLES if small and round(fraction * n_rows) >= 3 else 0
 
 
+def resamples_for(setting, n_layers: int, n_rows: int, fraction: float) -> int:
+    """The resample count of ``stability.resamples`` (``"auto"`` or an int) for one checkpoint."""
+    return auto_resamples(n_layers, n_rows, fraction) if setting == "auto" else int(setting)
+
+
 @dataclass
 class StabilityResult:
     """Agreement of resampled groupings with the full-data grouping.

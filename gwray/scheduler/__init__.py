@@ -140,7 +140,7 @@ def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
     import ray
     from tqdm.auto import tqdm
 
-    from gwray.scheduler.workers import WorkerPool
+    from gwray.scheduler.pool import WorkerPool
 
     if not ray.is_initialized():
         raise RuntimeError("run_pairs needs Ray to be initialised (pipeline.py / jobs do it)")
