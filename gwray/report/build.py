@@ -60,8 +60,10 @@ def build_report(out: Location | str) -> Path | str:
     for ckpt in full:
         res, D = data.result(ckpt), data.gw[ckpt]
         names, labels = res["names"], np.asarray(res["labels"])
+        conf = {x["index"]: x["confidence"] for x in res.get("boundaries") or []
+                if x.get("confidence") is not None}  # uncertain boundaries are drawn dashed
         imgs = {"heatmap": figures.heatmap(D, names, labels, f"GW distances between layers · {ckpt} · "
-                                           f"{res['k']} groups ({data.method})", norm),
+                                           f"{res['k']} groups ({data.method})", norm, conf),
                 "gap": figures.gap_view(D, data.lower_bound[ckpt], names, f"solver certainty · {ckpt}")}
         imgs["dendrogram"] = (figures.dendrogram(D, names, labels, normalize=norm) if len(names) > 1
                               else imgs["heatmap"])

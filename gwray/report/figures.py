@@ -67,6 +67,19 @@ def _boundaries(labels) -> list[int]:
     return [i for i in range(1, len(lab)) if lab[i] != lab[i - 1]]
 
 
+#: boundaries that fewer probe resamples than this share are drawn (and tabled) as uncertain
+UNCERTAIN = 0.7
+
+
+def boundary_styles(labels, confidence: dict | None = None) -> list[tuple[int, str]]:
+    """``(position, line style)`` of each group boundary: position b = first layer of the new
+    group; ``"--"`` when ``confidence`` (boundary index b − 1, i.e. layers b − 1 | b → share of
+    probe resamples with that boundary, as in communities.json) is below ``UNCERTAIN``, else
+    ``"-"``; boundaries without a confidence are drawn solid."""
+    conf = confidence or {}
+    return [(b, "--" if conf.get(b - 1, 1.0) < UNCERTAIN else "-") for b in _boundaries(labels)]
+
+
 def _side(L: int, cap: float = 11.0) -> float:
     """Height in inches of an (L, L) matrix panel: grows with L up to ``cap``."""
     return min(cap, 3.2 + 0.28 * L)
@@ -85,12 +98,13 @@ def _annotate(ax, im, M: np.ndarray) -> None:
 
 
 def _matrix_panel(fig: Figure, ax, M: np.ndarray, names: list[str], label: str, labels=None,
-                  **imshow) -> None:
+                  confidence: dict | None = None, **imshow) -> None:
     """Draw the (L, L) matrix M on ax in depth order, with its colour bar and layer ticks; with
     L ≤ ``ANNOTATE_MAX`` each cell also carries its value.
 
     Given group ids ``labels`` (shape (L,)), white lines mark the boundaries where the group
-    changes between consecutive layers, and a strip above the matrix, labelled "group", shows
+    changes between consecutive layers (dashed where ``confidence`` says the boundary is
+    uncertain, :func:`boundary_styles`), and a strip above the matrix, labelled "group", shows
     each layer's group colour with the group's number where a run of it starts (non-contiguous
     groups repeat). ``imshow`` goes to ``Axes.imshow`` (cmap, vmin, vmax).
     """
@@ -100,9 +114,12 @@ def _matrix_panel(fig: Figure, ax, M: np.ndarray, names: list[str], label: str, 
     _annotate(ax, im, M)
     if labels is None:
         return
-    for b in _boundaries(labels):
-        ax.axhline(b - 0.5, color="white", lw=2)
-        ax.axvline(b - 0.5, color="white", lw=2)
+    styles = boundary_styles(labels, confidence)
+    for b, ls in styles:
+        ax.axhline(b - 0.5, color="white", lw=2, ls=ls)
+        ax.axvline(b - 0.5, color="white", lw=2, ls=ls)
+    if any(ls == "--" for _, ls in styles):
+        ax.set_xlabel(f"dashed: a boundary found in < {UNCERTAIN:.0%} of probe resamples", fontsize=7)
     for i, g in enumerate(labels):
         ax.add_patch(Rectangle((i - 0.5, -1.6), 1, 0.9, color=group_color(g), clip_on=False))
     for i in [0, *_boundaries(labels)]:
@@ -113,7 +130,7 @@ def _matrix_panel(fig: Figure, ax, M: np.ndarray, names: list[str], label: str, 
 
 
 def heatmap(D: np.ndarray, names: list[str], labels=None, title: str = "",
-            normalize: str | None = None) -> bytes:
+            normalize: str | None = None, confidence: dict | None = None) -> bytes:
     """The distance matrix in depth order, group boundaries as lines, group colours on a strip.
 
     Parameters
@@ -127,6 +144,9 @@ def heatmap(D: np.ndarray, names: list[str], labels=None, title: str = "",
     title : str
     normalize : str, optional
         ``costs.normalize`` of the run, named on the colour bar (:func:`gw_label`).
+    confidence : dict, optional
+        Boundary index i (layers i | i + 1) → share of probe resamples with that boundary; those
+        below ``UNCERTAIN`` are drawn dashed.
 
     Returns
     -------
@@ -136,7 +156,7 @@ def heatmap(D: np.ndarray, names: list[str], labels=None, title: str = "",
     side = _side(len(names))
     fig = Figure(figsize=(side + 1.4, side), layout="constrained")
     ax = fig.add_subplot(111)
-    _matrix_panel(fig, ax, D, names, gw_label(normalize), labels, cmap="viridis")
+    _matrix_panel(fig, ax, D, names, gw_label(normalize), labels, confidence, cmap="viridis")
     ax.set_title(title, fontsize=11, pad=4)
     return _png(fig)
 

@@ -12,7 +12,7 @@ from html import escape
 
 import numpy as np
 
-from gwray.report.figures import MEANING
+from gwray.report.figures import MEANING, UNCERTAIN
 from gwray.report.interactive import sweep_section
 from gwray.report.rundir import RunData, solver_quality
 from gwray.report.summary import headline
@@ -88,8 +88,6 @@ def _quality(q: dict) -> str:
     return _table(["solver quality", "value"], rows)
 
 
-#: boundaries that fewer resamples than this share are marked uncertain
-UNCERTAIN = 0.7
 
 
 def _boundaries_table(res: dict) -> str:
