@@ -4,7 +4,7 @@
 
 For every method: the share of null matrices (smooth drift of several shapes at several depths and
 noise levels, flat noise matrices, GW matrices of residual nets whose blocks are all the same
-small update) on which ``find_subnetworks(k="auto")`` answers k ≥ 2 at α = 0.05 (should be ≤ 0.05
+small update, GW matrices of random-init GPT-2s) on which ``find_subnetworks(k="auto")`` answers k ≥ 2 at α = 0.05 (should be ≤ 0.05
 up to the binomial margin printed beside it), the share of planted block matrices (with and
 without drift inside the blocks) found with ARI ≥ 0.95, and the CPU seconds of one test at
 L = 80 (B null draws). One BLAS thread; CPU time via ``time.process_time``.
@@ -45,7 +45,23 @@ def null_cases(n: int):
         out.append((shape if shape != "flat" else "noise", drift_matrix(L, shape, noise, c, het)))
     for s in range(max(4, n // 6)):
         out.append(("gw-drift-net", np.asarray(pairwise_gw(_drift_net_layers(100 + s)))))
+    for s in range(max(2, n // 12)):
+        out.append(("gw-random-gpt2", np.asarray(pairwise_gw(_random_gpt2_layers(s)))))
     return out
+
+
+def _random_gpt2_layers(seed: int, n: int = 96) -> list[np.ndarray]:
+    """Mean-pooled hidden states (13 layers) of a random-init 12-block GPT-2 on random tokens."""
+    import torch
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(n_layer=12, n_embd=128, n_head=4, vocab_size=1000, n_positions=64,
+                     bos_token_id=0, eos_token_id=0)
+    ids = torch.randint(0, 1000, (n, 16), generator=torch.Generator().manual_seed(100 + seed))
+    with torch.no_grad():
+        states = GPT2Model(cfg).eval()(ids, output_hidden_states=True).hidden_states
+    return [h.mean(1).double().numpy() for h in states]
 
 
 def planted_cases(n: int):
@@ -57,6 +73,11 @@ def planted_cases(n: int):
         out.append(("drift-inside" if drift else "blocks", lab,
                     planted(lab, within=0.2 if not drift else 0.0, between=1.0 if not drift else 0.6,
                             noise=0.5 if not drift else 0.2, drift=drift, seed=s)))
+    # weak blocks: a boundary jump of 0.1 of the total drift (~1.7 mean layer steps), 6-6-6
+    weak = np.repeat(np.arange(3), 6)
+    for s in range(max(2, n // 2)):
+        out.append(("weak-jump-0.1", weak, planted(weak, within=0.0, between=0.1, noise=0.1,
+                                                   drift=1.0, seed=s)))
     return out
 
 

@@ -203,7 +203,7 @@ class _Run:
 
 
 def _find_groups(cfg: RunConfig, gw: dict, layers: dict, store, say: _Say) -> dict:
-    """communities.json: groups per checkpoint and method (each tested against smooth depth
+    """communities.json: groups per checkpoint and method (each tested against depth
     drift, k = 1 when not significant), stability with boundary confidences and GW resampling
     intervals, baselines (CKA, RSA, ... as (L, L) lists, on the same activations), and how group
     boundaries move between checkpoints."""

@@ -14,7 +14,7 @@ Methods (``method=``; each a plain function in :mod:`gwray.graph.methods`):
   largest eigengap λ_{k+1} − λ_k of the normalised Laplacian for k in 2 … K_max.
 - ``all`` — every method above, plus their pairwise agreement (adjusted Rand index).
 
-K_max = min(L − 1, 12). The partition each method picks is then *tested* against smooth depth drift
+K_max = min(L − 1, 12). The partition each method picks is then *tested* against depth drift
 (:mod:`gwray.graph.null_model`: the same method reruns on ``n_null`` matrices of fitted drift plus
 resampled noise). With ``k="auto"`` the answer is one group (k = 1) holding every layer when the
 structure is not significant at ``alpha`` (or the probe has fewer than ``MIN_SAMPLES`` samples);
@@ -67,7 +67,7 @@ class SubnetworkResult:
     params : dict
         Method settings that produced it (seed, resolution, sigma …).
     test : BlockTest or None
-        The partition tested against smooth depth drift (the candidate's test when the answer is
+        The partition tested against depth drift (the candidate's test when the answer is
         k = 1); None when not run (``n_null=0``).
     candidate : SubnetworkResult or None
         The method's best partition before the test (k ≥ 2); None when there was none.
@@ -89,7 +89,7 @@ class SubnetworkResult:
 
     @property
     def significant(self) -> bool:
-        """True when the test rejected smooth drift at its level (False when not tested)."""
+        """True when the test rejected depth drift at its level (False when not tested)."""
         return self.test is not None and self.test.significant
 
     @property
@@ -202,7 +202,7 @@ def _partition(D, m, k, G, seed):
 def find_subnetworks(D, method: str = "contiguous", k="auto", names=None, seed: int = 0,
                      *, knn: int | None = None, alpha: float = 0.05, n_null: int = 99,
                      n_samples: int | None = None):
-    """Group the layers of one network into sub-networks, tested against smooth depth drift.
+    """Group the layers of one network into sub-networks, tested against depth drift.
 
     Parameters
     ----------
@@ -219,7 +219,7 @@ def find_subnetworks(D, method: str = "contiguous", k="auto", names=None, seed: 
     knn : int, optional
         Sparsify the similarity graph to each layer's knn nearest neighbours (graph methods).
     alpha : float in (0, 1)
-        Level of the test of block structure against smooth drift.
+        Level of the test of block structure against depth drift.
     n_null : int ≥ 0
         Null matrices of the test (p-values ≥ 1/(n_null + 1)); 0 skips the test (auto then
         keeps the method's partition, as in gwray < 0.2).
@@ -266,7 +266,7 @@ def find_subnetworks(D, method: str = "contiguous", k="auto", names=None, seed: 
         few = n_samples is not None and n_samples < MIN_SAMPLES
         if k == "auto" and found.k >= 2 and (few or (found.test is not None and not found.significant)):
             why = (f"too few probe samples ({n_samples} < {MIN_SAMPLES}) to tell groups from sampling "
-                   "noise" if few else "no significant block structure beyond smooth depth drift")
+                   "noise" if few else "no significant block structure beyond depth drift")
             cand = found
             found = _result(m, names, np.zeros(L, dtype=int), f"auto: {why}{_test_note(cand.test)}; "
                             f"the candidate had {cand.k} groups", D, G_full, params)
@@ -285,5 +285,5 @@ def _result(m, names, labels, reason, D, G_full, params) -> SubnetworkResult:
 def _test_note(test: BlockTest | None) -> str:
     if test is None or test.p_value is None:
         return ""
-    return (f"; test vs smooth drift: T = {test.statistic:.3f}, p = {test.p_value:.3g} "
+    return (f"; test vs depth drift: T = {test.statistic:.3f}, p = {test.p_value:.3g} "
             f"({test.n_null} null draws, α = {test.alpha:g})")

@@ -91,7 +91,7 @@ def _quality(q: dict) -> str:
 
 
 def _boundaries_table(res: dict) -> str:
-    """Each boundary with its resampling confidence; the test against smooth drift below it."""
+    """Each boundary with its resampling confidence; the test against depth drift below it."""
     test, rows = res.get("test") or {}, []
     for b in res.get("boundaries") or []:
         c = b.get("confidence")
@@ -101,7 +101,7 @@ def _boundaries_table(res: dict) -> str:
     out = _table(["boundary", f"confidence (share of probe resamples; &lt; {UNCERTAIN} uncertain)"],
                  rows) if rows else ""
     if test.get("p_value") is not None:
-        out += (f"<p class='meta'>Test of block structure against smooth depth drift: statistic "
+        out += (f"<p class='meta'>Test of block structure against depth drift: statistic "
                 f"{test['statistic']:.3g}, p = {test['p_value']:.3g} ({test['n_null']} null "
                 f"matrices, α = {test['alpha']:g}). Null: {escape(test['null'])}.</p>")
     cand = res.get("candidate")

@@ -43,7 +43,7 @@ def headline(res: dict) -> str:
             text += f"; best candidate: {cand['k']} groups, {_boundaries(cand['boundaries'])}"
         return text
     if p is None:
-        verdict = "not tested against smooth depth drift"
+        verdict = "not tested against depth drift"
     elif res.get("significant"):
         verdict = f"p = {p:.2g}"
     else:
