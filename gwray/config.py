@@ -77,9 +77,10 @@ class GWConfig(_Section):
     max_iter: int = Field(200, ge=1)
     tol: float = Field(1e-9, ge=0)
     baselines: list[Literal["cka", "rsa", "identity"]] = []
-    # the previous checkpoint's plans as extra starts: values never above the cold solve's, at
-    # about 1.4x its solver time (bench/sweep.py), hence off by default
+    # the previous checkpoint's solver state (plan, duals) starts each pair, and only the
+    # configured starts that ended within warm_keep x the pair's best run (gwray.gw.warm)
     warm_start: bool = False
+    warm_keep: float = Field(1.03, ge=1)
 
 
 class CompareConfig(_Section):

@@ -6,7 +6,8 @@ import ot
 import pytest
 
 from gwray.errors import GwrayInputError
-from gwray.gw.bounds import eigen_bound, identity_cost, layer_summary, tlb, w2_cost
+from gwray.gw.bounds import (assignment_bound, eigen_bound, identity_cost, layer_summary, ot_value,
+                             tlb, w2_cost)
 from gwray.gw.costs import cost_matrix
 from gwray.gw.solver import gromov_wasserstein
 
@@ -133,9 +134,9 @@ def test_eigen_bound_beats_tlb_on_structured_pairs_and_refuses_n_ne_m():
                                                            layer_summary(costs[1][:30, :30])))
 
 
-def test_bounds_below_values_on_real_minilm_pairs(minilm_dir):
-    """All 21 hidden-state pairs of the packaged all-MiniLM-L6-v2 on 48 built-in probe sentences:
-    both bounds stay below the solver's value (checked unclipped) and the solver reports their max."""
+@pytest.fixture(scope="module")
+def minilm_costs(minilm_dir):
+    """Costs of the 7 hidden states of the packaged all-MiniLM-L6-v2 on 48 built-in sentences."""
     from pathlib import Path
 
     import torch
@@ -150,10 +151,37 @@ def test_bounds_below_values_on_real_minilm_pairs(minilm_dir):
     with torch.no_grad():
         states = model(**enc, output_hidden_states=True).hidden_states
     mask = enc["attention_mask"][:, :, None].double()
-    costs = [cost_matrix((h.double() * mask).sum(1) / mask.sum(1)) for h in states]
+    return [cost_matrix((h.double() * mask).sum(1) / mask.sum(1)) for h in states]
+
+
+def test_bounds_below_values_on_real_minilm_pairs(minilm_costs):
+    """All 21 hidden-state pairs of the packaged all-MiniLM-L6-v2 on 48 built-in probe sentences:
+    both bounds stay below the solver's value (checked unclipped) and the solver reports their max."""
+    costs = minilm_costs
     summaries = [layer_summary(C) for C in costs]
     for a, b in itertools.combinations(range(len(costs)), 2):
         r = gromov_wasserstein(costs[a], costs[b], aligned=True, layer_data=(summaries[a], summaries[b]))
         eig, t = eigen_bound(summaries[a], summaries[b]), tlb(costs[a], costs[b])
         assert 0.0 < eig <= r.value and 0.0 < t <= r.value
         assert r.lower_bound == pytest.approx(max(eig, t), rel=1e-12)
+
+
+def test_dual_tlb_is_a_valid_bound_on_real_minilm_pairs(minilm_costs):
+    """The TLB from warm-started duals (its dual objective) never exceeds the exact assignment
+    optimum (EMD), equals it within 1e-9 when the duals come from a neighbouring pair, and stays
+    a bound from arbitrary duals."""
+    n = len(minilm_costs[0])
+    p = np.full(n, 1.0 / n)
+    G = [w2_cost(minilm_costs[0], C, p, p) for C in minilm_costs[1:]]
+    rng = np.random.default_rng(0)
+    for prev, cur in zip(G, G[1:]):  # (0, k) warm-starts (0, k + 1), as checkpoints would
+        exact = ot_value(cur, p, p)
+        _, v = ot_value(prev, p, p, duals=True)
+        bound, v_new = assignment_bound(cur, v)
+        assert bound <= exact and bound == pytest.approx(exact, rel=1e-9)
+        assert assignment_bound(cur, v_new)[0] == pytest.approx(exact, rel=1e-9)
+        noisy = assignment_bound(cur, rng.normal(scale=float(cur.max()), size=n))[0]
+        assert noisy <= exact and noisy == pytest.approx(exact, rel=1e-9)
+        # weak duality: the dual objective of the neighbour's duals as they are is a bound too
+        u = (cur - v[None, :]).min(axis=1)
+        assert (u.sum() + v.sum()) / n <= exact

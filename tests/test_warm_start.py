@@ -8,11 +8,14 @@ from gwray.gw.costs import cost_matrix
 from gwray.gw.solver import gromov_wasserstein
 
 
-def _layers(n=48, seed=0):
+def _layers(n=48, seed=0, moved=0.0):
+    """Two layers' costs; ``moved`` > 0: the same layers one checkpoint later (points moved)."""
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, 6))
     Y = np.tanh(X @ rng.normal(size=(6, 9))) + 0.3 * rng.normal(size=(n, 9))
-    return cost_matrix(X), cost_matrix(Y)
+    move = np.random.default_rng(seed + 1000)
+    return (cost_matrix(X + moved * move.normal(size=X.shape)),
+            cost_matrix(Y + moved * move.normal(size=Y.shape)))
 
 
 def test_permutation_result_restarts_at_its_own_value():
@@ -44,6 +47,80 @@ def test_bad_permutation_start_is_an_input_error(bad):
     C1, C2 = _layers()
     with pytest.raises(GwrayInputError, match="permutation"):
         gromov_wasserstein(C1, C2, starts=[bad])
+
+
+def test_duals_replace_both_emds_and_the_bound_stays_exact(monkeypatch):
+    """With a previous solve's duals, neither the first linear step nor the TLB runs an EMD, and
+    the lower bound equals the cold solve's (the dual objective of an exact assignment)."""
+    from gwray.gw.bounds import assignment_bound
+
+    C1, C2 = _layers(n=64)
+    before = gromov_wasserstein(C1, C2, aligned=True, starts=["identity", "product"])
+    assert before.duals.shape == before.bound_duals.shape == (64,)
+    D1, D2 = _layers(n=64, moved=0.02)
+    cold = gromov_wasserstein(D1, D2, aligned=True, starts=["identity", "product"])
+    assignment_bound(D1, np.zeros(64))  # compiled before the EMDs are refused
+
+    def no_emd(*args, **kwargs):
+        raise AssertionError("an EMD ran despite warm duals")
+
+    monkeypatch.setattr(ot, "emd", no_emd)
+    monkeypatch.setattr(ot, "emd2", no_emd)
+    warm = gromov_wasserstein(D1, D2, aligned=True, starts=[before.permutation, "identity"],
+                              duals=before.duals, bound_duals=before.bound_duals)
+    assert warm.lower_bound == pytest.approx(cold.lower_bound, rel=1e-9)
+    assert warm.lower_bound <= warm.value and list(warm.start_values) == ["given", "identity"]
+    with pytest.raises(AssertionError, match="EMD"):  # no duals: the EMD runs (and is refused)
+        gromov_wasserstein(D1, D2, aligned=True, starts=["identity"])
+    with pytest.raises(GwrayInputError, match="duals must be"):
+        gromov_wasserstein(D1, D2, duals=np.zeros(3))
+
+
+def test_pruning_rule_skips_far_starts_until_the_pair_drifts():
+    from gwray.gw.warm import WarmState, warm_gw
+
+    C1, C2 = _layers(n=48, seed=4)
+    first, state, skipped = warm_gw(C1, C2, None, aligned=True, starts=["identity", "product"])
+    assert skipped == 0 and set(state.start_ends) == {"identity", "product"}
+    assert min(state.start_ends.values()) == pytest.approx(1.0) and state.value == first.value
+    # product ended far above the best: skipped; the layers did not move, so it stays skipped
+    far = WarmState(state.plan, state.duals, state.bound_duals, {"identity": 1.0, "product": 1.5},
+                    first.value)
+    r, again, skipped = warm_gw(C1, C2, far, aligned=True, starts=["identity", "product"], keep=1.03)
+    assert skipped == 1 and "product" not in r.start_values and r.value <= first.value * (1 + 1e-9)
+    assert again.start_ends["product"] == pytest.approx(1.5)
+    assert again.start_ends["identity"] == pytest.approx(r.start_values["identity"] / r.value)
+    # the pair moved by 10 % under the plan: the product's gap closes by drift x 10 % per step
+    moved = WarmState(state.plan, None, None, {"identity": 1.0, "product": 1.5}, first.value / 1.1)
+    _, after, skipped = warm_gw(C1, C2, moved, aligned=True, starts=["identity", "product"],
+                                keep=1.03, drift=3.0)
+    assert skipped == 1 and after.start_ends["product"] == pytest.approx(1.5 - 3.0 * 0.1)
+    after.value = after.value / 1.1  # and again: 1.2 - 0.3 <= keep, so the product runs
+    r, last, skipped = warm_gw(C1, C2, after, aligned=True, starts=["identity", "product"],
+                               keep=1.03, drift=3.0)
+    assert skipped == 0 and "product" in r.start_values
+    assert last.start_ends["product"] == pytest.approx(r.start_values["product"] / r.value)
+
+
+def test_warm_state_round_trips_through_pairs(tmp_path):
+    from gwray.gw.warm import WarmState
+    from gwray.scheduler.results import load_records, load_states, write_records
+
+    key = {"checkpoint_a": "s1", "layer_a": "a", "checkpoint_b": "s1", "layer_b": "b"}
+    rec = {**key, "gw": 0.25, "lower_bound": 0.1, "init": "warm", "iterations": 3,
+           "marginal_error": 0.0, "seconds": 0.1, "n": 4, "solver": "cg-lap"}
+    state = WarmState(np.array([2, 0, 3, 1], np.int32), np.array([0.5, -1.0, 1e-300, 3.0]),
+                      np.array([1.0, 2.0, 3.0, 4.0]), {"identity": 1.0, "product": 1.25}, 0.25)
+    write_records(tmp_path, [{**rec, "plan": state.plan, "duals": state.duals,
+                              "bound_duals": state.bound_duals, "start_ends": state.start_ends},
+                             {**rec, "layer_b": "c"}])  # a pair without a plan (not a permutation)
+    loaded = load_states(tmp_path, {tuple(key.values()), ("s1", "a", "s1", "c")})
+    assert list(loaded) == [tuple(key.values())]
+    got = loaded[tuple(key.values())]
+    for f in ("plan", "duals", "bound_duals"):
+        np.testing.assert_array_equal(getattr(got, f), getattr(state, f))
+    assert got.plan.dtype == np.int32 and got.start_ends == state.start_ends and got.value == 0.25
+    assert load_records(tmp_path).num_rows == 2
 
 
 # -- warm starts across the checkpoints of a sweep (run_pairs on the embedded Ray) ----------------
@@ -96,7 +173,7 @@ def sweeps(ray_local, tmp_path_factory):
 def test_warm_and_cold_sweeps_agree_and_plans_are_reused(sweeps):
     from gwray.scheduler import plan_for
     from gwray.scheduler.plan import warm_sources
-    from gwray.scheduler.results import load_plans
+    from gwray.scheduler.results import load_states
 
     root, store, warm, cold = sweeps
     w, c = _values(warm), _values(cold)
@@ -110,11 +187,17 @@ def test_warm_and_cold_sweeps_agree_and_plans_are_reused(sweeps):
     assert meta["warm_starts"] == len(sources) == (STEPS - 1) * (within + LAYERS ** 2) - LAYERS
     assert meta["warm_won"] > 0  # plans of the previous checkpoint won some pairs
     assert sum(i == "warm" for i in warm.column("init").to_pylist()) == meta["warm_won"]
+    assert meta["starts_pruned"] > 0  # the rule skipped configured starts that ended far above
     cold_meta = {k.decode(): float(v) for k, v in cold.schema.metadata.items()}
     assert cold_meta["warm_starts"] == 0 and "warm" not in cold.column("init").to_pylist()
-    plans = load_plans(root / "warm", set(w))
-    assert len(plans) == len(w) and all(sorted(p.tolist()) == list(range(N)) for p in plans.values())
-    assert not load_plans(root / "cold", set(c))  # no plan columns without warm starts
+    assert cold_meta["starts_pruned"] == 0
+    states = load_states(root / "warm", set(w))
+    assert len(states) == len(w)
+    for key, st in states.items():
+        assert sorted(st.plan.tolist()) == list(range(N)) and st.value == w[key]
+        assert st.duals.shape == st.bound_duals.shape == (N,)
+        assert set(st.start_ends) <= {"identity", "mixed", "product"} and st.start_ends
+    assert not load_states(root / "cold", set(c))  # no state columns without warm starts
 
 
 def test_resume_after_a_kill_mid_sweep_gives_the_same_matrices(sweeps, tmp_path):

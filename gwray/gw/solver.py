@@ -20,8 +20,8 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from gwray.errors import GwrayInputError
-from gwray.gw.bounds import (LayerSummary, _is_uniform, _weights, eigen_bound, layer_summary,
-                             ot_value, w2_cost, w2_cost_sorted)
+from gwray.gw.bounds import (LayerSummary, _is_uniform, _weights, assignment_bound, eigen_bound,
+                             layer_summary, ot_value, w2_cost, w2_cost_sorted)
 from gwray.gw.costs import check_cost
 from gwray.gw.local_search import swap_search
 from gwray.gw.problem import Problem, cg
@@ -59,6 +59,12 @@ class GWResult:
     permutation : numpy.ndarray of shape (n,), int32, or None
         The returned plan as ``i -> permutation[i]`` when it is a permutation plan (uniform
         weights, n = m): the compact form of the plan, a valid start for a later solve.
+    duals : numpy.ndarray of shape (n,), float64, or None
+        Column duals of the solve's last linear step (uniform weights, n = m): the ``duals`` of a
+        later solve of a nearby problem (e.g. the same layer pair one checkpoint later).
+    bound_duals : numpy.ndarray of shape (n,), float64, or None
+        Column duals of the TLB's assignment (uniform weights, n = m, ``bound=True``): the
+        ``bound_duals`` of a later solve of a nearby problem.
     """
 
     value: float
@@ -74,6 +80,8 @@ class GWResult:
     start_values: dict = field(default_factory=dict)
     total_iterations: int = 0
     permutation: np.ndarray | None = None
+    duals: np.ndarray | None = None
+    bound_duals: np.ndarray | None = None
 
     def record(self) -> dict:
         """DESIGN.md's pair-record fields (gw, lower_bound, init, iterations, ..., n, solver)."""
@@ -114,7 +122,8 @@ def gromov_wasserstein(C1, C2, p=None, q=None, *, aligned: bool = False,
                        keep_coupling: bool = True, seed: int = 0, bound: bool = True,
                        swap_rounds: int = 30, prune: float | None = None, polish: int = 1,
                        blas_threads: int | None = 1, search_dtype: str = "float32",
-                       layer_data: tuple[LayerSummary, LayerSummary] | None = None) -> GWResult:
+                       layer_data: tuple[LayerSummary, LayerSummary] | None = None,
+                       duals=None, bound_duals=None) -> GWResult:
     """Square-loss GW between two cost matrices, best of several conditional-gradient starts.
 
     Parameters
@@ -134,7 +143,7 @@ def gromov_wasserstein(C1, C2, p=None, q=None, *, aligned: bool = False,
         (entropic GW, rounded to feasibility), (n, m) arrays (warm-start couplings, rounded to
         feasibility) and (n,) integer permutations ``i -> s[i]`` (a permutation plan, n = m; e.g.
         a previous result's ``permutation``); given starts are named "given", "given:1", ... in
-        order. The best final plan wins.
+        order and run first (then "identity"). The best final plan wins.
     max_iter, tol : int, float
         Per start: at most ``max_iter`` CG iterations; stop when the objective decreases by less
         than ``tol`` (absolute) or ``tol`` relative to its value, as POT does.
@@ -162,6 +171,13 @@ def gromov_wasserstein(C1, C2, p=None, q=None, *, aligned: bool = False,
     layer_data : (LayerSummary, LayerSummary), optional
         :func:`gwray.gw.bounds.layer_summary` of C1 and C2, when the caller caches it per layer
         (uniform weights only); computed here otherwise.
+    duals, bound_duals : array-like of shape (n,), optional
+        Uniform weights, n = m: a previous result's ``duals`` / ``bound_duals`` for a nearby
+        problem (warm starts across checkpoints). ``duals`` make the first linear step a
+        warm-started assignment instead of a network-simplex EMD (best when the first start is
+        that result's ``permutation``); ``bound_duals`` do the same for the TLB, reported then as
+        its dual objective (:func:`gwray.gw.bounds.assignment_bound`, a valid bound for any
+        duals). Ignored otherwise; neither changes which plans the search can reach.
 
     Returns
     -------
@@ -178,7 +194,7 @@ def gromov_wasserstein(C1, C2, p=None, q=None, *, aligned: bool = False,
     if search_dtype not in ("float32", "float64"):
         raise GwrayInputError(f"search_dtype must be 'float32' or 'float64', got {search_dtype!r}")
     args = (C1, C2, p, q, aligned, starts, max_iter, tol, keep_coupling, seed, bound, swap_rounds,
-            prune, polish, np.dtype(search_dtype), layer_data, t0)
+            prune, polish, np.dtype(search_dtype), layer_data, duals, bound_duals, t0)
     if blas_threads is None:
         return _solve(*args)
     global _BLAS
@@ -187,19 +203,33 @@ def gromov_wasserstein(C1, C2, p=None, q=None, *, aligned: bool = False,
         return _solve(*args)
 
 
-def _lower_bound(P: Problem, layer_data) -> float:
-    """max(TLB, eigenvalue bound) — the eigenvalue bound only for uniform weights and n = m."""
+def _lower_bound(P: Problem, layer_data, bound_duals):
+    """(max(TLB, eigenvalue bound), the TLB assignment's column duals or None) — the eigenvalue
+    bound and the duals only for uniform weights and n = m."""
     if not (_is_uniform(P.p) and _is_uniform(P.q)):
-        return ot_value(w2_cost(P.C1, P.C2, P.p, P.q), P.p, P.q)
+        return ot_value(w2_cost(P.C1, P.C2, P.p, P.q), P.p, P.q), None
     S1, S2 = layer_data or (layer_summary(P.C1), layer_summary(P.C2))
     if S1.sorted_rows.shape != P.C1.shape or S2.sorted_rows.shape != P.C2.shape:
         raise GwrayInputError("layer_data does not match C1 and C2 (shapes differ)")
-    tlb = ot_value(w2_cost_sorted(S1.sorted_rows, S2.sorted_rows), P.p, P.q)
-    return max(tlb, eigen_bound(S1, S2)) if P.lap else tlb
+    G = w2_cost_sorted(S1.sorted_rows, S2.sorted_rows)
+    if not P.lap:
+        return ot_value(G, P.p, P.q), None
+    if bound_duals is None:
+        tlb, v = ot_value(G, P.p, P.q, duals=True)
+    else:
+        tlb, v = assignment_bound(G, bound_duals)
+    return max(tlb, eigen_bound(S1, S2)), v
+
+
+def _duals(v, n: int, name: str) -> np.ndarray:
+    v = np.array(v, dtype=np.float64)
+    if v.shape != (n,) or not np.all(np.isfinite(v)):
+        raise GwrayInputError(f"{name} must be ({n},) finite floats, got {v.shape}")
+    return v
 
 
 def _solve(C1, C2, p, q, aligned, starts, max_iter, tol, keep_coupling, seed, bound, swap_rounds,
-           prune, polish, dtype, layer_data, t0) -> GWResult:
+           prune, polish, dtype, layer_data, duals, bound_duals, t0) -> GWResult:
     A1, A2 = check_cost(C1, "C1"), check_cost(C2, "C2")
     p, q = _weights(p, A1.shape[0], "p"), _weights(q, A2.shape[0], "q")
     if aligned and A1.shape != A2.shape:
@@ -211,13 +241,18 @@ def _solve(C1, C2, p, q, aligned, starts, max_iter, tol, keep_coupling, seed, bo
     if polish < 0:
         raise GwrayInputError(f"polish must be >= 0, got {polish}")
     P = Problem(A1, A2, p, q, dtype)
+    if P.lap and duals is not None:
+        P.duals = _duals(duals, P.n, "duals")
+    if P.lap and bound_duals is not None:
+        bound_duals = _duals(bound_duals, P.n, "bound_duals")
     starts = [starts] if isinstance(starts, str) or hasattr(starts, "shape") else list(starts)
     if not starts:
         raise GwrayInputError("starts is empty: name at least one start (e.g. 'product')")
-    if aligned:  # the identity is the strongest start on aligned layers: its value prunes the rest
-        starts.sort(key=lambda s: not (isinstance(s, str) and s == "identity"))
-    else:  # identity and mixed are no couplings of unaligned samples; product stands in
+    if not aligned:  # identity and mixed are no couplings of unaligned samples; product stands in
         starts = [s for s in starts if not (isinstance(s, str) and s in ALIGNED_ONLY)] or ["product"]
+    # given plans (warm starts: their first assignment is the one ``duals`` are closest to) run
+    # first, then the identity, the strongest named start on aligned layers: their values prune
+    starts.sort(key=lambda s: 0 if not isinstance(s, str) else 1 if s == "identity" else 2)
     values, total, ends, best = {}, 0, [], np.inf
     for start, T0, A, first, perm in iter_starts(P, starts, seed):
         cutoff = np.inf if prune is None else prune * best
@@ -231,24 +266,31 @@ def _solve(C1, C2, p, q, aligned, starts, max_iter, tol, keep_coupling, seed, bo
     # the screen: the swap search, the costly part at large n, polishes only the best CG ends
     # (swaps lower a CG end by up to ~10 % on layer pairs, so a far worse end cannot win)
     if swap_rounds > 0 and max_iter > 0:
+        polished = []  # (CG end, its polish): starts that ended at the same permutation (a warm
+        # plan and the start it came from, often) share one swap search
         for end in ends[:polish]:
             v, start, k, _, A, perm = end
             if perm is None or v > _POLISH_WITHIN * ends[0][0]:
                 continue
-            out = _polish(P, perm, A, max_iter, tol, swap_rounds)
+            twin = [out for other, out in polished if np.array_equal(perm, other)]
+            out = twin[0] if twin else _polish(P, perm, A, max_iter, tol, swap_rounds)
+            if not twin:
+                polished.append((perm, out))
+                total += out[2] if out is not None else 0
             if out is not None:
-                total += out[2]
-                polished = P.exact_value(out[0], out[1])
-                if polished < v:  # float32 search: keep the better plan by its exact value
-                    end[:] = [polished, start, k + out[2], out[0], None, out[1]]
-                    values[start] = polished
+                better = P.exact_value(out[0], out[1])
+                if better < v:  # float32 search: keep the better plan by its exact value
+                    end[:] = [better, start, k + out[2], out[0], None, out[1]]
+                    values[start] = better
     value, name, its, T, _, perm = min(ends, key=lambda e: e[0])
     T = P.dense(perm) if T is None else T
     lb = float("nan")
     if bound:
-        lb = min(max(_lower_bound(P, layer_data), 0.0), value)
+        lb, bound_duals = _lower_bound(P, layer_data, bound_duals)
+        lb = min(max(lb, 0.0), value)
     return GWResult(value=value, lower_bound=lb, coupling=T if keep_coupling else None, init=name,
                     iterations=its, marginal_error=P.marginal_error(T),
                     seconds=time.perf_counter() - t0, solver="cg-lap" if P.lap else "cg-emd",
                     n=P.n, m=P.m, start_values=values, total_iterations=total,
-                    permutation=as_permutation(T, P.n) if P.lap else None)
+                    permutation=as_permutation(T, P.n) if P.lap else None,
+                    duals=P.duals if P.lap else None, bound_duals=bound_duals if bound else None)

@@ -1,58 +1,149 @@
-"""Warm-started GW: plans found for neighbouring problems as extra starts after the cold ones.
+"""Warm-started GW across checkpoints: a pair's solver state at checkpoint t starts it at t + 1.
 
-Consecutive checkpoints of a training run have nearly the same layer geometry, so the plan of
-layer pair (i, j) at checkpoint t is a good start for (i, j) at t + 1; a plan is kept as its
-permutation (n int32). The warm plans run *after* the configured (cold) starts, and the swap
-search polishes one more CG end per warm plan, so every cold start runs and is polished as in a
-cold solve and the result is not worse than the cold solve's: value = min(cold value, warm
-values) — up to the solver's screen, which skips polishing CG ends more than 2× the best end
-(a warm end that good wins anyway) — and float32 search noise between runs (~1e-7).
+Consecutive checkpoints of a training run have nearly the same layer geometry, so what the
+solver found for layer pair (i, j) at checkpoint t is a good start for (i, j) at t + 1. The
+state kept per pair (:class:`WarmState`, O(n) numbers) is
 
-Why the cold starts are never skipped (measured on the toy digits run of ``bench/sweep.py``,
-11 checkpoints × 13 layers, n = 256): the certified lower bound is 30-84 % below the values, so
-no bound-based rule can show a warm plan is within 0.1 % of the best; and rules that skip the
-cold starts when the warm plan's (and the identity plan's) objective barely moved between
-checkpoints left values up to 0.3 % (drift 0.5 %) to 5 % (n = 20) above the cold solve's — the
-landscape has many optima within a few percent, and a warm plan can keep its value while the
-identity's basin deepens beside it. A warm-only solve also costs 0.8-1.0× a cold one with this
-solver (its first linear step and the lower bound, two network-simplex EMDs, dominate).
+- the best plan, as its permutation (n int32): the warm start;
+- the column duals of the last CG linear step and of the TLB's assignment (n float64 each): the
+  first linear step and the lower bound become warm-started exact assignments
+  (:mod:`gwray.gw.assignment`) instead of two network-simplex EMDs, which dominated a solve from
+  an already-good plan; the TLB is then reported as its dual objective, a valid lower bound for
+  any duals (:func:`gwray.gw.bounds.assignment_bound`);
+- the pair's best value and each configured start's end relative to it (``start_ends``).
+
+The pruning rule: at t + 1 the warm plan runs, plus every configured start s with
+``start_ends[s]`` − ``drift`` × d ≤ ``keep``, where d = |GW_{t+1}(warm plan) − best_t| / best_t
+says how far the pair's landscape moved under the warm plan; a start never run yet always runs.
+A start that runs gets ``start_ends[s]`` = its final value / the pair's best; a start skipped
+keeps its lowered ratio, so the gaps close as the drift adds up over checkpoints. Why (measured on the toy digits checkpoints of ``bench/sweep.py``, 11 × 13
+layers, n = 256): a warm-only solve left 20 of 780 within pairs 0.1-4.6 % above the cold solve —
+the landscape has many optima within a few percent, and a start's basin can deepen beside the
+warm plan's — and in every such case the cold start that won at t + 1 had ended within 2 %
+(identity) or 10.5 % (product) of the pair's best at t; but a start's gap at the first,
+untrained checkpoint (product: 1.7×) says little about its gap 5 checkpoints later, when it won
+by 2.6-4.6 %: without the drift term, 4 pairs stayed above. No bound-based rule can prune
+instead: the certified lower bound is 30-84 % below the values. See ``bench/sweep.py`` for the
+measured savings and values.
 """
 from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from gwray.gw.problem import permutation_value
 from gwray.gw.solver import GWResult, gromov_wasserstein
 
 _POLISH = inspect.signature(gromov_wasserstein).parameters["polish"].default
+KEEP = 1.03
+"""Default ``keep`` of :func:`warm_gw` (``gw.warm_keep``)."""
+DRIFT = 3.0
+"""How fast a skipped start's ratio comes down with the pair's drift (:func:`warm_gw`)."""
 
 
-def warm_gw(C1, C2, warm: Sequence[np.ndarray], *, aligned: bool, starts: Sequence[str],
-            **solver_kwargs) -> GWResult:
-    """GW from the configured starts, then from warm permutations; the best plan wins.
+@dataclass
+class WarmState:
+    """What a pair's solve at one checkpoint hands to the same pair's solve at the next.
+
+    Attributes
+    ----------
+    plan : numpy.ndarray of shape (n,), int32
+        The best plan, ``i -> plan[i]``.
+    duals, bound_duals : numpy.ndarray of shape (n,), float64, or None
+        :attr:`GWResult.duals` and :attr:`GWResult.bound_duals` of that solve.
+    start_ends : dict of str to float
+        Each configured start's final value over the pair's best value at the last checkpoint
+        where the start ran, lowered by the drift since (the pruning rule's input).
+    value : float
+        The pair's best value (GW of ``plan``); NaN when unknown (no drift is measured then).
+    """
+
+    plan: np.ndarray
+    duals: np.ndarray | None = None
+    bound_duals: np.ndarray | None = None
+    start_ends: dict = field(default_factory=dict)
+    value: float = float("nan")
+
+    def transposed(self) -> WarmState:
+        """The state of the transposed pair (layer_b, layer_a): the inverse plan; the duals are
+        dropped (they are the other side's) and the starts' ends kept (GW is symmetric)."""
+        inverse = np.empty_like(self.plan)
+        inverse[self.plan] = np.arange(self.plan.size, dtype=self.plan.dtype)
+        return WarmState(inverse, None, None, dict(self.start_ends), self.value)
+
+
+def _end(values: dict, start: str) -> float | None:
+    """The best final value of the configured ``start`` in a result's ``start_values``
+    ("random:K" ran as "random:0", "random:1", ...), or None when it did not run."""
+    ran = [v for k, v in values.items()
+           if k == start or (start.startswith("random:") and k.startswith("random:"))]
+    return min(ran) if ran else None
+
+
+def _drift(C1, C2, state: WarmState) -> float:
+    """|GW(C1, C2; the state's plan) − the state's value| / that value (0 when unknown)."""
+    if not np.isfinite(state.value):
+        return 0.0
+    now = permutation_value(np.asarray(C1, dtype=np.float64), np.asarray(C2, dtype=np.float64),
+                            state.plan)
+    if state.value > 0:
+        return abs(now - state.value) / state.value
+    return 0.0 if now == 0 else np.inf
+
+
+def warm_gw(C1, C2, state: WarmState | None, *, aligned: bool, starts: Sequence[str],
+            keep: float = KEEP, drift: float = DRIFT,
+            **solver_kwargs) -> tuple[GWResult, WarmState | None, int]:
+    """GW from the warm state's plan and the configured starts the pruning rule keeps.
 
     Parameters
     ----------
     C1, C2 : numpy.ndarray of shape (n, n)
-        Cost matrices (uniform weights; permutation starts need n = m).
-    warm : sequence of numpy.ndarray of shape (n,)
-        Permutation starts ``i -> warm[k][i]``; their init names are "given", "given:1", ...
+        Cost matrices (uniform weights; the warm plan needs n = m).
+    state : WarmState or None
+        The same pair's state at the previous checkpoint; None: a cold solve (every start runs).
     aligned : bool
     starts : sequence of str
-        The configured (cold) starts, run first and exactly as without warm starts.
+        The configured starts; with a state, those whose ``start_ends`` ratio is above ``keep``
+        are skipped.
+    keep : float
+        The pruning rule's threshold (≥ 1; ``inf`` runs every configured start).
+    drift : float
+        A skipped start's ratio is lowered by ``drift`` × the pair's relative drift.
     **solver_kwargs
         Passed to :func:`gwray.gw.solver.gromov_wasserstein` (max_iter, tol, keep_coupling, ...).
 
     Returns
     -------
-    GWResult
-        ``value`` ≤ the value of the same call without ``warm`` (the warm starts only add
-        candidates after the cold ones have run and been polished as usual).
+    result : GWResult
+        Its ``init`` is "given" when the warm plan won.
+    state : WarmState or None
+        This solve's state for the next checkpoint (None when the plan is no permutation).
+    skipped : int
+        Configured starts the rule skipped.
     """
-    chosen = [*starts, *(np.asarray(w) for w in warm)]
-    # the swap search polishes the best `polish` CG ends: one more per warm start, so every cold
-    # end the cold solve polishes is still polished, however good the warm ends are
-    polish = solver_kwargs.pop("polish", _POLISH) + len(warm)
-    return gromov_wasserstein(C1, C2, aligned=aligned, starts=chosen, polish=polish, **solver_kwargs)
+    ends = {} if state is None else dict(state.start_ends)
+    if ends:  # the gaps close by as much as the pair moved under the warm plan
+        moved = drift * _drift(C1, C2, state)
+        ends = {s: r - moved for s, r in ends.items()}
+    run = [s for s in starts if state is None or ends.get(s, 1.0) <= keep]
+    chosen = [*run] if state is None else [state.plan, *run]
+    # the swap search polishes the best `polish` CG ends: one more for the warm plan, so the
+    # configured starts' ends are polished as in a cold solve however good the warm end is
+    polish = solver_kwargs.pop("polish", _POLISH) + (state is not None)
+    result = gromov_wasserstein(
+        C1, C2, aligned=aligned, starts=chosen, polish=polish,
+        duals=None if state is None else state.duals,
+        bound_duals=None if state is None else state.bound_duals, **solver_kwargs)
+    if result.permutation is None:
+        return result, None, len(starts) - len(run)
+    best = result.value
+    for s in run:
+        v = _end(result.start_values, s)
+        if v is not None:
+            ends[s] = v / best if best > 0 else (1.0 if v <= 0 else np.inf)
+    return (result, WarmState(result.permutation, result.duals, result.bound_duals, ends, best),
+            len(starts) - len(run))

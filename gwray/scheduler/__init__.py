@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 
 from gwray.scheduler.plan import Plan, PairTask, make_batches, plan_pairs, warm_sources
-from gwray.scheduler.results import (assemble_matrices, done_keys, load_plans, load_records,
-                                     row_keys, write_records)
+from gwray.scheduler.results import (assemble_matrices, done_keys, load_records, load_states,
+                                     row_keys, warm_state, write_records)
 from gwray.storage import Location
 
 __all__ = ["run_pairs", "plan_for", "plan_pairs", "assemble_matrices", "PairTask", "Plan"]
@@ -55,8 +55,9 @@ def plan_for(store, cross: str, checkpoints: list[str] | None = None) -> Plan:
 
 
 class _Warm:
-    """The driver's side of warm starts: which plan starts which pair, the plans kept until every
-    pair they start is handed out, and which batches must wait for a plan still being solved."""
+    """The driver's side of warm starts: which pair's solver state (plan, duals, starts' ends:
+    :class:`~gwray.gw.warm.WarmState`) starts which pair, the states kept until every pair they
+    start is handed out, and which batches must wait for a state still being solved."""
 
     def __init__(self, plan: Plan, todo: list[PairTask], ids: dict, out: Location):
         sizes = {c: len(v) for c, v in ids.items()}
@@ -70,33 +71,33 @@ class _Warm:
         for src, _ in self.sources.values():
             self.users[src] = self.users.get(src, 0) + 1
         self.waiting = {src for src in self.users if src in todo_keys}  # not solved yet
-        self.plans = load_plans(out, set(self.users) - self.waiting)  # solved by an earlier run
+        self.states = load_states(out, set(self.users) - self.waiting)  # solved by an earlier run
 
     def finished(self, records: list[dict]) -> None:
         for r in records:
             key = (r["checkpoint_a"], r["layer_a"], r["checkpoint_b"], r["layer_b"])
             self.waiting.discard(key)
-            if self.users.get(key) and r.get("plan") is not None:
-                self.plans[key] = np.asarray(r["plan"], dtype=np.int32)
+            if self.users.get(key) and (state := warm_state(r)) is not None:
+                self.states[key] = state
 
     def ready(self, batch) -> bool:
-        """False while a pair of ``batch`` starts from a plan that another batch still solves."""
+        """False while a pair of ``batch`` starts from a state that another batch still solves."""
         own = {t.key for t in batch.tasks}
         return not any(self.sources[t.key][0] in self.waiting and self.sources[t.key][0] not in own
                        for t in batch.tasks if t.key in self.sources)
 
     def payload(self, batch) -> dict:
-        """``GWWorker.solve``'s ``warm`` argument for ``batch``; plans no pair needs any more are
+        """``GWWorker.solve``'s ``warm`` argument for ``batch``; states no pair needs any more are
         dropped."""
         warm = {}
         for t in batch.tasks:
             if t.key not in self.sources:
                 continue
             src, transposed = self.sources[t.key]
-            warm[t.key] = (src, transposed, self.plans.get(src))
+            warm[t.key] = (src, transposed, self.states.get(src))
             self.users[src] -= 1
             if not self.users[src]:
-                self.plans.pop(src, None)
+                self.states.pop(src, None)
         return warm
 
 
@@ -107,9 +108,10 @@ def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
     Parameters
     ----------
     cfg : RunConfig
-        Uses ``costs`` (metric, normalize), ``gw`` (starts, max_iter, tol, warm_start: each pair
-        also starts from its :func:`~gwray.scheduler.plan.warm_sources` plan, its batch waiting
-        until that plan is solved), ``compare.cross`` and
+        Uses ``costs`` (metric, normalize), ``gw`` (starts, max_iter, tol, warm_start and
+        warm_keep: each pair starts from its :func:`~gwray.scheduler.plan.warm_sources` pair's
+        solver state, its batch waiting until that state is solved, and runs only the configured
+        starts :func:`gwray.gw.warm.warm_gw`'s rule keeps), ``compare.cross`` and
         ``resources`` (workers, cpus_per_worker, gpus_per_worker, batch_pairs). With
         ``gpus_per_worker > 0`` the workers use the batched torch solver.
     store : ActivationStore
@@ -129,7 +131,7 @@ def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
         One row per planned pair (DESIGN.md pair-record columns, plus ``file``). Schema metadata
         ``solved`` / ``resumed`` / ``cost_matrices`` count pairs solved in this call, pairs found
         on disk and cost matrices computed; ``warm_starts`` / ``warm_won`` the pairs offered a
-        warm plan and those it won.
+        warm plan and those it won, ``starts_pruned`` the configured starts the rule skipped.
 
     Raises
     ------
@@ -149,7 +151,8 @@ def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
     done = done_keys(load_records(out)) & {t.key for t in plan}
     todo = [t for t in plan if t.key not in done]
     stats = {"solved": 0, "resumed": len(done), "cost_matrices": 0, "solver_seconds": 0.0,
-             "startup_seconds": 0.0, "wall_seconds": 0.0, "warm_starts": 0, "warm_won": 0}
+             "startup_seconds": 0.0, "wall_seconds": 0.0, "warm_starts": 0, "warm_won": 0,
+             "starts_pruned": 0}
     workers = 0
     if todo:
         ids = {c: np.asarray(store.sample_ids(c)) for c in plan.layers}
@@ -173,13 +176,14 @@ def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
             stats["solver_seconds"] += sum(r["seconds"] for r in records)
             stats["warm_starts"] += sum(bool(r.get("warm")) for r in records)
             stats["warm_won"] += sum(r["init"] == "warm" for r in records)
+            stats["starts_pruned"] += sum(r.get("starts_pruned", 0) for r in records)
             bar.update(len(records))
 
         pool = WorkerPool(workers, cfg.resources.cpus_per_worker, cfg.resources.gpus_per_worker,
                           store=store, metric=cfg.costs.metric, normalize=cfg.costs.normalize,
                           starts=list(cfg.gw.starts), max_iter=cfg.gw.max_iter, tol=cfg.gw.tol,
                           aligned=sorted(aligned), batched=cfg.resources.gpus_per_worker > 0,
-                          keep_plans=warm is not None)
+                          keep_plans=warm is not None, warm_keep=cfg.gw.warm_keep)
         try:
             pool.run(batches, on_result, ready=warm and warm.ready, payload=warm and warm.payload)
         finally:
@@ -191,8 +195,8 @@ def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
             f"on disk, {stats['cost_matrices']} cost matrices; {wall:.1f} s wall, "
             f"{stats['solver_seconds']:.1f} solver-s on {workers} workers")
     if stats["warm_starts"]:
-        line += (f"; {stats['warm_starts']} also started from the previous checkpoint's plans "
-                 f"(the warm plan won {stats['warm_won']})")
+        line += (f"; {stats['warm_starts']} started from the previous checkpoint's plans (the "
+                 f"warm plan won {stats['warm_won']}, {stats['starts_pruned']} starts pruned)")
     if progress:
         print(line, file=sys.stderr)
     log.info(line)

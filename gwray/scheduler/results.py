@@ -11,6 +11,7 @@ import io
 import re
 import uuid
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +19,9 @@ import pyarrow as pa
 from gwray.errors import GwrayInputError
 from gwray.scheduler.plan import PairTask, checkpoint_pairs
 from gwray.storage import Location
+
+if TYPE_CHECKING:  # the solver (numba, POT) is imported where a state is built, not by the driver
+    from gwray.gw.warm import WarmState
 
 PAIR_SCHEMA = pa.schema([
     ("checkpoint_a", pa.string()), ("layer_a", pa.string()),
@@ -39,17 +43,23 @@ def pairs_dir(out: Location | str) -> Location:
     return Location.parse(out).child("pairs")
 
 
-PLAN_FIELD = pa.field("plan", pa.list_(pa.int32()))
-"""Optional column of ``pairs/`` files (``gw.warm_start``): the pair's plan as its permutation
-(``plan[i]`` = the sample of layer_b matched to sample i of layer_a; null when the plan is not a
-permutation), the warm start of the same pair at the next checkpoint, also after a resume."""
+STATE_FIELDS = [pa.field("plan", pa.list_(pa.int32())), pa.field("duals", pa.list_(pa.float64())),
+                pa.field("bound_duals", pa.list_(pa.float64())),
+                pa.field("start_ends", pa.map_(pa.string(), pa.float64()))]
+"""Optional columns of ``pairs/`` files (``gw.warm_start``): the pair's solver state
+(:class:`gwray.gw.warm.WarmState`), the warm start of the same pair at the next checkpoint, also
+after a resume. ``plan``: the plan as its permutation (``plan[i]`` = the sample of layer_b matched
+to sample i of layer_a; null when the plan is not a permutation); ``duals`` / ``bound_duals``: the
+column duals (n float64) of the last CG linear step and of the TLB's assignment (null when not
+computed); ``start_ends``: each configured start's final value over the pair's best, at the last
+checkpoint where the start ran (the pruning rule's input)."""
 
 
 def records_table(records: Sequence[dict]) -> pa.Table:
-    """Pair records (dicts with the :data:`PAIR_SCHEMA` fields, optionally ``plan``) → a table
-    with that schema, plus the :data:`PLAN_FIELD` column when any record carries a plan."""
+    """Pair records (dicts with the :data:`PAIR_SCHEMA` fields, optionally the state fields) → a
+    table with that schema, plus the :data:`STATE_FIELDS` columns when any record carries a plan."""
     with_plan = any(r.get("plan") is not None for r in records)
-    schema = PAIR_SCHEMA.append(PLAN_FIELD) if with_plan else PAIR_SCHEMA
+    schema = pa.schema([*PAIR_SCHEMA, *STATE_FIELDS]) if with_plan else PAIR_SCHEMA
     return pa.Table.from_pylist([{f: r.get(f) for f in schema.names} for r in records], schema=schema)
 
 
@@ -105,21 +115,40 @@ def load_records(out: Location | str) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def load_plans(out: Location | str, keys: set) -> dict[tuple, np.ndarray]:
-    """The stored plans of the pairs ``keys`` in ``OUT/pairs/``: ``{key: permutation (n,)
-    int32}``; pairs stored without a plan are left out. Reads only the key and plan columns, of
-    the files that have a plan column."""
-    plans: dict = {}
+def warm_state(record: dict) -> WarmState | None:
+    """The :class:`~gwray.gw.warm.WarmState` stored in a pair record (a row with the
+    :data:`STATE_FIELDS`), or None when it has no plan."""
+    from gwray.gw.warm import WarmState
+
+    if record.get("plan") is None:
+        return None
+    duals, bound_duals, ends = (record.get(f) for f in ("duals", "bound_duals", "start_ends"))
+    return WarmState(np.asarray(record["plan"], dtype=np.int32),
+                     None if duals is None else np.asarray(duals, dtype=np.float64),
+                     None if bound_duals is None else np.asarray(bound_duals, dtype=np.float64),
+                     dict(ends or {}), float(record.get("gw", np.nan)))
+
+
+def load_states(out: Location | str, keys: set) -> dict[tuple, WarmState]:
+    """The stored solver states of the pairs ``keys`` in ``OUT/pairs/``: ``{key: WarmState}``;
+    pairs stored without a plan are left out. Reads only the key and state columns, of the files
+    that have them (a file of an older gwray with only ``plan`` gives plans without duals); the
+    state's ``value`` is the record's ``gw``."""
+    states: dict = {}
     for loc in pairs_dir(out).files():
-        try:
-            table = loc.read_table(columns=KEY_COLUMNS + [PLAN_FIELD.name])
-        except (pa.ArrowException, OSError, KeyError):
-            continue  # no plan column: a run without warm starts, or another gwray version
+        for columns in ([f.name for f in STATE_FIELDS], ["plan"]):
+            try:
+                table = loc.read_table(columns=KEY_COLUMNS + ["gw"] + columns)
+                break
+            except (pa.ArrowException, OSError, KeyError):
+                continue
+        else:
+            continue  # no state columns: a run without warm starts
         for row in table.to_pylist():
             key = tuple(row[c] for c in KEY_COLUMNS)
-            if key in keys and row["plan"] is not None:
-                plans[key] = np.asarray(row["plan"], dtype=np.int32)
-    return plans
+            if key in keys and (state := warm_state(row)) is not None:
+                states[key] = state
+    return states
 
 
 def row_keys(table: pa.Table) -> list[tuple[str, str, str, str]]:

@@ -23,11 +23,15 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import ray
 
 from gwray.scheduler.plan import Batch, LayerKey
+
+if TYPE_CHECKING:
+    from gwray.gw.warm import WarmState
 
 # The starts batched_gw runs on the device; the others ("random:K", "entropic") are serial-only.
 BATCHED_STARTS = ("identity", "mixed", "product")
@@ -63,16 +67,20 @@ class GWWorker:
         Cost matrices kept in this worker (least recently used dropped first). Default: 2 GiB,
         or a quarter of the device's memory for a batched worker on a CUDA device.
     keep_plans : bool
-        Return each pair's plan as its permutation (record key ``plan``), for warm starts.
+        Return each pair's solver state (record keys ``plan``, ``duals``, ``bound_duals``,
+        ``start_ends``: :data:`gwray.scheduler.results.STATE_FIELDS`), for warm starts.
+    warm_keep : float
+        ``gw.warm_keep``: the pruning rule's threshold (:func:`gwray.gw.warm.warm_gw`).
     """
 
     def __init__(self, store, metric: str, normalize: str, starts: Sequence[str], max_iter: int,
                  tol: float, aligned: Iterable[tuple[str, str]], batched: bool = False,
-                 cache_bytes: int | None = None, keep_plans: bool = False):
+                 cache_bytes: int | None = None, keep_plans: bool = False, warm_keep: float = 1.0):
         self.store, self.metric, self.normalize = store, metric, normalize
         self.starts, self.max_iter, self.tol = list(starts), max_iter, tol
         self.aligned = set(map(tuple, aligned))
         self.batched, self.cache_bytes, self.keep_plans = batched, cache_bytes, keep_plans
+        self.warm_keep = warm_keep
         if cache_bytes is None:
             self.cache_bytes = _device_memory() // 4 if batched and _device().type == "cuda" else 2 << 30
         self._cache: OrderedDict[LayerKey, np.ndarray] = OrderedDict()
@@ -153,16 +161,18 @@ class GWWorker:
               warm: Mapping[tuple, tuple] | None = None) -> list[dict]:
         """Solve every pair of ``batch``; ``refs`` maps each needed (checkpoint, layer) to its cost ref.
 
-        ``warm`` maps a pair key to ``(source key, transposed, permutation or None)``: the source
-        pair's plan (None when the source is solved earlier in this batch) is the pair's warm
-        start, after the configured ones (:func:`gwray.gw.warm.warm_gw`).
+        ``warm`` maps a pair key to ``(source key, transposed, WarmState or None)``: the source
+        pair's solver state (None when the source is solved earlier in this batch) warm-starts the
+        pair (:func:`gwray.gw.warm.warm_gw`: its plan, its duals, and only the configured starts
+        the pruning rule keeps).
 
         Returns
         -------
         list of dict
             Full pair records (DESIGN.md: names, gw, lower_bound, init — "warm" when the warm
             plan won —, iterations, marginal_error, seconds, n, solver), in batch order, plus
-            ``plan`` (with ``keep_plans``) and ``warm`` (a warm plan was offered).
+            the state fields (with ``keep_plans``), ``warm`` (a warm plan was offered) and
+            ``starts_pruned`` (configured starts skipped).
         """
         costs = self._fetch(batch.cost_keys, refs)
         results = {}
@@ -170,43 +180,41 @@ class GWWorker:
             results = self._solve_batched(batch, costs)
         elif self.batched:  # unequal sizes: the serial solver, on host copies of the device costs
             costs = {k: C.cpu().numpy() for k, C in costs.items()}
-        from gwray.gw.warm import warm_gw
+        from gwray.gw.warm import WarmState, warm_gw
 
         records, solved, warm = [], {}, warm or {}
         for t in batch.tasks:
-            r, offered = results.get(t.key), False
+            r, state, pruned = results.get(t.key), None, 0
+            prior = None if r is not None else self._warm_state(warm.get(t.key), solved)
             if r is None:
                 (ka, kb), al = t.cost_keys, (t.checkpoint_a, t.checkpoint_b) in self.aligned
-                perm = self._warm_plan(warm.get(t.key), solved)
-                offered = perm is not None
-                r = warm_gw(costs[ka], costs[kb], [perm] if offered else [], aligned=al,
-                            starts=self.starts, max_iter=self.max_iter, tol=self.tol,
-                            keep_coupling=False,
-                            layer_data=(self._summary(ka, costs[ka]), self._summary(kb, costs[kb])))
+                r, state, pruned = warm_gw(
+                    costs[ka], costs[kb], prior, aligned=al, starts=self.starts,
+                    keep=self.warm_keep, max_iter=self.max_iter, tol=self.tol, keep_coupling=False,
+                    layer_data=(self._summary(ka, costs[ka]), self._summary(kb, costs[kb])))
                 if r.init == "given":
                     r.init = "warm"
-                solved[t.key] = r.permutation
-            rec = {"n": batch.n[0], **r.record(), "warm": offered}
-            if self.keep_plans:
-                rec["plan"] = getattr(r, "permutation", None)
+            elif r.permutation is not None:  # the device path: its plan, no duals
+                state = WarmState(r.permutation, value=r.value)
+            solved[t.key] = state
+            rec = {"n": batch.n[0], **r.record(), "warm": prior is not None, "starts_pruned": pruned}
+            if self.keep_plans and state is not None:
+                rec |= {"plan": state.plan, "duals": state.duals, "bound_duals": state.bound_duals,
+                        "start_ends": state.start_ends}
             records.append({"checkpoint_a": t.checkpoint_a, "layer_a": t.layer_a,
                             "checkpoint_b": t.checkpoint_b, "layer_b": t.layer_b, **rec})
         return records
 
     @staticmethod
-    def _warm_plan(entry, solved: Mapping) -> np.ndarray | None:
-        """The permutation of a warm entry (of the source solved in this batch if need be; its
-        inverse when transposed), or None."""
+    def _warm_state(entry, solved: Mapping) -> WarmState | None:
+        """The solver state of a warm entry (of the source solved in this batch if need be;
+        transposed when the source's plan runs layer_b -> layer_a), or None."""
         if entry is None:
             return None
-        source, transposed, perm = entry
-        if perm is None:
-            perm = solved.get(source)
-        if perm is None or not transposed:
-            return perm
-        inverse = np.empty_like(perm)  # the source's plan runs layer_b -> layer_a
-        inverse[perm] = np.arange(perm.size, dtype=perm.dtype)
-        return inverse
+        source, transposed, state = entry
+        if state is None:
+            state = solved.get(source)
+        return state.transposed() if state is not None and transposed else state
 
     def _solve_batched(self, batch: Batch, costs: Mapping[LayerKey, np.ndarray]) -> dict:
         """The batch's pairs on the device engine (:func:`gwray.gw.batched.batched_gw`), aligned
