@@ -80,7 +80,7 @@ class GWConfig(_Section):
     # the previous checkpoint's solver state (plan, duals) starts each pair, and only the
     # configured starts that ended within warm_keep x the pair's best run (gwray.gw.warm)
     warm_start: bool = False
-    warm_keep: float = Field(1.03, ge=1)
+    warm_keep: float = Field(1.12, ge=1)
 
 
 class CompareConfig(_Section):

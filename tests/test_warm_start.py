@@ -102,6 +102,21 @@ def test_pruning_rule_skips_far_starts_until_the_pair_drifts():
     assert last.start_ends["product"] == pytest.approx(r.start_values["product"] / r.value)
 
 
+def test_duals_are_dropped_once_the_pair_drifted_far(monkeypatch):
+    import gwray.gw.warm as warm
+
+    C1, C2 = _layers(n=32, seed=5)
+    _, state, _ = warm.warm_gw(C1, C2, None, aligned=True, starts=["identity"])
+    given = []
+    solve = warm.gromov_wasserstein
+    monkeypatch.setattr(warm, "gromov_wasserstein",
+                        lambda *a, **k: given.append(k["duals"] is not None) or solve(*a, **k))
+    warm.warm_gw(C1, C2, state, aligned=True, starts=["identity"])  # no drift: duals used
+    state.value /= 1 + 2 * warm.DUALS_WITHIN  # the pair moved further than DUALS_WITHIN
+    warm.warm_gw(C1, C2, state, aligned=True, starts=["identity"])
+    assert given == [True, False]
+
+
 def test_warm_state_round_trips_through_pairs(tmp_path):
     from gwray.gw.warm import WarmState
     from gwray.scheduler.results import load_records, load_states, write_records

@@ -9,22 +9,26 @@ state kept per pair (:class:`WarmState`, O(n) numbers) is
   first linear step and the lower bound become warm-started exact assignments
   (:mod:`gwray.gw.assignment`) instead of two network-simplex EMDs, which dominated a solve from
   an already-good plan; the TLB is then reported as its dual objective, a valid lower bound for
-  any duals (:func:`gwray.gw.bounds.assignment_bound`);
+  any duals (:func:`gwray.gw.bounds.assignment_bound`). Only while the pair drifted by at most
+  :data:`DUALS_WITHIN` (below);
 - the pair's best value and each configured start's end relative to it (``start_ends``).
 
 The pruning rule: at t + 1 the warm plan runs, plus every configured start s with
 ``start_ends[s]`` − ``drift`` × d ≤ ``keep``, where d = |GW_{t+1}(warm plan) − best_t| / best_t
 says how far the pair's landscape moved under the warm plan; a start never run yet always runs.
 A start that runs gets ``start_ends[s]`` = its final value / the pair's best; a start skipped
-keeps its lowered ratio, so the gaps close as the drift adds up over checkpoints. Why (measured on the toy digits checkpoints of ``bench/sweep.py``, 11 × 13
-layers, n = 256): a warm-only solve left 20 of 780 within pairs 0.1-4.6 % above the cold solve —
-the landscape has many optima within a few percent, and a start's basin can deepen beside the
-warm plan's — and in every such case the cold start that won at t + 1 had ended within 2 %
-(identity) or 10.5 % (product) of the pair's best at t; but a start's gap at the first,
-untrained checkpoint (product: 1.7×) says little about its gap 5 checkpoints later, when it won
-by 2.6-4.6 %: without the drift term, 4 pairs stayed above. No bound-based rule can prune
-instead: the certified lower bound is 30-84 % below the values. See ``bench/sweep.py`` for the
-measured savings and values.
+keeps its lowered ratio, so the gaps close as the drift adds up over checkpoints.
+
+Why this rule, and ``keep`` = 1.12, ``drift`` = 3 (measured on the toy digits checkpoints of
+``bench/sweep.py``, 11 × 13 layers, n = 256, within and cross pairs): a warm-only solve left 20
+of 780 within pairs 0.1-4.6 % above the cold solve — the landscape has many optima within a few
+percent, and a start's basin can deepen beside the warm plan's — and in every such case the
+cold start that won at t + 1 had ended within 2 % (identity) or 10.5 % (product) of the pair's
+best at t. A start's gap at the untrained checkpoint (product: 1.7×) says little about its gap
+a few checkpoints later: without the drift term 4 of 780 within pairs stayed above; with it and
+``keep`` = 1.03, 4 of 2,470 pairs (product ends 1.06-1.10 at t, winning by 0.3-4 % at t + 1);
+``keep`` = 1.12 left none. No bound-based rule can prune instead: the certified lower bound is
+30-84 % below the values. ``bench/sweep.py`` prints the savings and the values.
 """
 from __future__ import annotations
 
@@ -38,10 +42,14 @@ from gwray.gw.problem import permutation_value
 from gwray.gw.solver import GWResult, gromov_wasserstein
 
 _POLISH = inspect.signature(gromov_wasserstein).parameters["polish"].default
-KEEP = 1.03
+KEEP = 1.12
 """Default ``keep`` of :func:`warm_gw` (``gw.warm_keep``)."""
 DRIFT = 3.0
 """How fast a skipped start's ratio comes down with the pair's drift (:func:`warm_gw`)."""
+DUALS_WITHIN = 0.25
+"""The state's duals are used while the pair's drift is at most this: further, a warm-started
+assignment from them cost 4-10 ms at n = 256, more than the two EMDs they replace (~3 ms each;
+measured on the toy digits run's first checkpoints, drift 0.6-1.9, against 0.2-2 ms at ≤ 0.15)."""
 
 
 @dataclass
@@ -125,19 +133,20 @@ def warm_gw(C1, C2, state: WarmState | None, *, aligned: bool, starts: Sequence[
     skipped : int
         Configured starts the rule skipped.
     """
-    ends = {} if state is None else dict(state.start_ends)
-    if ends:  # the gaps close by as much as the pair moved under the warm plan
-        moved = drift * _drift(C1, C2, state)
-        ends = {s: r - moved for s, r in ends.items()}
+    ends, moved = {} if state is None else dict(state.start_ends), 0.0
+    if state is not None:  # the gaps close by as much as the pair moved under the warm plan
+        moved = _drift(C1, C2, state)
+        ends = {s: r - drift * moved for s, r in ends.items()}
     run = [s for s in starts if state is None or ends.get(s, 1.0) <= keep]
     chosen = [*run] if state is None else [state.plan, *run]
     # the swap search polishes the best `polish` CG ends: one more for the warm plan, so the
     # configured starts' ends are polished as in a cold solve however good the warm end is
     polish = solver_kwargs.pop("polish", _POLISH) + (state is not None)
+    near = state is not None and moved <= DUALS_WITHIN
     result = gromov_wasserstein(
         C1, C2, aligned=aligned, starts=chosen, polish=polish,
-        duals=None if state is None else state.duals,
-        bound_duals=None if state is None else state.bound_duals, **solver_kwargs)
+        duals=state.duals if near else None, bound_duals=state.bound_duals if near else None,
+        **solver_kwargs)
     if result.permutation is None:
         return result, None, len(starts) - len(run)
     best = result.value
