@@ -56,6 +56,9 @@ class GWResult:
     start_values : dict
         Final objective of every start that ran: exact (float64) for every end that could win,
         in search precision for a start that ended clearly above the best (e.g. pruned).
+    polished : tuple of str
+        The starts whose CG ends the swap search polished (the others' ``start_values`` are CG
+        ends, which a swap search lowers by up to ~10 % on layer pairs).
     permutation : numpy.ndarray of shape (n,), int32, or None
         The returned plan as ``i -> permutation[i]`` when it is a permutation plan (uniform
         weights, n = m): the compact form of the plan, a valid start for a later solve.
@@ -79,6 +82,7 @@ class GWResult:
     m: int
     start_values: dict = field(default_factory=dict)
     total_iterations: int = 0
+    polished: tuple = ()
     permutation: np.ndarray | None = None
     duals: np.ndarray | None = None
     bound_duals: np.ndarray | None = None
@@ -265,6 +269,7 @@ def _solve(C1, C2, p, q, aligned, starts, max_iter, tol, keep_coupling, seed, bo
     ends.sort(key=lambda e: e[0])
     # the screen: the swap search, the costly part at large n, polishes only the best CG ends
     # (swaps lower a CG end by up to ~10 % on layer pairs, so a far worse end cannot win)
+    names = []  # the starts polished
     if swap_rounds > 0 and max_iter > 0:
         polished = []  # (CG end, its polish): starts that ended at the same permutation (a warm
         # plan and the start it came from, often) share one swap search
@@ -273,6 +278,7 @@ def _solve(C1, C2, p, q, aligned, starts, max_iter, tol, keep_coupling, seed, bo
             if perm is None or v > _POLISH_WITHIN * ends[0][0]:
                 continue
             twin = [out for other, out in polished if np.array_equal(perm, other)]
+            names.append(start)
             out = twin[0] if twin else _polish(P, perm, A, max_iter, tol, swap_rounds)
             if not twin:
                 polished.append((perm, out))
@@ -292,5 +298,6 @@ def _solve(C1, C2, p, q, aligned, starts, max_iter, tol, keep_coupling, seed, bo
                     iterations=its, marginal_error=P.marginal_error(T),
                     seconds=time.perf_counter() - t0, solver="cg-lap" if P.lap else "cg-emd",
                     n=P.n, m=P.m, start_values=values, total_iterations=total,
+                    polished=tuple(names),
                     permutation=as_permutation(T, P.n) if P.lap else None,
                     duals=P.duals if P.lap else None, bound_duals=bound_duals if bound else None)

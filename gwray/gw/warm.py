@@ -16,8 +16,10 @@ state kept per pair (:class:`WarmState`, O(n) numbers) is
 The pruning rule: at t + 1 the warm plan runs, plus every configured start s with
 ``start_ends[s]`` − ``drift`` × d ≤ ``keep``, where d = |GW_{t+1}(warm plan) − best_t| / best_t
 says how far the pair's landscape moved under the warm plan; a start never run yet always runs.
-A start that runs gets ``start_ends[s]`` = its final value / the pair's best; a start skipped
-keeps its lowered ratio, so the gaps close as the drift adds up over checkpoints.
+A start that runs gets ``start_ends[s]`` = its final value / the pair's best (a CG end the swap
+search did not polish counts as its value / :data:`POLISH_GAIN`: a cold solve polishes its best
+CG end, and the polish might have won); a start skipped keeps its lowered ratio, so the gaps
+close as the drift adds up over checkpoints.
 
 Why this rule, and ``keep`` = 1.12, ``drift`` = 3 (measured on the toy digits checkpoints of
 ``bench/sweep.py``, 11 × 13 layers, n = 256, within and cross pairs): a warm-only solve left 20
@@ -27,8 +29,11 @@ cold start that won at t + 1 had ended within 2 % (identity) or 10.5 % (product)
 best at t. A start's gap at the untrained checkpoint (product: 1.7×) says little about its gap
 a few checkpoints later: without the drift term 4 of 780 within pairs stayed above; with it and
 ``keep`` = 1.03, 4 of 2,470 pairs (product ends 1.06-1.10 at t, winning by 0.3-4 % at t + 1);
-``keep`` = 1.12 left none. No bound-based rule can prune instead: the certified lower bound is
-30-84 % below the values. ``bench/sweep.py`` prints the savings and the values.
+``keep`` = 1.12 left none there, but 10 of 936 on the bench's default run (n = 128), where
+product ends 15-30 % above the best won at t + 1: CG ends the swap search had not polished, hence
+:data:`POLISH_GAIN` (3 left, 0.6-5 %). The rule stays a heuristic: ``keep = inf`` prunes nothing.
+No bound-based rule can prune instead: the certified lower bound is 30-84 % below the values.
+``bench/sweep.py`` prints the savings and the values.
 """
 from __future__ import annotations
 
@@ -46,6 +51,9 @@ KEEP = 1.12
 """Default ``keep`` of :func:`warm_gw` (``gw.warm_keep``)."""
 DRIFT = 3.0
 """How fast a skipped start's ratio comes down with the pair's drift (:func:`warm_gw`)."""
+POLISH_GAIN = 1.1
+"""The most a swap search lowered a CG end on layer pairs (~10 %): a start's end that was not
+polished counts as its value / this in ``start_ends``."""
 DUALS_WITHIN = 0.25
 """The state's duals are used while the pair's drift is at most this: further, a warm-started
 assignment from them cost 4-10 ms at n = 256, more than the two EMDs they replace (~3 ms each;
@@ -83,11 +91,16 @@ class WarmState:
         return WarmState(inverse, None, None, dict(self.start_ends), self.value)
 
 
+def _made_by(start: str, name: str) -> bool:
+    """Whether the result's start ``name`` is the configured ``start`` ("random:K" runs as
+    "random:0", "random:1", ...)."""
+    return name == start or (start.startswith("random:") and name.startswith("random:"))
+
+
 def _end(values: dict, start: str) -> float | None:
-    """The best final value of the configured ``start`` in a result's ``start_values``
-    ("random:K" ran as "random:0", "random:1", ...), or None when it did not run."""
-    ran = [v for k, v in values.items()
-           if k == start or (start.startswith("random:") and k.startswith("random:"))]
+    """The best final value of the configured ``start`` in a result's ``start_values``, or None
+    when it did not run."""
+    ran = [v for k, v in values.items() if _made_by(start, k)]
     return min(ran) if ran else None
 
 
@@ -153,6 +166,9 @@ def warm_gw(C1, C2, state: WarmState | None, *, aligned: bool, starts: Sequence[
     for s in run:
         v = _end(result.start_values, s)
         if v is not None:
+            if not any(_made_by(s, k) for k in result.polished):
+                v /= POLISH_GAIN  # an end the swap search did not polish: credit it the most
+                # a swap search gains, so a start whose polish would have won is not dropped
             ends[s] = v / best if best > 0 else (1.0 if v <= 0 else np.inf)
     return (result, WarmState(result.permutation, result.duals, result.bound_duals, ends, best),
             len(starts) - len(run))
