@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gwray.prune.command import add_parser as add_prune_parser
 
     add_prune_parser(sub, _EPILOG)
-    from gwray.sizing import add_parser as add_plan_parser
+    from gwray.plan_command import add_parser as add_plan_parser
 
     add_plan_parser(sub, _EPILOG)
     return parser

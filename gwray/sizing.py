@@ -1,4 +1,5 @@
-"""``gwray plan CONFIG``: what a run will capture, store, hold in memory and take, before it runs.
+"""Sizing a run before it runs: what it will capture, store, hold in memory and take (``gwray plan``,
+printed by :mod:`gwray.plan_command`).
 
 HF models are read as a meta-device module tree built from ``config.json`` (no weight is read);
 a sharded model's blocks are split as the run splits them. Time comes from rates: a short
@@ -10,7 +11,6 @@ from __future__ import annotations
 import functools
 import io
 import json
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -168,7 +168,7 @@ def _shard_params(cfg: RunConfig, path, loaded) -> list[int]:
     if cfg.model.shards == 1 or loaded.kind != "hf":
         return [sum(p.numel() for p in loaded.module.parameters())]
     from gwray.models import families
-    from gwray.models.sharded import block_weights, plan_blocks
+    from gwray.models.shard_plan import block_weights, plan_blocks
 
     base, family = families.build_empty(loaded.module.config)
     weights = block_weights(base, family)
@@ -329,80 +329,3 @@ def _stage_seconds(cfg: RunConfig, size: RunSize, tokens: int, rates: dict) -> d
         groups += resamples * L * (L - 1) / 2 * pair * sub
     figures = 3 * n_ckpt + (n_ckpt > 1) * (1 + min(size.pairs_cross, 1) * (n_ckpt - 1))  # + timeline, cross
     return {"activations": extract, "pairs": pairs, "communities": groups, "report": figures * rates["figure_s"]}
-
-
-def _human(nbytes: float) -> str:
-    if nbytes < 1024:
-        return f"{int(nbytes)} B"
-    power = min(4, int(math.log(nbytes, 1024)))
-    return f"{nbytes / 1024 ** power:.1f} {('KiB', 'MiB', 'GiB', 'TiB')[power - 1]}"
-
-
-def _duration(s: float) -> str:
-    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
-
-
-def format_size(cfg: RunConfig, size: RunSize) -> str:
-    """The plan as lines of text (what ``gwray plan`` prints)."""
-    out = []
-    for ckpt, names in size.layers.items():
-        note = "" if size.exact_layers else " (at most: modules a forward pass never calls are dropped)"
-        out.append(f"checkpoint {ckpt}: {len(names)} layers{note}")
-        shown = names if len(names) <= 12 else names[:5] + ["…"] + names[-5:]
-        out.append("  " + ", ".join(shown))
-    out.append(f"probe: {size.n_samples} samples × {size.rows_per_sample} row(s); "
-               f"pairs: {size.pairs_within} within checkpoints, {size.pairs_cross} across "
-               f"(compare.cross {cfg.compare.cross})")
-    out.append(f"storage: activations {_human(size.activation_bytes)} on disk "
-               f"({cfg.layers.storage_dtype}); cost matrices {_human(size.cost_bytes)} "
-               "(float64, computed and cached by the GW workers)")
-    disk = f", {_human(size.index_bytes)} on disk" if size.index_bytes else ""
-    out.append(f"model: {_human(size.weight_bytes)} of weights in {cfg.model.dtype}{disk}")
-    peaks = ", ".join(_human(b) for b in size.shard_bytes)
-    what = f"{len(size.shard_bytes)} shards" if cfg.model.shards > 1 else "the extraction process"
-    out.append(f"peak memory (data, beyond the Python/torch runtime): {what}: {peaks}; per GW worker: "
-               f"{_human(size.worker_bytes)} (× {cfg.resources.workers} workers)")
-    if size.seconds:
-        rates = "; ".join(f"{k} {v:.3g} ({how})" for k, (v, how) in size.rates.items())
-        out.append("time (compute only; Ray start-up, model loading and worker start-up come on top): "
-                   + ", ".join(f"{k} {_duration(v)}" for k, v in size.seconds.items())
-                   + f" — total {_duration(sum(size.seconds.values()))}")
-        out.append(f"  rates: {rates}")
-    return "\n".join(out)
-
-
-def parse_rates(pairs: list[str]) -> dict:
-    """``["forward_flops=2e14", "gw_pair_s=0.05"]`` → ``{name: float}`` (GwrayInputError if bad)."""
-    out = {}
-    for pair in pairs:
-        name, _, value = pair.partition("=")
-        try:
-            out[name.strip()] = float(value)
-        except ValueError:
-            raise GwrayInputError(f"rate {pair!r}: expected NAME=NUMBER") from None
-        if not math.isfinite(out[name.strip()]) or out[name.strip()] <= 0:
-            raise GwrayInputError(f"rate {pair!r}: must be a positive number")
-    return out
-
-
-def _cmd_plan(args) -> None:
-    from gwray.config import load_config
-
-    cfg = load_config(args.config, args.overrides)
-    print(format_size(cfg, size_run(cfg, parse_rates(args.rates))))
-
-
-def add_parser(sub, epilog: str) -> None:
-    """``gwray plan CONFIG [--set KEY=VALUE] [--rate NAME=VALUE]`` on the ``gwray`` sub-parsers."""
-    p = sub.add_parser("plan", epilog=epilog, help="what a run will capture, store and cost (no weights read)",
-                       description="Read the model's config.json and safetensors index (no weights) and "
-                                   "print the layers a run captures, its GW pairs, activation and cost-"
-                                   "matrix storage, peak memory per shard and per GW worker, and a time "
-                                   "per stage from a short calibration on this machine or --rate values.")
-    p.add_argument("config", help="run config (YAML)")
-    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
-                   help="override one config key (repeatable)")
-    p.add_argument("--rate", metavar="NAME=VALUE", action="append", default=[], dest="rates",
-                   help="a rate measured where the run will go, instead of calibrating here: "
-                        + "; ".join(f"{k}: {v}" for k, v in RATE_NAMES.items()))
-    p.set_defaults(func=_cmd_plan)

@@ -17,6 +17,7 @@ from gwray.activations.capture import Pooler
 from gwray.activations.store import ActivationStore, ActivationWriter
 from gwray.errors import GwrayInputError
 from gwray.models import families, sharded
+from gwray.models.shard_plan import plan_blocks
 
 FAMILIES = ["gpt2", "gpt_neox", "llama", "bert"]
 TEXTS = ["the cat sat on the mat", "a", "gromov wasserstein distances between layers",
@@ -110,11 +111,11 @@ def test_sharded_equals_unsharded_and_actors_hold_only_their_blocks(pool, tiny_h
 
 
 def test_plan_balances_parameters_and_rejects_too_many_shards():
-    assert sharded.plan_blocks([10, 1, 1, 1, 1, 1], 2) == [(0, 1), (1, 6)]
-    assert sharded.plan_blocks([1, 1, 1, 1], 2) == [(0, 2), (2, 4)]
-    assert sharded.plan_blocks([1, 1, 1], 3) == [(0, 1), (1, 2), (2, 3)]
+    assert plan_blocks([10, 1, 1, 1, 1, 1], 2) == [(0, 1), (1, 6)]
+    assert plan_blocks([1, 1, 1, 1], 2) == [(0, 2), (2, 4)]
+    assert plan_blocks([1, 1, 1], 3) == [(0, 1), (1, 2), (2, 3)]
     with pytest.raises(GwrayInputError, match=r"model.shards: 5 shards for a model of 4 blocks"):
-        sharded.plan_blocks([1, 1, 1, 1], 5)
+        plan_blocks([1, 1, 1, 1], 5)
 
 
 def test_more_shards_than_blocks(pool, tiny_hf_model):

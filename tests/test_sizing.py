@@ -54,7 +54,7 @@ def test_plan_reads_no_weight_and_splits_shards_as_the_run(tiny_hf_model, probe,
     import transformers
 
     from gwray.models import families
-    from gwray.models.sharded import block_weights, plan_blocks
+    from gwray.models.shard_plan import block_weights, plan_blocks
 
     def forbidden(*a, **k):
         raise AssertionError("a weight was read")
