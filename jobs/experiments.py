@@ -29,7 +29,7 @@ from gwray.config import load_config  # noqa: E402
 from gwray.graph.communities import find_subnetworks  # noqa: E402
 from gwray.gw.baselines import baseline_matrices  # noqa: E402
 from gwray.gw.pairwise import pairwise_gw  # noqa: E402
-from gwray.models.compression import compression_curves  # noqa: E402
+from gwray.prune.toy import compression_curves  # noqa: E402
 from gwray.models.toy import accuracy, load_toy, task_data, train_toy  # noqa: E402
 
 TOYS = {  # experiment -> (config, task, training overrides of gwray.models.toy.default_meta)

@@ -5,5 +5,7 @@
 - :mod:`gwray.prune.hf` — the probe's hidden states of an HF causal LM, dropping blocks, writing
   the pruned model;
 - :mod:`gwray.prune.evaluate` — held-out text, perplexity and healing;
-- :mod:`gwray.prune.command` — ``gwray prune RUN_DIR ...``.
+- :mod:`gwray.prune.command` — ``gwray prune RUN_DIR ...``;
+- :mod:`gwray.prune.toy` — the same rules on the toy residual nets of :mod:`gwray.models.toy`
+  (drop blocks, accuracy before and after healing).
 """

@@ -39,8 +39,8 @@ def read_run(run_dir: str) -> RunModel:
     import transformers as tf
 
     from gwray.models.loaders import resolve_model_path
-    from gwray.pipeline import load_run
     from gwray.prune.hf import causal_family
+    from gwray.result import load_run
     from gwray.storage import Location
 
     result = load_run(run_dir)

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from gwray.errors import GwrayInputError
-from gwray.models.compression import (angular_choice, angular_distances, bi_order, block_influence,
-                                      compression_curves, drop_blocks, evaluate_drop, group_order)
+from gwray.prune.toy import (angular_choice, angular_distances, bi_order, block_influence,
+                             compression_curves, drop_blocks, evaluate_drop, group_order)
 from gwray.models.toy import ResidualMLP, accuracy, build_model, default_meta, task_data, train_toy, load_toy
 
 
