@@ -4,12 +4,22 @@ Every stage writes through :class:`Location`, so ``output: s3://bucket/run`` wor
 local folder. Writes are whole-file and atomic: a hidden temporary name in the same folder, then a
 move (a rename locally, a server-side copy on object stores). Readers skip names that start with
 ``.`` or ``_`` so that a temporary file left by a killed writer is never read.
+
+Faults: an object-store operation that fails with a transient error (a 5xx, throttling, a reset
+connection) is retried whole, :data:`RETRIES` times in all with exponential backoff from
+:data:`BACKOFF_S` (on top of the AWS SDK's own retries of each request). A failure that persists,
+and a local write that fails for want of space, quota or permission, raise
+:class:`~gwray.errors.GwrayStorageError` naming the file; the temporary file is removed, so
+nothing half-written remains, and a rerun resumes from the finished files.
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import posixpath
+import re
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -17,11 +27,31 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from gwray.errors import GwrayInputError
+from gwray.errors import GwrayInputError, GwrayStorageError
+
+RETRIES = 5  # tries of one object-store operation: 0.5 + 1 + 2 + 4 = 7.5 s of waiting in all
+BACKOFF_S = 0.5
+#: Errors of an object store worth retrying: network failures, throttling, server errors (the
+#: AWS SDK's names and curl's, as pyarrow reports them). Access, missing buckets etc. are not.
+_TRANSIENT = re.compile(r"NETWORK_CONNECTION|SLOW_DOWN|SERVICE_UNAVAILABLE|INTERNAL_FAILURE|"
+                        r"REQUEST_TIMEOUT|THROTTL|HTTP status (?:5\d\d|429)|curlCode|"
+                        r"[Cc]onnection (?:reset|refused|aborted)|[Tt]imed? ?out|"
+                        r"UNAVAILABLE|DEADLINE_EXCEEDED|RESOURCE_EXHAUSTED", re.ASCII)
+_STORE_ERROR = re.compile(r"AWS Error|google::cloud")  # the store answered: a named storage error
+_ROOM, _RIGHTS = "make room", "make it writable or choose another --out"
+_LOCAL_FAULTS = {errno.ENOSPC: ("disk full", _ROOM), errno.EDQUOT: ("disk quota exceeded", _ROOM),
+                 errno.EROFS: ("read-only filesystem", _RIGHTS),
+                 errno.EACCES: ("permission denied", _RIGHTS), errno.EPERM: ("permission denied", _RIGHTS),
+                 errno.EIO: ("I/O error", "check the disk")}
 
 
 def _hidden(name: str) -> bool:
     return name.startswith((".", "_"))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -68,20 +98,46 @@ class Location:
     def child(self, *parts: str) -> "Location":
         return Location(self.fs, posixpath.join(self.path, *parts))
 
+    def _io(self, what: str, fn):
+        """``fn()``, retried with backoff while an object store fails transiently; a persistent
+        failure, and a local one of space, quota, permission or the device, become a
+        :class:`GwrayStorageError` naming this location and ``what`` was being done."""
+        for attempt in range(1, RETRIES + 1):
+            try:
+                return fn()
+            except OSError as exc:
+                if exc.errno in _LOCAL_FAULTS:
+                    fault, fix = _LOCAL_FAULTS[exc.errno]
+                    raise GwrayStorageError(f"{fault} {what} {self} ({_first_line(exc)}): {fix}, then "
+                                            "rerun; finished stages and solved pairs are kept") from exc
+                transient = _TRANSIENT.search(str(exc))
+                if self.is_local or not (transient or _STORE_ERROR.search(str(exc))):
+                    raise  # not the store failing (e.g. a damaged file): the caller names it
+                if attempt == RETRIES or not transient:
+                    tries = f"after {attempt} tries " if attempt > 1 else ""
+                    raise GwrayStorageError(
+                        f"storage failed {what} {self} {tries}({_first_line(exc)}); check the "
+                        "endpoint, bucket and credentials, then rerun: finished work is kept") from exc
+                time.sleep(BACKOFF_S * 2 ** (attempt - 1))
+
+    def _info(self) -> pafs.FileInfo:
+        return self._io("reading", lambda: self.fs.get_file_info(self.path))
+
     def exists(self) -> bool:
-        return self.fs.get_file_info(self.path).type != pafs.FileType.NotFound
+        return self._info().type != pafs.FileType.NotFound
 
     def is_dir(self) -> bool:
-        return self.fs.get_file_info(self.path).type == pafs.FileType.Directory
+        return self._info().type == pafs.FileType.Directory
 
     def mkdirs(self) -> None:
-        self.fs.create_dir(self.path, recursive=True)
+        self._io("creating", lambda: self.fs.create_dir(self.path, recursive=True))
 
     def files(self, suffix: str = "", recursive: bool = False) -> list["Location"]:
         """Visible files below this folder, sorted by path; [] when the folder does not exist."""
         if not self.exists():
             return []
-        infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=recursive))
+        selector = pafs.FileSelector(self.path, recursive=recursive)
+        infos = self._io("listing", lambda: self.fs.get_file_info(selector))
         rel = lambda p: posixpath.relpath(p, self.path)  # noqa: E731
         return sorted(
             (Location(self.fs, i.path) for i in infos
@@ -92,19 +148,31 @@ class Location:
 
     def remove(self) -> None:
         """Delete this file or folder (recursively); nothing if absent."""
-        info = self.fs.get_file_info(self.path)
+        info = self._info()
         if info.type == pafs.FileType.Directory:
-            self.fs.delete_dir(self.path)
+            self._io("deleting", lambda: self.fs.delete_dir(self.path))
         elif info.type == pafs.FileType.File:
-            self.fs.delete_file(self.path)
+            self._io("deleting", lambda: self.fs.delete_file(self.path))
 
     # -- whole-file reads and atomic writes ------------------------------------------------------
     def read_bytes(self) -> bytes:
-        with self.fs.open_input_stream(self.path) as f:
-            return f.read()
+        def read():
+            with self.fs.open_input_stream(self.path) as f:
+                return f.read()
+        return self._io("reading", read)
 
     def write_bytes(self, data: bytes) -> None:
-        """Write the whole file atomically (a reader sees the old file, or the new one, never half)."""
+        """Write the whole file atomically (a reader sees the old file, or the new one, never half).
+
+        Raises
+        ------
+        GwrayStorageError
+            No space, quota or permission (local), or the object store failed after retries;
+            no temporary file is left where it could be removed.
+        """
+        self._io("writing", lambda: self._write_once(data))
+
+    def _write_once(self, data: bytes) -> None:
         parent = posixpath.dirname(self.path)
         self.fs.create_dir(parent, recursive=True)
         # Object stores too get a hidden temporary key: closing an interrupted upload stream
@@ -116,8 +184,11 @@ class Location:
                 f.write(data)
             self.fs.move(tmp, self.path)
         except BaseException:
-            if self.fs.get_file_info(tmp).type != pafs.FileType.NotFound:
-                self.fs.delete_file(tmp)
+            try:
+                if self.fs.get_file_info(tmp).type != pafs.FileType.NotFound:
+                    self.fs.delete_file(tmp)
+            except OSError:  # the store is down: a hidden name, skipped by every reader
+                pass
             raise
 
     def read_json(self):
@@ -128,7 +199,7 @@ class Location:
 
     def read_table(self, columns: list[str] | None = None) -> pa.Table:
         """Read one Parquet file (only ``columns``, when given: other columns' bytes are not read)."""
-        return pq.read_table(self.path, filesystem=self.fs, columns=columns)
+        return self._io("reading", lambda: pq.read_table(self.path, filesystem=self.fs, columns=columns))
 
     def write_table(self, table: pa.Table, **parquet_options) -> None:
         """Write ``table`` as one Parquet file, atomically."""

@@ -122,3 +122,163 @@ def s3_bucket():
         yield client, endpoint, fs
     finally:
         server.stop()
+
+
+class FlakyS3:
+    """An HTTP proxy in front of the local S3 endpoint that fails the requests ``fault`` picks.
+
+    ``fault(method, path)`` returns None (forward the request), an HTTP status such as ``"503"``
+    (answered without a body, as an overloaded server does) or ``"reset"`` (the connection is
+    reset). ``failed`` lists the requests that were failed; ``fs`` is a pyarrow S3FileSystem
+    through the proxy whose SDK tries each request once, so that gwray's retries are what is
+    tested.
+    """
+
+    def __init__(self, upstream: str):
+        import http.client
+        import socket
+        import struct
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        import pyarrow.fs as pafs
+
+        self.fault, self.failed = (lambda method, path: None), []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _body(self) -> tuple[bytes, bool]:
+                if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+                    n = int(self.headers.get("Content-Length") or 0)
+                    return (self.rfile.read(n) if n else b""), False
+                body = b""
+                while size := int(self.rfile.readline().split(b";")[0], 16):
+                    body += self.rfile.read(size)
+                    self.rfile.readline()
+                while self.rfile.readline() not in (b"\r\n", b""):  # trailers
+                    pass
+                return body, True
+
+            def _forward(self):
+                body, chunked = self._body()
+                kind = proxy.fault(self.command, self.path)
+                if kind:
+                    proxy.failed.append((self.command, self.path, kind))
+                if kind == "reset":  # RST instead of an answer
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    return
+                if kind:
+                    self.send_response(int(kind))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                conn = http.client.HTTPConnection(upstream)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "expect"}
+                conn.request(self.command, self.path, body=iter([body]) if chunked else body,
+                             headers=headers, encode_chunked=chunked)
+                answer = conn.getresponse()
+                data = answer.read()
+                self.send_response(answer.status)
+                for k, v in answer.getheaders():
+                    if k.lower() not in ("transfer-encoding", "content-length", "connection"):
+                        self.send_header(k, v)
+                length = answer.getheader("Content-Length", "0") if self.command == "HEAD" else len(data)
+                self.send_header("Content-Length", str(length))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.fs = pafs.S3FileSystem(
+            access_key="test", secret_key="test", region="us-east-1", scheme="http",
+            endpoint_override=f"127.0.0.1:{self.server.server_address[1]}",
+            retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1))
+
+    def fail(self, kind: str, method: str = "PUT", first: int = 0, count: int | None = None,
+             prefix: str = "") -> None:
+        """Fail ``count`` (None: every) ``method`` requests under ``prefix`` after ``first`` of them."""
+        seen = [0]
+
+        def fault(m, path):
+            if m != method or not path.lstrip("/").startswith(prefix):
+                return None
+            seen[0] += 1
+            k = seen[0] - first
+            return kind if k > 0 and (count is None or k <= count) else None
+
+        self.failed.clear()
+        self.fault = fault
+
+    def heal(self) -> None:
+        self.fault = lambda method, path: None
+
+
+@pytest.fixture(scope="session")
+def _flaky_proxy(s3_bucket):
+    _, endpoint, _ = s3_bucket
+    proxy = FlakyS3(endpoint)
+    yield proxy
+    proxy.server.shutdown()
+
+
+@pytest.fixture
+def flaky_s3(_flaky_proxy):
+    """A :class:`FlakyS3` proxy in front of the ``s3_bucket`` endpoint, healed after the test."""
+    yield _flaky_proxy
+    _flaky_proxy.heal()
+
+
+@pytest.fixture
+def fast_retries(monkeypatch):
+    """Storage retries without the production backoff's seconds of waiting."""
+    import gwray.storage
+
+    monkeypatch.setattr(gwray.storage, "BACKOFF_S", 0.01)
+
+
+@pytest.fixture
+def full_disk():
+    """``full_disk(free)`` → ``(fs, disk)``: a pyarrow filesystem over the local disk with ``free``
+    bytes left; the write that passes them writes what fits and fails with ``ENOSPC``, as a full
+    disk does (set ``disk.free`` to make room)."""
+    return _full_disk
+
+
+def _full_disk(free: int):
+    import errno
+
+    import pyarrow.fs as pafs
+    from fsspec.implementations.local import LocalFileSystem
+
+    class FullDisk(LocalFileSystem):
+        cachable = False
+
+        def _open(self, path, mode="rb", **kwargs):
+            f = super()._open(path, mode, **kwargs)
+            if "w" in mode:
+                write = f.write
+
+                def limited(data):
+                    if len(data) > disk.free:
+                        write(bytes(data[:disk.free]))
+                        disk.free = 0
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    disk.free -= len(data)
+                    return write(data)
+
+                f.write = limited
+            return f
+
+    disk = FullDisk()
+    disk.free = free
+    return pafs.PyFileSystem(pafs.FSSpecHandler(disk)), disk

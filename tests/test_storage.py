@@ -1,7 +1,10 @@
+import os
+
 import pyarrow as pa
 import pytest
 
-from gwray.errors import GwrayInputError
+import gwray.storage
+from gwray.errors import GwrayInputError, GwrayStorageError
 from gwray.storage import Location
 
 
@@ -49,3 +52,51 @@ def test_s3_writes_are_whole_and_leave_no_temporary(s3_bucket):
     assert [k for k in keys if not k.endswith("/")] == ["storage-test/pairs/a.parquet"]
     assert [f.name for f in root.child("pairs").files(".parquet")] == ["a.parquet"]
     assert root.child("pairs", "a.parquet").read_table().column("x").to_pylist() == [1, 2]
+
+
+def test_disk_full_is_named_and_leaves_the_old_file(tmp_path, full_disk):
+    fs, disk = full_disk(1000)
+    loc = Location(fs, str(tmp_path / "run" / "pairs" / "part-1.parquet"))
+    loc.write_bytes(b"old" * 100)
+    with pytest.raises(GwrayStorageError) as err:
+        loc.write_bytes(b"new" * 1000)
+    msg = str(err.value)
+    assert msg.startswith(f"disk full writing {loc} (") and "make room" in msg and "\n" not in msg
+    assert os.listdir(tmp_path / "run" / "pairs") == ["part-1.parquet"]  # no temporary left
+    assert loc.read_bytes() == b"old" * 100
+    disk.free = 10**6  # room again: the same write goes through
+    loc.write_bytes(b"new" * 1000)
+    assert loc.read_bytes() == b"new" * 1000
+
+
+@pytest.mark.parametrize("kind", ["503", "reset"])
+def test_s3_transient_failures_are_retried(flaky_s3, fast_retries, kind):
+    root = Location(flaky_s3.fs, f"gwray-runs/transient-{kind}")
+    flaky_s3.fail(kind, "PUT", count=3)  # 3 failed tries of the first write, then it goes through
+    root.child("pairs", "a.parquet").write_table(pa.table({"x": [1, 2]}))
+    assert len(flaky_s3.failed) == 3 and all(f[2] == kind for f in flaky_s3.failed)
+    flaky_s3.fail(kind, "GET", count=2)
+    assert root.child("pairs", "a.parquet").read_table().column("x").to_pylist() == [1, 2]
+    assert len(flaky_s3.failed) == 2
+
+
+def test_s3_persistent_failure_is_named_and_nothing_reaches_the_key(s3_bucket, flaky_s3, fast_retries):
+    client = s3_bucket[0]
+    loc = Location(flaky_s3.fs, "gwray-runs/persistent/pairs/a.parquet")
+    flaky_s3.fail("503", "PUT")
+    with pytest.raises(GwrayStorageError) as err:
+        loc.write_table(pa.table({"x": [1]}))
+    msg = str(err.value)
+    assert msg.startswith(f"storage failed writing s3://{loc.path} after {gwray.storage.RETRIES} tries (")
+    assert "HTTP status 503" in msg and "rerun" in msg and "\n" not in msg
+    assert len(flaky_s3.failed) == gwray.storage.RETRIES
+    flaky_s3.heal()
+    listed = client.list_objects_v2(Bucket="gwray-runs", Prefix="persistent/").get("Contents", [])
+    assert [o["Key"] for o in listed if not o["Key"].endswith("/")] == []
+
+
+def test_s3_access_denied_is_not_retried(flaky_s3, fast_retries):
+    flaky_s3.fail("403", "HEAD")
+    with pytest.raises(GwrayStorageError, match=r"^storage failed reading s3://gwray-runs/denied \(.*ACCESS_DENIED"):
+        Location(flaky_s3.fs, "gwray-runs/denied").read_bytes()
+    assert len(flaky_s3.failed) == 1

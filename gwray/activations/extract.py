@@ -27,7 +27,7 @@ from gwray.errors import GwrayInputError
 from gwray.models.loaders import LoadedModel, load_model
 from gwray.storage import Location
 
-_INPUT_ERROR_RE = re.compile(r"GwrayInputError: ([^\n]+)")
+_INPUT_ERROR_RE = re.compile(r"Gwray(?:Input|Storage)Error: ([^\n]+)")
 
 
 def _runner(loaded: LoadedModel, specs) -> torch.nn.Module:
