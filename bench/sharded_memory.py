@@ -36,7 +36,7 @@ def write_checkpoint(path: Path, dtype: torch.dtype, file_bytes: int = 512 * 102
     import transformers as tf
     from safetensors.torch import save_file
 
-    from gwray.models import families
+    from gwray.models import families, weights
 
     config = tf.LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                             num_attention_heads=32, num_key_value_heads=4, vocab_size=32000,
@@ -62,7 +62,7 @@ def write_checkpoint(path: Path, dtype: torch.dtype, file_bytes: int = 512 * 102
         save_file(tensors, str(path / fname), metadata={"format": "pt"})
         weight_map.update({n: fname for n in tensors})
         del tensors
-    (path / families.INDEX).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (path / weights.INDEX).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     return sum(int(np.prod(s)) for _, s in shapes)
 
 

@@ -144,7 +144,7 @@ def _activation_bytes(dims: list[int], rows: int, batch_rows: int, dtype: str) -
 
 
 def _index_bytes(path) -> int | None:
-    from gwray.models.families import INDEX
+    from gwray.models.weights import INDEX
     from gwray.models.loaders import resolve_model_path
 
     try:

@@ -1,6 +1,8 @@
 """Model loading: HF directories (safetensors only unless allowed), factories, toys; one-line errors."""
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import textwrap
 
@@ -9,6 +11,7 @@ import torch
 
 from gwray.config import ModelConfig
 from gwray.errors import GwrayInputError
+from gwray.models import weights
 from gwray.models.loaders import load_model, resolve_model_path
 
 
@@ -91,3 +94,71 @@ def test_toy_source(tmp_path):
     with pytest.raises(GwrayInputError) as exc:
         load_model(ModelConfig(source="toy", path=str(tmp_path / "none")))
     _one_line(exc, tmp_path / "none")
+
+
+def _cut(path, keep):
+    data = path.read_bytes()
+    path.write_bytes(data[:keep(len(data))])
+
+
+def _to_ints(path):
+    from safetensors.torch import load_file, save_file
+
+    save_file({k: (v * 100).to(torch.int32) for k, v in load_file(path).items()}, path)
+
+
+def _wider_config(d):
+    config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**config, "n_embd": 64}))
+
+
+def _index_names_absent_tensor(d):
+    index = json.loads((d / weights.INDEX).read_text())
+    index["weight_map"]["transformer.h.9.mlp.c_fc.weight"] = sorted(index["weight_map"].values())[0]
+    (d / weights.INDEX).write_text(json.dumps(index))
+
+
+SHARDED = "model-00002-of-00002.safetensors"
+
+
+@pytest.mark.parametrize("sharded, damage, message", [
+    (False, lambda d: _cut(d / "model.safetensors", lambda n: n // 2),
+     r"model weights {d}/model.safetensors: damaged, [\d,]+ of [\d,]+ bytes \(truncated: copy it again\)"),
+    (False, lambda d: _cut(d / "model.safetensors", lambda n: 100),
+     r"model weights {d}/model.safetensors: damaged, 100 bytes, cut inside its [\d,]+-byte header"),
+    (False, lambda d: (d / "model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\n"),
+     r"model weights {d}/model.safetensors: damaged, a Git LFS pointer, not the weights \(fetch them: git lfs pull\)"),
+    (True, lambda d: (d / SHARDED).unlink(),
+     rf"checkpoint index {{d}}/model.safetensors.index.json: names {SHARDED}, which does not exist"),
+    (True, lambda d: _cut(d / SHARDED, lambda n: n - 10),
+     rf"model weights {{d}}/{SHARDED}: damaged, [\d,]+ of [\d,]+ bytes \(truncated"),
+    (True, _index_names_absent_tensor,
+     r"checkpoint index {d}/model.safetensors.index.json: names tensor transformer.h.9.mlp.c_fc.weight in "),
+    (False, _wider_config,
+     r"model weights {d}/model.safetensors: tensor transformer.h.0.attn.c_attn.bias has shape \(96,\), "
+     r"{d}/config.json gives \(192,\)"),
+    (False, lambda d: _to_ints(d / "model.safetensors"),
+     r"model weights {d}/model.safetensors: tensor transformer.h.0.attn.c_attn.bias holds I32, not floating"),
+], ids=["truncated", "header-cut", "lfs-pointer", "index-names-missing-file", "truncated-shard",
+        "index-names-absent-tensor", "shape-vs-config", "int-dtype"])
+def test_damaged_weights_are_named_before_any_weight_is_read(tmp_path, tiny_hf_model, sharded, damage, message):
+    src = tiny_hf_model("gpt2", layers=2, hidden=32, max_shard_size="200KB" if sharded else None)
+    d = tmp_path / "model"
+    shutil.copytree(src, d)
+    damage(d)
+    with pytest.raises(GwrayInputError) as exc:
+        load_model(ModelConfig(path=str(d)), device="cpu")
+    assert re.match(message.format(d=re.escape(str(d))), _one_line(exc)), str(exc.value)
+
+
+def test_half_precision_weights_under_a_float32_config_load(tmp_path, tiny_hf_model):
+    from safetensors.torch import load_file, save_file
+
+    src = tiny_hf_model("gpt2", layers=2, hidden=32)
+    d = tmp_path / "half"
+    shutil.copytree(src, d)
+    save_file({k: v.half() for k, v in load_file(src / "model.safetensors").items()}, d / "model.safetensors")
+    key = "transformer.h.0.attn.c_attn.weight"
+    loaded = load_model(ModelConfig(path=str(d)), device="cpu").module.state_dict()[key]
+    reference = load_model(ModelConfig(path=str(src)), device="cpu").module.state_dict()[key]
+    assert loaded.dtype == torch.float32 and torch.equal(loaded, reference.half().float())

@@ -16,7 +16,7 @@ import torch
 from gwray.activations.capture import Pooler
 from gwray.activations.store import ActivationStore, ActivationWriter
 from gwray.errors import GwrayInputError
-from gwray.models import families, sharded
+from gwray.models import families, sharded, weights
 from gwray.models.shard_plan import plan_blocks
 
 FAMILIES = ["gpt2", "gpt_neox", "llama", "bert"]
@@ -77,7 +77,7 @@ def _expected_holdings(path, family, start, stop):
     base, fam = families.build_empty(tf.AutoConfig.from_pretrained(path))
     mods = fam.modules_for(LAYERS, start, stop)
     names = sorted(n for n, _ in base.named_parameters() if any(n.startswith(m + ".") for m in mods))
-    weight_map = json.loads((path / families.INDEX).read_text())["weight_map"]
+    weight_map = json.loads((path / weights.INDEX).read_text())["weight_map"]
     prefix = "" if names[0] in weight_map else fam.prefix + "."
     return names, sorted({weight_map[prefix + n] for n in names}), set(weight_map.values())
 
@@ -128,11 +128,22 @@ def test_index_naming_a_missing_file(pool, tiny_hf_model, tmp_path):
     src = _model(tiny_hf_model, "gpt2")
     path = tmp_path / "broken"
     shutil.copytree(src, path)
-    missing = sorted(json.loads((path / families.INDEX).read_text())["weight_map"].values())[-1]
+    missing = sorted(json.loads((path / weights.INDEX).read_text())["weight_map"].values())[-1]
     (path / missing).unlink()
     with pytest.raises(GwrayInputError) as err:
         sharded.load_shards(pool, path, shards=2)
     assert missing in str(err.value) and "does not exist" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_truncated_shard_file_is_named_before_any_actor_loads(pool, tiny_hf_model, tmp_path):
+    src = _model(tiny_hf_model, "gpt2")
+    path = tmp_path / "truncated"
+    shutil.copytree(src, path)
+    last = sorted(json.loads((path / weights.INDEX).read_text())["weight_map"].values())[-1]
+    data = (path / last).read_bytes()
+    (path / last).write_bytes(data[:len(data) // 2])
+    with pytest.raises(GwrayInputError, match=rf"^model weights {path / last}: damaged, .* \(truncated"):
+        sharded.load_shards(pool, path, shards=2)
 
 
 def test_unsupported_architecture(pool, tmp_path):

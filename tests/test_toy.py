@@ -89,6 +89,7 @@ def test_loader_builds_toy_through_model_config(digits_run):
     ("bad_json", "invalid JSON"),
     ("no_key", "missing key 'depth'"),
     ("no_weights", "no model.safetensors"),
+    ("truncated", "model.safetensors: damaged, "),
     ("wrong_shape", "tensors do not match toy.json"),
 ])
 def test_broken_checkpoint_names_the_file(tmp_path, damage, message):
@@ -102,6 +103,9 @@ def test_broken_checkpoint_names_the_file(tmp_path, damage, message):
         (path / "toy.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "depth"}))
     elif damage == "no_weights":
         (path / "model.safetensors").unlink()
+    elif damage == "truncated":
+        data = (path / "model.safetensors").read_bytes()
+        (path / "model.safetensors").write_bytes(data[:len(data) // 2])
     else:
         (path / "toy.json").write_text(json.dumps({**meta, "width": 16}))
     with pytest.raises(GwrayInputError) as info:

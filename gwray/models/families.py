@@ -19,7 +19,6 @@ only their tensors by name (:func:`load_modules`), which is what a shard actor d
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +26,7 @@ import torch
 from torch import nn
 
 from gwray.errors import GwrayInputError
-
-INDEX = "model.safetensors.index.json"
-SINGLE = "model.safetensors"
+from gwray.models.weights import open_weights, read_index
 
 
 @dataclass(frozen=True)
@@ -274,32 +271,6 @@ def hidden_states(base: nn.Module, family: Family, input_ids: torch.Tensor,
     return out
 
 
-def read_index(model_dir: "str | Path") -> dict[str, str]:
-    """Tensor name → safetensors file name, from the index (or the single ``model.safetensors``).
-
-    Raises
-    ------
-    GwrayInputError
-        No safetensors checkpoint, an unreadable index, or an index naming a missing file.
-    """
-    model_dir = Path(model_dir)
-    if (model_dir / INDEX).is_file():
-        try:
-            weight_map = json.loads((model_dir / INDEX).read_text())["weight_map"]
-        except (ValueError, KeyError) as exc:
-            raise GwrayInputError(f"checkpoint index {model_dir / INDEX}: unreadable ({exc})") from None
-        for name in sorted(set(weight_map.values())):
-            if not (model_dir / name).is_file():
-                raise GwrayInputError(f"checkpoint index {model_dir / INDEX}: names {name}, which does not exist")
-        return dict(weight_map)
-    if (model_dir / SINGLE).is_file():
-        from safetensors import safe_open
-
-        with safe_open(model_dir / SINGLE, framework="pt") as f:
-            return {key: SINGLE for key in f.keys()}
-    raise GwrayInputError(f"checkpoint {model_dir}: no {SINGLE} or {INDEX} (sharded models read safetensors only)")
-
-
 def load_modules(base: nn.Module, family: Family, model_dir: "str | Path", modules: list[str],
                  dtype: torch.dtype, device: torch.device) -> dict:
     """Materialise ``modules`` of a meta-built ``base`` from the safetensors files, by tensor name.
@@ -312,8 +283,6 @@ def load_modules(base: nn.Module, family: Family, model_dir: "str | Path", modul
     dict
         ``params`` (sorted base-model names loaded), ``files`` (files opened), ``bytes`` (held).
     """
-    from safetensors import safe_open
-
     weight_map = read_index(model_dir)
     names = [f"{m}.{n}" for m in modules for n, _ in base.get_submodule(m).named_parameters()]
     prefix = f"{family.prefix}." if f"{family.prefix}.{names[0]}" in weight_map else ""
@@ -324,7 +293,7 @@ def load_modules(base: nn.Module, family: Family, model_dir: "str | Path", modul
         by_file.setdefault(weight_map[prefix + name], []).append(name)
     held = 0
     for fname in sorted(by_file):
-        with safe_open(str(Path(model_dir) / fname), framework="pt", device="cpu") as f:
+        with open_weights(Path(model_dir) / fname) as f:
             for name in by_file[fname]:
                 tensor = f.get_tensor(prefix + name)
                 tensor = tensor.to(device, dtype if tensor.is_floating_point() else tensor.dtype)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from gwray.errors import GwrayInputError
+from gwray.models.weights import check_weights
 
 MINILM = "minilm"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -132,17 +133,23 @@ def _load_hf(cfg, path: str, device: torch.device, meta: bool) -> LoadedModel:
     auto = tf.AutoModelForCausalLM if causal else tf.AutoModel
     dtype = _DTYPES[cfg.dtype]
     try:
-        if meta:  # the module tree only: layer names without reading a weight
-            with torch.device("meta"):
-                model = auto.from_config(config, trust_remote_code=cfg.trust_remote_code, **_transformers_dtype_kw(dtype))
-        else:
+        # The module tree on the meta device: layer names, and the shapes the weights must have,
+        # checked from the files' headers before a weight is read.
+        with torch.device("meta"):
+            model = auto.from_config(config, trust_remote_code=cfg.trust_remote_code, **_transformers_dtype_kw(dtype))
+        base = getattr(model, "base_model", model)
+        prefix = next(n for n, m in model.named_modules() if m is base)
+        if not meta:
+            if use_safetensors:
+                check_weights(p, model, prefix)
             model = auto.from_pretrained(p, config=config, trust_remote_code=cfg.trust_remote_code,
                                          use_safetensors=use_safetensors, local_files_only=True,
                                          **_transformers_dtype_kw(dtype))
+            base = getattr(model, "base_model", model)
     except (OSError, ValueError) as exc:
+        if isinstance(exc, GwrayInputError):
+            raise
         raise GwrayInputError(f"model directory {p}: cannot load ({str(exc).splitlines()[0]})") from None
-    base = getattr(model, "base_model", model)
-    prefix = next(n for n, m in model.named_modules() if m is base)
     n_layers = getattr(config, "num_hidden_layers", None)
     blocks = [f"{prefix}.{b}" if prefix else b for b in _find_blocks(base, n_layers, str(p))]
     tokenizer = None

@@ -25,6 +25,7 @@ import torch
 from gwray.errors import GwrayInputError
 from gwray.models import families
 from gwray.models.shard_plan import block_weights, plan_blocks
+from gwray.models.weights import check_weights
 
 
 class ShardFailure(RuntimeError):
@@ -211,7 +212,7 @@ def load_shards(pool: ShardPool, model_dir: "str | Path", dtype: str = "float32"
     shards = shards or len(pool.actors)
     model_dir = str(model_dir)
     base, family = families.build_empty(transformers.AutoConfig.from_pretrained(model_dir))
-    families.read_index(model_dir)  # a missing file fails here, before any actor loads
+    check_weights(model_dir, base)  # damaged or missing files fail here, before any actor loads
     ranges = plan_blocks(block_weights(base, family), shards)
     pool.infos = []
     refs = [a.load.remote(model_dir, s, e, dtype, device) for a, (s, e) in zip(pool.actors, ranges)]

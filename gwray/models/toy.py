@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from gwray.errors import GwrayInputError
+from gwray.models.weights import open_weights
 
 TASKS = ("modular", "digits")
 STRATEGIES = ("joint", "curriculum")
@@ -210,8 +211,10 @@ def load_toy(path, device=None) -> tuple[ResidualMLP, list[str]]:
     if not weights.is_file():
         raise GwrayInputError(f"toy checkpoint {path}: no model.safetensors")
     model = build_model(meta)
+    with open_weights(weights) as f:
+        state = {name: f.get_tensor(name) for name in f.keys()}
     try:
-        model.load_state_dict(load_file(str(weights)))
+        model.load_state_dict(state)
     except RuntimeError as exc:
         raise GwrayInputError(f"toy checkpoint {weights}: tensors do not match toy.json "
                               f"({str(exc).splitlines()[0]})") from None
