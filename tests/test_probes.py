@@ -96,3 +96,67 @@ def test_batches_cover_every_sample_once_grouped_by_length(tmp_path):
     probe = load_probe(ProbeConfig(source=str(arrays), n_samples=10))
     got = list(probe.batches(4))  # arrays keep their order
     np.testing.assert_array_equal(np.concatenate([b["x"] for b in got]), np.arange(30.0).reshape(10, 3))
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+def test_a_line_that_is_not_utf8_is_named(tmp_path, suffix):
+    lines = [f"sentence number {i}" for i in range(6)]
+    encode = (lambda t: t) if suffix == ".txt" else (lambda t: json.dumps({"text": t}, ensure_ascii=False))
+    data = "".join(encode(t) + "\n" for t in lines[:4]).encode() + encode("café au lait").encode("latin-1")
+    path = tmp_path / f"p{suffix}"
+    path.write_bytes(data + b"\n" + "".join(encode(t) + "\n" for t in lines[4:]).encode())
+    msg = _error(ProbeConfig(source=str(path)), path, "line 5 is not UTF-8 (byte 0xe9", "iconv")
+    assert msg.startswith(f"probe file {path}: ")
+    path.write_bytes(b"\xef\xbb\xbf" + data.decode("latin-1").encode() + b"\n")  # fixed, with a BOM
+    probe = load_probe(ProbeConfig(source=str(path)))
+    assert probe.texts[0] == "sentence number 0" and probe.texts[4] == "café au lait"
+
+
+def test_a_damaged_parquet_probe_is_named(tmp_path):
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"text": [f"row {i}" for i in range(50)]}), path)
+    path.write_bytes(path.read_bytes()[:-40])  # an interrupted copy
+    _error(ProbeConfig(source=str(path)), f"probe file {path}: unreadable Parquet", "copy it again")
+
+
+def test_empty_texts_are_skipped_keeping_positions(tmp_path):
+    texts = ["alpha", "", "beta", "   ", "gamma"]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"text": t}) + "\n\n" for t in texts))
+    pq.write_table(pa.table({"text": texts}), tmp_path / "p.parquet")
+    jsonl = load_probe(ProbeConfig(source=str(tmp_path / "p.jsonl")))
+    assert jsonl.texts == ["alpha", "beta", "gamma"] and jsonl.sample_ids.tolist() == [0, 4, 8]
+    parquet = load_probe(ProbeConfig(source=str(tmp_path / "p.parquet")))
+    assert parquet.texts == ["alpha", "beta", "gamma"] and parquet.sample_ids.tolist() == [0, 2, 4]
+
+
+class _Counting:
+    """A tokenizer that records the longest text it was given."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.longest = tokenizer, 0
+
+    def __call__(self, texts, **kwargs):
+        self.longest = max([self.longest] + [len(t) for t in ([texts] if isinstance(texts, str) else texts)])
+        return self.tokenizer(texts, **kwargs)
+
+
+@pytest.mark.parametrize("max_tokens", [8, 64])
+def test_an_enormous_line_is_cut_to_the_tokens_of_the_whole_line(minilm_dir, max_tokens):
+    """A 2-million-character line (and one with long runs of spaces) gives the ids the whole
+    line's tokenization gives, without tokenizing it whole."""
+    import transformers as tf
+
+    from gwray.activations.probes import tokenize
+
+    tokenizer = tf.AutoTokenizer.from_pretrained(minilm_dir)
+    words = load_probe(ProbeConfig(n_samples=200)).texts
+    rng = np.random.default_rng(0)
+    huge = " ".join(rng.choice(" ".join(words).split(), 400_000))
+    spaced = "".join(w + " " * 3000 for w in words[0].split()) + " ".join(words)
+    counting = _Counting(tokenizer)
+    texts = [huge, "a short line", spaced]
+    got = tokenize(counting, texts, max_tokens)
+    whole = tokenizer(texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
+    assert np.array_equal(got["input_ids"].numpy(), whole["input_ids"].numpy())
+    assert np.array_equal(got["attention_mask"].numpy(), whole["attention_mask"].numpy())
+    assert len(huge) > 2_000_000 and counting.longest < 100_000

@@ -114,7 +114,7 @@ class BatchExtractor:
         with LayerCapture(self.loaded.module, self.specs, self.pooler) as capture:
             if "text" in batch:
                 enc = {k: v.to(device) for k, v in tokenize(self.loaded.tokenizer, list(batch["text"]),
-                                                             self.max_tokens).items()
+                                                             self.max_tokens, sids).items()
                        if k != "token_type_ids" or self.token_types}
                 if self.positions:
                     enc["position_ids"] = (enc["attention_mask"].cumsum(1) - 1).clamp_min(0)

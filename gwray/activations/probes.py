@@ -5,12 +5,17 @@ Sources (``probe.source``):
 - ``builtin:<name>`` — a set shipped in ``gwray/data/<name>.txt`` (``builtin:english``; see
   ``gwray/data/PROVENANCE.md``);
 - ``*.txt`` — one sample per line (blank lines are skipped);
-- ``*.jsonl`` / ``*.parquet`` — the text in key / column ``probe.field``;
+- ``*.jsonl`` / ``*.parquet`` — the text in key / column ``probe.field`` (empty texts are skipped);
 - ``*.npy`` — tensor inputs for non-text models, rows = samples.
 
 ``sample_id`` is a sample's position in its source (0-based line of a .txt / .jsonl, row of a
 .parquet / .npy), so results join back to the inputs. ``n_samples`` of them are drawn without
 replacement with ``seed`` and kept in source order.
+
+Dirty sources: text files must be UTF-8 (a byte that is not is an error naming its line; a
+leading byte-order mark is dropped), a damaged Parquet file is an error naming it, and a text
+longer than a few thousand characters is cut at a word boundary before tokenizing
+(:func:`tokenize`), so that one enormous line costs what a normal one does.
 """
 from __future__ import annotations
 
@@ -26,6 +31,9 @@ from gwray.config import DEFAULT_N_SAMPLES
 from gwray.errors import GwrayInputError
 
 BUILTIN_PREFIX = "builtin:"
+#: Texts longer than ``max_tokens`` × this many characters are cut before tokenizing (see
+#: :func:`tokenize`): a token covers a few characters, so the cut keeps every token truncation keeps.
+CHARS_PER_TOKEN = 32
 
 
 @dataclass
@@ -88,6 +96,20 @@ def builtin_names() -> list[str]:
     return sorted(p.name[:-4] for p in resources.files("gwray").joinpath("data").iterdir() if p.name.endswith(".txt"))
 
 
+def _read_text(path: Path) -> str:
+    """A UTF-8 text file (a leading byte-order mark dropped); another encoding is an error naming
+    the first line that is not UTF-8."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - data.rfind(b"\n", 0, exc.start)
+        raise GwrayInputError(f"probe file {path}: line {line} is not UTF-8 (byte 0x{data[exc.start]:02x} "
+                              f"at byte {column} of the line); convert the file to UTF-8, e.g. "
+                              f"iconv -f latin1 -t utf-8") from None
+
+
 def _read_lines(text: str) -> tuple[np.ndarray, list[str]]:
     lines = text.splitlines()
     keep = [i for i, line in enumerate(lines) if line.strip()]
@@ -96,7 +118,7 @@ def _read_lines(text: str) -> tuple[np.ndarray, list[str]]:
 
 def _read_jsonl(path: Path, field: str) -> tuple[np.ndarray, list[str]]:
     ids, texts = [], []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+    for i, line in enumerate(_read_text(path).splitlines()):
         if not line.strip():
             continue
         try:
@@ -107,6 +129,8 @@ def _read_jsonl(path: Path, field: str) -> tuple[np.ndarray, list[str]]:
             raise GwrayInputError(f"probe file {path}: line {i + 1} has no field {field!r} (config key probe.field)")
         if not isinstance(record[field], str):
             raise GwrayInputError(f"probe file {path}: field {field!r} on line {i + 1} is not a string")
+        if not record[field].strip():
+            continue
         ids.append(i)
         texts.append(record[field])
     return np.asarray(ids, dtype=np.int64), texts
@@ -116,17 +140,22 @@ def _read_parquet(path: Path, field: str) -> tuple[np.ndarray, list[str]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    names = pq.read_schema(path).names
-    if field not in names:
-        raise GwrayInputError(f"probe file {path}: no column {field!r} (config key probe.field; columns: "
-                              f"{', '.join(names)})")
-    col = pq.read_table(path, columns=[field]).column(0)
+    try:
+        names = pq.read_schema(path).names
+        if field not in names:
+            raise GwrayInputError(f"probe file {path}: no column {field!r} (config key probe.field; "
+                                  f"columns: {', '.join(names)})")
+        col = pq.read_table(path, columns=[field]).column(0)
+    except (pa.ArrowException, OSError) as exc:
+        raise GwrayInputError(f"probe file {path}: unreadable Parquet ({str(exc).strip().splitlines()[0]}); "
+                              "write or copy it again") from None
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
         raise GwrayInputError(f"probe file {path}: column {field!r} is {col.type}, not text")
     texts = col.to_pylist()
     if any(t is None for t in texts):
         raise GwrayInputError(f"probe file {path}: column {field!r} has nulls (row {texts.index(None)})")
-    return np.arange(len(texts), dtype=np.int64), texts
+    keep = [i for i, t in enumerate(texts) if t.strip()]
+    return np.asarray(keep, dtype=np.int64), [texts[i] for i in keep]
 
 
 def _read_source(source: str, field: str) -> tuple[np.ndarray, list[str] | None, np.ndarray | None]:
@@ -142,7 +171,7 @@ def _read_source(source: str, field: str) -> tuple[np.ndarray, list[str] | None,
         raise GwrayInputError(f"probe file {path}: not found (config key probe.source)")
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        return (*_read_lines(path.read_text(encoding="utf-8")), None)
+        return (*_read_lines(_read_text(path)), None)
     if suffix == ".jsonl":
         return (*_read_jsonl(path, field), None)
     if suffix == ".parquet":
@@ -207,8 +236,34 @@ def load_probe(cfg) -> ProbeSet:
     return ProbeSet(ids, texts, arrays, _hash(ids, texts, arrays), cfg.source, n_source)
 
 
-def tokenize(tokenizer, texts: list[str], max_tokens: int) -> dict:
+def _cut(tokenizer, text: str, max_tokens: int) -> str:
+    """``text``, or the leading whole words of a long one that tokenize to more tokens than
+    truncation keeps. Tokenizers split text into words at whitespace before their subword step,
+    so the words before a cut give the same tokens as in the whole text; 16 tokens of margin
+    cover tokenizers whose merges reach across a word. A text with no whitespace is not cut."""
+    budget = max_tokens * CHARS_PER_TOKEN
+    while len(text) > budget:
+        cut = max(text.rfind(c, 0, budget) for c in " \t\n")
+        if cut <= 0:
+            return text
+        head = text[:cut].rstrip()
+        if len(tokenizer(head, add_special_tokens=False)["input_ids"]) >= max_tokens + 16:
+            return head
+        budget *= 4
+    return text
+
+
+def tokenize(tokenizer, texts: list[str], max_tokens: int, sample_ids=None) -> dict:
     """Pad and truncate a batch of texts to at most ``max_tokens`` tokens.
+
+    A text longer than ``max_tokens`` × :data:`CHARS_PER_TOKEN` characters is cut at a word
+    boundary first, keeping more words than truncation keeps tokens (the ids are those of the
+    whole text), so that an enormous line is not tokenized whole.
+
+    Parameters
+    ----------
+    sample_ids : sequence of int, optional
+        The texts' sample ids, named in the error for a text without tokens.
 
     Returns
     -------
@@ -218,8 +273,12 @@ def tokenize(tokenizer, texts: list[str], max_tokens: int) -> dict:
     """
     if tokenizer is None:
         raise GwrayInputError("probe: text samples need a model with a tokenizer (use a .npy probe)")
-    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
+    texts = [_cut(tokenizer, t, max_tokens) for t in texts]
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
     empty = (enc["attention_mask"].sum(1) == 0).nonzero()
     if len(empty):
-        raise GwrayInputError(f"probe: sample text {texts[int(empty[0])]!r} has no tokens")
+        k = int(empty[0])
+        which = f"sample_id {int(sample_ids[k])} " if sample_ids is not None else ""
+        raise GwrayInputError(f"probe: sample {which}({texts[k][:80]!r}) has no tokens for this model's "
+                              "tokenizer; remove it from the probe")
     return dict(enc)

@@ -348,7 +348,7 @@ def extract_sharded(cfg, out, checkpoint: str, checkpoint_path: str | None, pool
 
     def batches():
         for part in probe.batches(size):
-            enc = tokenize(skeleton.tokenizer, part["text"], cfg.probe.max_tokens)
+            enc = tokenize(skeleton.tokenizer, part["text"], cfg.probe.max_tokens, part["sample_id"])
             yield {"sample_ids": np.asarray(part["sample_id"], dtype=np.int64), "input_ids": enc["input_ids"],
                    "attention_mask": enc["attention_mask"]}
 
