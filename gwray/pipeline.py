@@ -173,7 +173,7 @@ class _Run:
         # This run's ids in training order: by name, checkpoint-1000 would pair with -200, and
         # checkpoints an earlier config left in OUT would be planned too. Also writes gw_matrix.*.
         run_pairs(self.cfg, store, self.loc, progress=self.say.enabled,
-                  checkpoints=[c for c, _ in self.ckpts])
+                  checkpoints=[c for c, _ in self.ckpts], records=False)
         self.done("pairs", key, True)
 
     def communities(self, store) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
 from gwray.config import RunConfig
 from gwray.errors import GwrayInputError
@@ -70,20 +71,94 @@ class RunResult:
         return {c: comm["checkpoints"][c]["methods"][comm["method"]]["groups"] for c in self.checkpoints}
 
 
-def read_matrices(loc: Location, layers: dict):
-    """(gw, lower_bound, cross) matrices from gw_matrix.parquet and cross/gw_matrix.parquet."""
-    index = {c: {n: i for i, n in enumerate(names)} for c, names in layers.items()}
-    gw, lb = ({c: np.zeros((len(n), len(n))) for c, n in layers.items()} for _ in range(2))
-    for row in loc.child("gw_matrix.parquet").read_table().to_pylist():
-        c = row["checkpoint"]
-        ij = index[c][row["layer_i"]], index[c][row["layer_j"]]
-        gw[c][ij], lb[c][ij] = row["gw"], row["lower_bound"]
-    cross, where = {}, loc.child("cross", "gw_matrix.parquet")
-    for row in where.read_table().to_pylist() if where.exists() else []:
-        a, b = row["checkpoint_a"], row["checkpoint_b"]
-        m = cross.setdefault((a, b), np.zeros((len(layers[a]), len(layers[b]))))
-        m[index[a][row["layer_i"]], index[b][row["layer_j"]]] = row["gw"]
-    return gw, lb, cross
+def read_matrices(loc: Location, layers: dict) -> tuple[dict, dict, dict]:
+    """The GW matrices of a run directory: ``gw_matrix.parquet`` and ``cross/gw_matrix.parquet``.
+
+    Parameters
+    ----------
+    loc : Location
+        The run directory.
+    layers : dict
+        Checkpoint id → layer names in depth order (``run.json``'s ``layers``).
+
+    Returns
+    -------
+    gw, lower_bound : dict
+        Checkpoint id → (L, L) float64, symmetric, zero diagonal.
+    cross : dict
+        ``(a, b)`` → (L_a, L_b) float64 GW, rows = layers of ``a`` (NaN where a cell is absent).
+
+    Raises
+    ------
+    GwrayInputError
+        No ``gw_matrix.parquet`` or missing columns; a checkpoint or layer that ``layers`` does not
+        know; a cell of a checkpoint's matrix without a value. The message names the file.
+    """
+    where = loc.child("gw_matrix.parquet")
+    if not where.exists():
+        raise GwrayInputError(f"run directory {loc}: no gw_matrix.parquet")
+    table = where.read_table()
+    need = {"layer_i", "layer_j", "gw", "lower_bound"}
+    if not need <= set(table.column_names):
+        raise GwrayInputError(f"{where}: missing columns {', '.join(sorted(need - set(table.column_names)))}")
+    ids = list(layers)
+    ckpts = (table.column("checkpoint") if "checkpoint" in table.column_names
+             else pa.array([ids[0]] * table.num_rows, pa.string()))  # a one-model run's older file
+    c, i = _positions(layers, ckpts, table.column("layer_i"), where)
+    _, j = _positions(layers, ckpts, table.column("layer_j"), where)
+    values = table.column("gw").to_numpy(zero_copy_only=False)
+    bounds = table.column("lower_bound").to_numpy(zero_copy_only=False)
+    gw, lb = {}, {}
+    for k, cid in enumerate(ids):
+        sel, size = c == k, len(layers[cid])
+        for out, v in ((gw, values), (lb, bounds)):
+            m = np.full((size, size), np.nan)
+            m[i[sel], j[sel]] = m[j[sel], i[sel]] = v[sel]
+            np.fill_diagonal(m, 0.0)
+            out[cid] = m
+        if np.isnan(gw[cid]).any():
+            a, b = np.argwhere(np.isnan(gw[cid]))[0]
+            raise GwrayInputError(f"{where}: no gw value for checkpoint {cid!r} pair "
+                                  f"({layers[cid][a]}, {layers[cid][b]})")
+    return gw, lb, _read_cross(loc, layers)
+
+
+def _positions(layers: dict, ckpts, names, where: Location) -> tuple[np.ndarray, np.ndarray]:
+    """Checkpoint index and layer position per row; an unknown one is an error naming it."""
+    from gwray.scheduler.plan import layer_positions
+
+    c, pos = layer_positions(layers, ckpts, names)
+    bad = np.flatnonzero(pos < 0)
+    if bad.size:
+        ckpt, name = ckpts[int(bad[0])].as_py(), names[int(bad[0])].as_py()
+        if ckpt not in layers:
+            raise GwrayInputError(f"{where}: checkpoint {ckpt!r} is not in run.json")
+        raise GwrayInputError(f"{where}: layer {name!r} of checkpoint {ckpt!r} is not in run.json")
+    return c, pos
+
+
+def _read_cross(loc: Location, layers: dict) -> dict:
+    from gwray.scheduler.plan import layer_positions
+
+    where = loc.child("cross", "gw_matrix.parquet")
+    if not where.exists():
+        return {}
+    t = where.read_table(columns=["checkpoint_a", "checkpoint_b", "layer_i", "layer_j", "gw"])
+    ca, i = layer_positions(layers, t.column("checkpoint_a"), t.column("layer_i"))
+    cb, j = layer_positions(layers, t.column("checkpoint_b"), t.column("layer_j"))
+    bad = np.flatnonzero((i < 0) | (j < 0))
+    if bad.size:
+        r = {k: t.column(k)[int(bad[0])].as_py() for k in t.column_names}
+        raise GwrayInputError(f"{where}: layer {r['layer_i']!r} of {r['checkpoint_a']!r} or "
+                              f"{r['layer_j']!r} of {r['checkpoint_b']!r} is not in run.json")
+    ids, values, cross = list(layers), t.column("gw").to_numpy(zero_copy_only=False), {}
+    pair = ca * len(ids) + cb
+    for p in np.unique(pair):
+        a, b = ids[p // len(ids)], ids[p % len(ids)]
+        sel = pair == p
+        m = cross[(a, b)] = np.full((len(layers[a]), len(layers[b])), np.nan)
+        m[i[sel], j[sel]] = values[sel]
+    return cross
 
 
 def load_run(out) -> RunResult:

@@ -278,7 +278,7 @@ def size_run(cfg: RunConfig, rates: dict | None = None, calibrate_here: bool = T
     n = len(probe)
     rows = n * per_sample
     plan = plan_pairs(layers, cfg.compare.cross)
-    within = sum(t.within for t in plan)
+    within = plan.within_pairs
     n_layers = sum(len(v) for v in layers.values())
     storage = cfg.layers.storage_dtype
     act_bytes = sum(_activation_bytes(d, rows, cfg.probe.batch_size * per_sample, storage) for d in dims.values())

@@ -201,6 +201,10 @@ class Location:
         """Read one Parquet file (only ``columns``, when given: other columns' bytes are not read)."""
         return self._io("reading", lambda: pq.read_table(self.path, filesystem=self.fs, columns=columns))
 
+    def read_schema(self) -> pa.Schema:
+        """The schema (and key-value metadata) of one Parquet file, from its footer alone."""
+        return self._io("reading", lambda: pq.read_schema(self.path, filesystem=self.fs))
+
     def write_table(self, table: pa.Table, **parquet_options) -> None:
         """Write ``table`` as one Parquet file, atomically."""
         buf = io.BytesIO()

@@ -123,3 +123,32 @@ def test_batch_order_reuses_cost_matrices():
     # consecutive batches share matrices, so a worker running them in order reuses what it holds
     shared = [len(a.cost_keys & b.cost_keys) for a, b in zip(batches, batches[1:])]
     assert sum(s > 0 for s in shared) >= 0.8 * len(shared)
+
+
+@pytest.mark.parametrize("cross", ["none", "consecutive", "all", "final"])
+def test_positions_invert_the_plan(cross):
+    """Every planned key maps to its own position; keys the plan does not hold map to -1."""
+    plan = plan_pairs({"a": ["x", "y", "z"], "b": ["x", "y"], "c": ["x", "y", "z", "w"]}, cross)
+    tasks = list(plan)
+    cols = [[t.key[k] for t in tasks] for k in range(4)]
+    np.testing.assert_array_equal(plan.positions(*cols), np.arange(len(plan)))
+    assert [plan[k].key for k in (0, len(plan) - 1, -1)] == [tasks[0].key, tasks[-1].key, tasks[-1].key]
+    stray = [("a", "y", "a", "x"), ("a", "x", "a", "x"), ("a", "x", "zz", "y"), ("a", "w", "a", "z"),
+             ("c", "x", "a", "x")]  # j <= i within, unknown checkpoint / layer, the wrong direction
+    np.testing.assert_array_equal(plan.positions(*zip(*stray)), [-1] * len(stray))
+    assert plan.within_pairs == 3 + 1 + 6
+
+
+@pytest.mark.parametrize("batch_pairs", [1, 5, 16])
+def test_plan_batches_walk_what_is_left(batch_pairs):
+    """The lazy batches of a plan equal make_batches of the same pairs, also for a remainder."""
+    from gwray.scheduler.plan import plan_batches
+
+    layers = _layers([9, 9, 9])
+    sizes = {(c, layer): 16 for c, names in layers.items() for layer in names}
+    plan = plan_pairs(layers, "consecutive")
+    todo = np.random.default_rng(0).uniform(size=len(plan)) < 0.6
+    left = [t for t, keep in zip(plan, todo) if keep]
+    lazy, eager = list(plan_batches(plan, todo, sizes, batch_pairs)), make_batches(left, sizes, batch_pairs)
+    assert [[t.key for t in b.tasks] for b in lazy] == [[t.key for t in b.tasks] for b in eager]
+    assert sum(len(b) for b in lazy) == todo.sum() and all(len(b) == batch_pairs for b in lazy[:-1])

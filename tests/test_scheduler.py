@@ -102,6 +102,21 @@ def test_resume_skips_pairs_on_disk(finished, tmp_path):
     np.testing.assert_allclose(np.load(out / "gw_matrix.npy"), before, rtol=1e-12)
 
 
+def test_compacted_run_equals_an_uncompacted_one(finished, tmp_path):
+    """The finished run's 15 batches ended as one compacted file; a run that keeps one part file
+    per batch gives the same records and matrices."""
+    out, _, table = finished
+    assert [loc.name.split("-")[0] for loc in pairs_dir(out).files()] == ["compacted"]
+    other = tmp_path / "parts"
+    _write_run(other)
+    parts = run_pairs(_cfg(), ActivationStore(other), other, progress=False, compact_rows=0,
+                      flush_seconds=0)
+    assert len(pairs_dir(other).files()) == 15
+    np.testing.assert_array_equal(np.load(out / "gw_matrix.npy"), np.load(other / "gw_matrix.npy"))
+    gw = lambda t: dict(zip(row_keys(t), t.column("gw").to_pylist()))  # noqa: E731
+    assert gw(parts) == gw(table)
+
+
 @pytest.mark.parametrize("kind", ["garbage", "foreign", "columns"])
 def test_bad_file_in_pairs_names_it(ray_local, tmp_path, kind):
     out = tmp_path / "run"

@@ -37,7 +37,7 @@ from gwray.config import load_config
 from gwray.scheduler import run_pairs
 address, out, cfg = sys.argv[1], sys.argv[2], eval(sys.argv[3])
 ray.init(address=address, log_to_driver=False)
-run_pairs(load_config(cfg), ActivationStore(out), out, progress=False)
+run_pairs(load_config(cfg), ActivationStore(out), out, progress=False, flush_seconds=0)
 """
 
 
@@ -124,7 +124,7 @@ def test_killed_worker_process_is_replaced(cluster, reference, tmp_path):
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    table = run_pairs(load_config(CFG), ActivationStore(out), out, progress=False)
+    table = run_pairs(load_config(CFG), ActivationStore(out), out, progress=False, flush_seconds=0)
     thread.join()
     assert "pid" in killed, "no GW worker on the second node to kill"
     assert killed["files"] < BATCHES - 2, "the run finished before the kill"
@@ -179,7 +179,7 @@ def test_dead_node_batches_resubmitted(cluster, reference, tmp_path):
 
     thread = threading.Thread(target=remove_busy_node, daemon=True)
     thread.start()
-    table = run_pairs(load_config(CFG), ActivationStore(out), out, progress=False)
+    table = run_pairs(load_config(CFG), ActivationStore(out), out, progress=False, flush_seconds=0)
     thread.join()
     assert removed.get("files", BATCHES) < BATCHES - 2, "no node removed before the run ended"
     assert int(table.schema.metadata[b"solved"]) == TOTAL

@@ -20,9 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow.compute as pc
 
 from gwray.errors import GwrayInputError
 from gwray.gw.baselines import KINDS
+from gwray.result import read_matrices
 from gwray.storage import Location
 
 PAIR_COLUMNS = ("checkpoint_a", "layer_a", "checkpoint_b", "layer_b", "gw", "lower_bound", "init",
@@ -42,7 +44,6 @@ class RunData:
     lower_bound: dict
     communities: dict
     communities_source: str
-    pairs: list  # pair-record dicts (may be empty)
     cross: dict  # (ckpt_a, ckpt_b) → (L_a, L_b) GW matrix, rows = layers of ckpt_a
     baselines: dict  # ckpt → {kind: (L_c, L_c) float64}; only checkpoints that have them
 
@@ -54,6 +55,22 @@ class RunData:
         """``SubnetworkResult.to_dict()`` of one checkpoint and method (default: the run's)."""
         return self.communities["checkpoints"][ckpt]["methods"][method or self.method]
 
+    def pairs(self, ckpt: str) -> list[dict]:
+        """The records in ``pairs/`` of ``ckpt``'s pairs of layers (dicts of the
+        :data:`PAIR_COLUMNS` a file has; [] without ``pairs/``), read when asked: a sweep's
+        other checkpoints' records never become Python objects."""
+        out = []
+        for f in self.loc.child("pairs").files(".parquet"):
+            try:
+                t = f.read_table()
+            except Exception as exc:  # pyarrow raises several types for a corrupt file
+                raise GwrayInputError(f"{f}: not a readable Parquet file ({type(exc).__name__})") from None
+            if not {"checkpoint_a", "checkpoint_b"} <= set(t.column_names):
+                continue
+            mine = pc.and_(pc.equal(t.column("checkpoint_a"), ckpt), pc.equal(t.column("checkpoint_b"), ckpt))
+            out += t.select([c for c in PAIR_COLUMNS if c in t.column_names]).filter(mine).to_pylist()
+        return out
+
 
 def _checkpoints(info: dict, where: Location) -> tuple[list, dict]:
     entries = info.get("checkpoints")
@@ -64,66 +81,6 @@ def _checkpoints(info: dict, where: Location) -> tuple[list, dict]:
     if all(steps.get(c) is not None for c in ids):  # step order when every step is known
         ids = sorted(ids, key=lambda c: (steps[c], ids.index(c)))
     return ids, steps
-
-
-def _matrices(loc: Location, ckpts: list, layers: dict) -> tuple[dict, dict]:
-    where = loc.child("gw_matrix.parquet")
-    if not where.exists():
-        raise GwrayInputError(f"run directory {loc}: no gw_matrix.parquet")
-    table = where.read_table()
-    need = {"layer_i", "layer_j", "gw", "lower_bound"}
-    if not need <= set(table.column_names):
-        missing = ", ".join(sorted(need - set(table.column_names)))
-        raise GwrayInputError(f"{where}: missing columns {missing}")
-    rows = table.to_pydict()
-    cks = rows.get("checkpoint") or [ckpts[0]] * table.num_rows
-    index = {c: {n: i for i, n in enumerate(layers[c])} for c in ckpts}
-    gw = {c: np.full((len(layers[c]),) * 2, np.nan) for c in ckpts}
-    lb = {c: np.full((len(layers[c]),) * 2, np.nan) for c in ckpts}
-    for c, a, b, g, low in zip(cks, rows["layer_i"], rows["layer_j"], rows["gw"], rows["lower_bound"]):
-        if c not in index:
-            raise GwrayInputError(f"{where}: checkpoint {c!r} is not in run.json")
-        try:
-            i, j = (x if isinstance(x, (int, np.integer)) else index[c][x] for x in (a, b))
-        except KeyError as exc:
-            raise GwrayInputError(f"{where}: layer {exc.args[0]!r} of checkpoint {c!r} is not in run.json") from None
-        gw[c][i, j] = gw[c][j, i] = g
-        lb[c][i, j] = lb[c][j, i] = np.nan if low is None else low
-    for c in ckpts:
-        np.fill_diagonal(gw[c], 0.0)
-        np.fill_diagonal(lb[c], 0.0)
-        if np.isnan(gw[c]).any():
-            i, j = np.argwhere(np.isnan(gw[c]))[0]
-            raise GwrayInputError(f"{where}: no gw value for checkpoint {c!r} pair "
-                                  f"({layers[c][i]}, {layers[c][j]})")
-    return gw, lb
-
-
-def _pairs(loc: Location) -> list[dict]:
-    out = []
-    for f in loc.child("pairs").files(".parquet"):
-        try:
-            t = f.read_table()
-        except Exception as exc:  # pyarrow raises several types for a corrupt file
-            raise GwrayInputError(f"{f}: not a readable Parquet file ({type(exc).__name__})") from None
-        keep = [c for c in PAIR_COLUMNS if c in t.column_names]
-        out += t.select(keep).to_pylist()
-    return out
-
-
-def _cross(loc: Location, layers: dict) -> dict:
-    where = loc.child("cross", "gw_matrix.parquet")
-    if not where.exists():
-        return {}
-    out: dict = {}
-    t = where.read_table(columns=["checkpoint_a", "checkpoint_b", "layer_i", "layer_j", "gw"]).to_pydict()
-    for a, b, x, y, g in zip(*(t[k] for k in ("checkpoint_a", "checkpoint_b", "layer_i", "layer_j", "gw"))):
-        try:
-            m = out.setdefault((a, b), np.full((len(layers[a]), len(layers[b])), np.nan))
-            m[layers[a].index(x), layers[b].index(y)] = g
-        except (KeyError, ValueError):
-            raise GwrayInputError(f"{where}: layer {x!r} of {a!r} or {y!r} of {b!r} is not in run.json") from None
-    return out
 
 
 def _baselines(where: Location, comm: dict, layers: dict) -> dict:
@@ -189,7 +146,7 @@ def load_run_dir(out: Location | str) -> RunData:
     for c in ckpts:
         if not layers.get(c):
             raise GwrayInputError(f"{rj}: no layer names for checkpoint {c!r} under 'layers'")
-    gw, lb = _matrices(loc, ckpts, layers)
+    gw, lb, cross = read_matrices(loc, {c: layers[c] for c in ckpts})
     cj = loc.child("communities.json")
     if cj.exists():
         comm, source = cj.read_json(), "communities.json"
@@ -200,8 +157,8 @@ def load_run_dir(out: Location | str) -> RunData:
     else:
         comm = _computed_communities(info, ckpts, layers, gw)
         source = "computed by the report (no communities.json in the run directory)"
-    return RunData(loc, info, ckpts, steps, layers, gw, lb, comm, source, _pairs(loc),
-                   _cross(loc, layers), _baselines(cj, comm, layers))
+    return RunData(loc, info, ckpts, steps, layers, gw, lb, comm, source, cross,
+                   _baselines(cj, comm, layers))
 
 
 def solver_quality(data: RunData, ckpt: str) -> dict:
@@ -228,7 +185,7 @@ def solver_quality(data: RunData, ckpt: str) -> dict:
     q = {"pairs": int(g.size), "median_gap": float(np.median(gap)) if gap.size else None,
          "max_gap": float(gap.max()) if gap.size else None,
          "proven": int((gap <= 1e-6).sum() + (g == 0).sum())}
-    recs = [r for r in data.pairs if r.get("checkpoint_a") == ckpt and r.get("checkpoint_b") == ckpt]
+    recs = data.pairs(ckpt)
     if recs:
         col = lambda k: [r[k] for r in recs if r.get(k) is not None]  # noqa: E731
         inits: dict = {}

@@ -1,8 +1,10 @@
 """Which GW pairs to solve, the Ray workers that solve them, and the pair-results dataset.
 
 ``run_pairs`` is the stage entry point: plan the pairs of the checkpoints in the activation
-dataset, skip those already in ``OUT/pairs/``, fan the rest out over GW worker actors, write each
-finished batch as one Parquet file, then assemble ``gw_matrix.parquet`` / ``.npy``. Killing the
+dataset, skip those already in ``OUT/pairs/`` (read from its key columns), fan the rest out over
+GW worker actors batch by batch as the plan is walked, write the finished records to
+``OUT/pairs/`` (a part file every few seconds, compacted into files of a few thousand pairs:
+:mod:`gwray.scheduler.compaction`), then assemble ``gw_matrix.parquet`` / ``.npy``. Killing the
 driver and running the same command again resumes; Ray must already be initialised.
 """
 from __future__ import annotations
@@ -14,9 +16,10 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from gwray.scheduler.plan import Plan, PairTask, make_batches, plan_pairs, warm_sources
-from gwray.scheduler.results import (assemble_matrices, done_keys, load_records, load_states,
-                                     row_keys, warm_state, write_records)
+from gwray.scheduler.compaction import COMPACT_ROWS, FLUSH_SECONDS, PairSink
+from gwray.scheduler.plan import Plan, PairTask, plan_batches, plan_pairs, warm_sources
+from gwray.scheduler.results import (assemble_matrices, done_pairs, key_positions, load_records,
+                                     load_states, pairs_dir, RECORD_SCHEMA, warm_state)
 from gwray.storage import Location
 
 __all__ = ["run_pairs", "plan_for", "plan_pairs", "assemble_matrices", "PairTask", "Plan"]
@@ -59,13 +62,13 @@ class _Warm:
     :class:`~gwray.gw.warm.WarmState`) starts which pair, the states kept until every pair they
     start is handed out, and which batches must wait for a state still being solved."""
 
-    def __init__(self, plan: Plan, todo: list[PairTask], ids: dict, out: Location):
+    def __init__(self, plan: Plan, todo: np.ndarray, ids: dict, out: Location):
         sizes = {c: len(v) for c, v in ids.items()}
         same = {(a, b) for a in ids for b in ids  # permutations carry over between these
                 if sizes[a] == sizes[b] and np.array_equal(ids[a], ids[b])}
         self.sources = {k: src for k, src in warm_sources(plan).items()
                         if {(k[0], k[2]), (src[0][0], k[0]), (src[0][2], k[0])} <= same}
-        todo_keys = {t.key for t in todo}
+        todo_keys = {t.key for t, left in zip(plan, todo) if left}
         self.sources = {k: v for k, v in self.sources.items() if k in todo_keys}
         self.users: dict = {}  # source key → how many pairs not yet handed out start from it
         for src, _ in self.sources.values():
@@ -102,7 +105,8 @@ class _Warm:
 
 
 def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
-              checkpoints: list[str] | None = None) -> pa.Table:
+              checkpoints: list[str] | None = None, records: bool = True,
+              compact_rows: int = COMPACT_ROWS, flush_seconds: float = FLUSH_SECONDS) -> pa.Table:
     """Solve every planned GW pair of a run on Ray workers, resuming from ``OUT/pairs/``.
 
     Parameters
@@ -124,6 +128,15 @@ def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
     checkpoints : list of str, optional
         The run's checkpoint ids in training order (see :func:`plan_for`); default: every
         complete checkpoint of ``store``.
+    records : bool
+        Return the pair records; False returns an empty table with the same metadata (a
+        pipeline that does not need the records does not read them back).
+    compact_rows : int
+        Pairs per compacted file of ``pairs/`` (:data:`~gwray.scheduler.compaction.COMPACT_ROWS`);
+        0 leaves the part files as they were written.
+    flush_seconds : float
+        Finished records wait at most this long before they are written as a part file
+        (:data:`~gwray.scheduler.compaction.FLUSH_SECONDS`); 0: one part file per batch.
 
     Returns
     -------
@@ -131,7 +144,10 @@ def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
         One row per planned pair (DESIGN.md pair-record columns, plus ``file``). Schema metadata
         ``solved`` / ``resumed`` / ``cost_matrices`` count pairs solved in this call, pairs found
         on disk and cost matrices computed; ``warm_starts`` / ``warm_won`` the pairs offered a
-        warm plan and those it won, ``starts_pruned`` the configured starts the rule skipped.
+        warm plan and those it won, ``starts_pruned`` the configured starts the rule skipped;
+        ``plan_seconds`` (planning and reading what is done), ``startup_seconds`` (until the
+        first records came back, less their solving), ``assembly_seconds`` and ``files`` (in
+        ``pairs/`` at the end).
 
     Raises
     ------
@@ -148,28 +164,30 @@ def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
         raise RuntimeError("run_pairs needs Ray to be initialised (pipeline.py / jobs do it)")
     out, t0 = Location.parse(out), time.perf_counter()
     plan = plan_for(store, cfg.compare.cross, checkpoints)
-    done = done_keys(load_records(out)) & {t.key for t in plan}
-    todo = [t for t in plan if t.key not in done]
-    stats = {"solved": 0, "resumed": len(done), "cost_matrices": 0, "solver_seconds": 0.0,
-             "startup_seconds": 0.0, "wall_seconds": 0.0, "warm_starts": 0, "warm_won": 0,
-             "starts_pruned": 0}
+    done, files = done_pairs(out, plan)
+    todo = ~done
+    left = int(todo.sum())
+    stats = {"solved": 0, "resumed": len(plan) - left, "cost_matrices": 0, "solver_seconds": 0.0,
+             "plan_seconds": time.perf_counter() - t0, "startup_seconds": 0.0, "wall_seconds": 0.0,
+             "assembly_seconds": 0.0, "warm_starts": 0, "warm_won": 0, "starts_pruned": 0}
     workers = 0
-    if todo:
+    sink = PairSink(out, files, compact_rows=compact_rows, flush_seconds=flush_seconds)
+    if left:
         ids = {c: np.asarray(store.sample_ids(c)) for c in plan.layers}
         sizes = {(c, layer): len(ids[c]) for c, names in plan.layers.items() for layer in names}
         aligned = {(c, c) for c in ids} | {
             (a, b) for a, b in plan.checkpoint_pairs() if np.array_equal(ids[a], ids[b])}
-        batches = make_batches(todo, sizes, cfg.resources.batch_pairs)
-        workers = min(cfg.resources.workers, len(batches))
+        batch_pairs = cfg.resources.batch_pairs
+        workers = min(cfg.resources.workers, -(-left // batch_pairs))
         warm = _Warm(plan, todo, ids, out) if cfg.gw.warm_start else None
-        bar = tqdm(total=len(plan), initial=len(done), unit="pair", desc="GW pairs",
+        bar = tqdm(total=len(plan), initial=len(plan) - left, unit="pair", desc="GW pairs",
                    disable=not progress, file=sys.stderr, smoothing=0.1)
 
         def on_result(batch, records):
             if not stats["solved"]:  # actor start-up, first reads and costs: before any solving
                 stats["startup_seconds"] = (time.perf_counter() - t0
                                             - sum(r["seconds"] for r in records))
-            write_records(out, records)
+            sink.add(records)
             if warm is not None:
                 warm.finished(records)
             stats["solved"] += len(records)
@@ -179,31 +197,41 @@ def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
             stats["starts_pruned"] += sum(r.get("starts_pruned", 0) for r in records)
             bar.update(len(records))
 
+        def on_idle():
+            if sink.due():
+                sink.flush()
+
         pool = WorkerPool(workers, cfg.resources.cpus_per_worker, cfg.resources.gpus_per_worker,
                           store=store, metric=cfg.costs.metric, normalize=cfg.costs.normalize,
                           starts=list(cfg.gw.starts), max_iter=cfg.gw.max_iter, tol=cfg.gw.tol,
                           aligned=sorted(aligned), batched=cfg.resources.gpus_per_worker > 0,
                           keep_plans=warm is not None, warm_keep=cfg.gw.warm_keep)
         try:
-            pool.run(batches, on_result, ready=warm and warm.ready, payload=warm and warm.payload)
+            pool.run(plan_batches(plan, todo, sizes, batch_pairs), on_result,
+                     ready=warm and warm.ready, payload=warm and warm.payload,
+                     on_idle=on_idle, idle_seconds=max(flush_seconds, 0.1))
         finally:
+            sink.flush()  # what was solved is kept, also when a worker error stops the run
             stats["cost_matrices"] = pool.cost_tasks
             pool.shutdown()
             bar.close()
+    sink.close()
+    t1 = time.perf_counter()
+    assemble_matrices(out, plan)
+    stats["assembly_seconds"] = time.perf_counter() - t1
+    stats["files"] = len(pairs_dir(out).files())
     wall = stats["wall_seconds"] = time.perf_counter() - t0
     line = (f"GW pairs: {len(plan)} total, {stats['solved']} solved, {stats['resumed']} already "
             f"on disk, {stats['cost_matrices']} cost matrices; {wall:.1f} s wall, "
-            f"{stats['solver_seconds']:.1f} solver-s on {workers} workers")
+            f"{stats['solver_seconds']:.1f} solver-s on {workers} workers; {stats['files']} files "
+            f"in pairs/")
     if stats["warm_starts"]:
         line += (f"; {stats['warm_starts']} started from the previous checkpoint's plans (the "
                  f"warm plan won {stats['warm_won']}, {stats['starts_pruned']} starts pruned)")
     if progress:
         print(line, file=sys.stderr)
     log.info(line)
-    table = load_records(out)
-    assemble_matrices(out, plan, records=table)
-    keys = {t.key for t in plan}
-    mask = [k in keys for k in row_keys(table)]
-    table = table.filter(pa.array(mask, pa.bool_()))
+    table = load_records(out) if records else RECORD_SCHEMA.empty_table()
+    if records:
+        table = table.filter(pa.array(key_positions(plan, table) >= 0, pa.bool_()))
     return table.replace_schema_metadata({k: str(v) for k, v in stats.items()})
-

@@ -8,9 +8,14 @@ distinct layers: a worker that solved one batch already holds most cost matrices
 """
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from gwray.errors import GwrayInputError
 
@@ -53,8 +58,53 @@ class PairTask:
         return (self.checkpoint_a, self.layer_a), (self.checkpoint_b, self.layer_b)
 
 
-class Plan(list):
-    """The planned pairs: a ``list[PairTask]`` that also remembers what it was planned from.
+@dataclass(frozen=True)
+class Block:
+    """The pairs of one checkpoint pair, a contiguous range of the plan.
+
+    Attributes
+    ----------
+    a, b : str
+        Checkpoint ids; ``a == b``: the layer pairs ``i < j`` of ``a``; else every layer of ``a``
+        (rows) against every layer of ``b`` (columns).
+    offset : int
+        Plan position of the block's first pair.
+    rows, cols : int
+        Layers of ``a`` and of ``b``.
+    """
+
+    a: str
+    b: str
+    offset: int
+    rows: int
+    cols: int
+
+    @property
+    def within(self) -> bool:
+        return self.a == self.b
+
+    @property
+    def size(self) -> int:
+        """Pairs in the block: ``L (L - 1) / 2`` within a checkpoint, ``L_a L_b`` across."""
+        return self.rows * (self.rows - 1) // 2 if self.within else self.rows * self.cols
+
+    def ij(self) -> tuple[np.ndarray, np.ndarray]:
+        """Layer positions ``(i, j)`` of the block's pairs in plan order, each (size,) int64."""
+        return _block_ij(self.rows, self.cols, self.within)
+
+
+@functools.lru_cache(maxsize=16)
+def _block_ij(rows: int, cols: int, within: bool) -> tuple[np.ndarray, np.ndarray]:
+    i, j = np.triu_indices(rows, 1) if within else np.divmod(np.arange(rows * cols), cols)
+    i, j = i.astype(np.int64), j.astype(np.int64)
+    i.flags.writeable = j.flags.writeable = False  # shared by every block of this shape
+    return i, j
+
+
+class Plan(Sequence):
+    """The planned pairs, a read-only sequence of :class:`PairTask` in plan order, held as blocks
+    (one per checkpoint pair) rather than as task objects: a 100-checkpoint × 80-layer sweep's
+    950,000 pairs cost a few arrays, and a task is made when it is read.
 
     Attributes
     ----------
@@ -62,16 +112,124 @@ class Plan(list):
         Checkpoint ids in order → their layer names in depth order.
     cross : str
         The ``compare.cross`` mode.
+    blocks : list of Block
+        In plan order (see :func:`plan_pairs`).
     """
 
-    def __init__(self, tasks: Sequence[PairTask], layers: Mapping[str, Sequence[str]], cross: str):
-        super().__init__(tasks)
+    def __init__(self, layers: Mapping[str, Sequence[str]], cross: str,
+                 pairs: Sequence[tuple[str, str]] | None = None):
         self.layers = {c: list(names) for c, names in layers.items()}
         self.cross = cross
+        pairs = checkpoint_pairs(list(self.layers), cross) if pairs is None else list(pairs)
+        self.blocks: list[Block] = []
+        offset = 0
+        for c, names in self.layers.items():  # training order: all of c's pairs before the next one's
+            for a, b in [(c, c)] + [p for p in pairs if p[1] == c and p[0] != c]:
+                block = Block(a, b, offset, len(self.layers[a]), len(names))
+                self.blocks.append(block)
+                offset += block.size
+        self._len = offset
+        self._starts = np.array([b.offset for b in self.blocks], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self._task(p) for p in range(*k.indices(self._len))]
+        k = int(k) + (self._len if k < 0 else 0)
+        if not 0 <= k < self._len:
+            raise IndexError("plan position out of range")
+        return self._task(k)
+
+    def __iter__(self):
+        for block in self.blocks:
+            yield from self.tasks(block)
+
+    def _task(self, position: int) -> PairTask:
+        block = self.blocks[int(np.searchsorted(self._starts, position, side="right")) - 1]
+        i, j = block.ij()
+        k = position - block.offset
+        return PairTask(block.a, self.layers[block.a][i[k]], block.b, self.layers[block.b][j[k]],
+                        int(i[k]), int(j[k]))
+
+    def tasks(self, block: Block, local: np.ndarray | None = None) -> list[PairTask]:
+        """The block's tasks (only those at block positions ``local``, when given), in plan order."""
+        i, j = block.ij()
+        if local is not None:
+            i, j = i[local], j[local]
+        na, nb = self.layers[block.a], self.layers[block.b]
+        return [PairTask(block.a, na[x], block.b, nb[y], x, y) for x, y in zip(i.tolist(), j.tolist())]
+
+    @property
+    def within_pairs(self) -> int:
+        """Pairs inside checkpoints (the rest are across checkpoints)."""
+        return sum(b.size for b in self.blocks if b.within)
 
     def checkpoint_pairs(self) -> list[tuple[str, str]]:
         """The ``(a, b)`` checkpoint pairs that get a cross-checkpoint matrix, in plan order."""
-        return checkpoint_pairs(list(self.layers), self.cross)
+        return [(b.a, b.b) for b in self.blocks if not b.within]
+
+    def positions(self, checkpoint_a, layer_a, checkpoint_b, layer_b) -> np.ndarray:
+        """Plan position of each pair given as four equal-length columns of names.
+
+        Parameters
+        ----------
+        checkpoint_a, layer_a, checkpoint_b, layer_b : pyarrow array, chunked array or sequence of str
+            Pair keys, e.g. the key columns of a pair-results file.
+
+        Returns
+        -------
+        numpy.ndarray, (rows,) int64
+            The position in the plan, or -1 for a pair the plan does not hold (another checkpoint,
+            layer or checkpoint pair, or a within pair stored as ``i >= j``).
+        """
+        ca, ia = layer_positions(self.layers, checkpoint_a, layer_a)
+        cb, ib = layer_positions(self.layers, checkpoint_b, layer_b)
+        index = {c: k for k, c in enumerate(self.layers)}
+        table = np.full((len(index) + 1, len(index) + 1), -1, dtype=np.int64)  # row/col -1: unknown
+        for k, block in enumerate(self.blocks):
+            table[index[block.a], index[block.b]] = k
+        blk = table[ca, cb]
+        ok = (blk >= 0) & (ia >= 0) & (ib >= 0)
+        blk = np.where(ok, blk, 0)
+        rows = np.array([b.rows for b in self.blocks], dtype=np.int64)[blk]
+        cols = np.array([b.cols for b in self.blocks], dtype=np.int64)[blk]
+        within = np.array([b.within for b in self.blocks], dtype=bool)[blk]
+        ok &= ~within | (ia < ib)
+        local = np.where(within, ia * rows - ia * (ia + 1) // 2 + (ib - ia - 1), ia * cols + ib)
+        return np.where(ok, self._starts[blk] + local, -1)
+
+
+def layer_positions(layers: Mapping[str, Sequence[str]], checkpoints, names) -> tuple[np.ndarray, np.ndarray]:
+    """Where each row's layer is: its checkpoint's index in ``layers`` and the layer's position in
+    that checkpoint, vectorised (Arrow), for columns of millions of rows.
+
+    Parameters
+    ----------
+    layers : mapping of str to sequence of str
+        Checkpoint ids in order → layer names in depth order.
+    checkpoints, names : pyarrow array, chunked array or sequence of str
+        One checkpoint id and one layer name per row.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray), each (rows,) int64
+        -1 in both where the checkpoint or the layer is unknown.
+    """
+    known = pa.array([f"{c}\0{n}" for c, ns in layers.items() for n in ns], pa.string())
+    # the index and depth of each known (checkpoint, layer), and -1 last: where unknown rows go
+    ckpt = np.array([k for k, ns in enumerate(layers.values()) for _ in ns] + [-1], dtype=np.int64)
+    depth = np.array([p for ns in layers.values() for p in range(len(ns))] + [-1], dtype=np.int64)
+    joined = pc.binary_join_element_wise(_strings(checkpoints), _strings(names), "\0")
+    found = pc.fill_null(pc.index_in(joined, value_set=known), -1).to_numpy(zero_copy_only=False)
+    return ckpt[found], depth[found]
+
+
+def _strings(values):
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values.cast(pa.string()) if pa.types.is_dictionary(values.type) else values
+    return pa.array(list(values), pa.string())
 
 
 @dataclass(frozen=True)
@@ -91,10 +249,11 @@ class Batch:
     tasks: tuple[PairTask, ...]
     n: tuple[int, int]
 
-    @property
-    def cost_keys(self) -> set[LayerKey]:
-        """Every (checkpoint, layer) whose cost matrix the batch needs."""
-        return {k for t in self.tasks for k in t.cost_keys}
+    @functools.cached_property
+    def cost_keys(self) -> frozenset[LayerKey]:
+        """Every (checkpoint, layer) whose cost matrix the batch needs (computed once: the pool
+        asks for it on every placement decision)."""
+        return frozenset(k for t in self.tasks for k in t.cost_keys)
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -131,10 +290,11 @@ def plan_pairs(layers: Mapping[str, Sequence[str]], cross: str = "none") -> Plan
     Returns
     -------
     Plan
-        A list of :class:`PairTask` in training order: per checkpoint ``c`` its ``L (L - 1) / 2``
-        pairs ``i < j``, then, per checkpoint pair ``(A, c)`` ending at ``c``, the ``L_A × L_c``
-        pairs (including equal positions ``i == j``). Warm starts (:func:`warm_sources`) rely on
-        this order: a pair's source is always planned before it.
+        A sequence of :class:`PairTask` in training order: per checkpoint ``c`` its
+        ``L (L - 1) / 2`` pairs ``i < j`` (row by row), then, per checkpoint pair ``(A, c)`` ending
+        at ``c``, the ``L_A × L_c`` pairs (row by row, including equal positions ``i == j``).
+        Warm starts (:func:`warm_sources`) rely on this order: a pair's source is always planned
+        before it.
 
     Raises
     ------
@@ -147,14 +307,7 @@ def plan_pairs(layers: Mapping[str, Sequence[str]], cross: str = "none") -> Plan
             if name in seen:
                 raise GwrayInputError(f"checkpoint {ckpt!r}: layer {name!r} listed twice")
             seen.add(name)
-    tasks, pairs = [], checkpoint_pairs(list(layers), cross)
-    for c, names in layers.items():  # training order: all of c's pairs before the next one's
-        tasks += [PairTask(c, names[i], c, names[j], i, j)
-                  for i in range(len(names)) for j in range(i + 1, len(names))]
-        for a, b in (p for p in pairs if p[1] == c):
-            tasks += [PairTask(a, la, b, lb, i, j)
-                      for i, la in enumerate(layers[a]) for j, lb in enumerate(layers[b])]
-    return Plan(tasks, layers, cross)
+    return Plan(layers, cross)
 
 
 def warm_sources(plan: Plan) -> dict[PairKey, tuple[PairKey, bool]]:
@@ -196,7 +349,9 @@ def make_batches(tasks: Sequence[PairTask], sizes: Mapping[LayerKey, int],
 
     Within a checkpoint pair the ``i × j`` grid is cut into bands of ``w = ⌊√batch_pairs⌋`` rows
     and walked column by column, so a batch of ``B`` pairs needs about ``w + B / w ≈ 2√B`` cost
-    matrices (not ``2B``) and the next batch shares the band's ``w`` rows with it.
+    matrices (not ``2B``) and the next batch shares the band's ``w`` rows with it. Checkpoint
+    pairs follow each other in the order they first appear in ``tasks``; a batch may run on
+    into the next one.
 
     Parameters
     ----------
@@ -205,28 +360,63 @@ def make_batches(tasks: Sequence[PairTask], sizes: Mapping[LayerKey, int],
     sizes : mapping of (checkpoint, layer) to int
         Rows ``n`` of each layer's activations.
     batch_pairs : int
-        Maximum pairs per batch (``resources.batch_pairs``); the last batch of a size group
-        may be smaller.
+        Maximum pairs per batch (``resources.batch_pairs``); the last batch of each problem
+        size may be smaller.
 
     Returns
     -------
     list of Batch
     """
-    if batch_pairs < 1:
-        raise GwrayInputError(f"resources.batch_pairs: must be >= 1 (got {batch_pairs})")
+    _check_batch_pairs(batch_pairs)
     for t in tasks:
         for key in t.cost_keys:
             if key not in sizes:
                 raise GwrayInputError(f"checkpoint {key[0]!r}: layer {key[1]!r} has no activations")
-    width = max(1, math.isqrt(batch_pairs))
-    blocks: dict[tuple[str, str], int] = {}
-    groups: dict[tuple[int, int], list[PairTask]] = {}
+    blocks: dict[tuple[str, str], list[PairTask]] = {}
     for t in tasks:
-        blocks.setdefault((t.checkpoint_a, t.checkpoint_b), len(blocks))
-        groups.setdefault((sizes[t.cost_keys[0]], sizes[t.cost_keys[1]]), []).append(t)
-    batches: list[Batch] = []
-    for n, members in groups.items():
-        members.sort(key=lambda t: (blocks[t.checkpoint_a, t.checkpoint_b], t.i // width, t.j, t.i))
-        for start in range(0, len(members), batch_pairs):
-            batches.append(Batch(len(batches), tuple(members[start:start + batch_pairs]), n))
-    return batches
+        blocks.setdefault((t.checkpoint_a, t.checkpoint_b), []).append(t)
+    return list(_batches(blocks.values(), sizes, batch_pairs))
+
+
+def plan_batches(plan: Plan, todo: np.ndarray, sizes: Mapping[LayerKey, int],
+                 batch_pairs: int) -> Iterator[Batch]:
+    """:func:`make_batches` of the plan's pairs where ``todo`` is True, made as they are consumed:
+    one block's tasks at a time, never the whole plan's.
+
+    Parameters
+    ----------
+    plan : Plan
+    todo : numpy.ndarray, (len(plan),) bool
+        Which pairs to solve.
+    sizes, batch_pairs
+        As :func:`make_batches`; ``sizes`` must hold every layer of the plan.
+    """
+    _check_batch_pairs(batch_pairs)
+    blocks = (plan.tasks(b, np.flatnonzero(todo[b.offset:b.offset + b.size])) for b in plan.blocks)
+    return _batches(blocks, sizes, batch_pairs)
+
+
+def _check_batch_pairs(batch_pairs: int) -> None:
+    if batch_pairs < 1:
+        raise GwrayInputError(f"resources.batch_pairs: must be >= 1 (got {batch_pairs})")
+
+
+def _batches(blocks: Iterable[list[PairTask]], sizes: Mapping[LayerKey, int],
+             batch_pairs: int) -> Iterator[Batch]:
+    """Batches of the tasks of each block (one checkpoint pair's tasks) in band order; tasks of
+    one problem size wait for the next block to fill their batch."""
+    width = max(1, math.isqrt(batch_pairs))
+    open_: dict[tuple[int, int], list[PairTask]] = {}  # problem size → tasks not yet batched
+    count = 0
+    for tasks in blocks:
+        for t in sorted(tasks, key=lambda t: (t.i // width, t.j, t.i)):
+            n = (sizes[t.cost_keys[0]], sizes[t.cost_keys[1]])
+            members = open_.setdefault(n, [])
+            members.append(t)
+            if len(members) == batch_pairs:
+                yield Batch(count, tuple(members), n)
+                count += 1
+                del open_[n]
+    for n, members in open_.items():
+        yield Batch(count, tuple(members), n)
+        count += 1

@@ -4,7 +4,7 @@ How costs travel and how failures are handled is described in :mod:`gwray.schedu
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import ray
@@ -38,7 +38,8 @@ class WorkerPool:
         Batches queued per actor, so a worker starts its next batch while the driver is still
         writing the previous one (1 once fewer batches than workers are left).
     window : int
-        How many queued batches the affinity search looks at.
+        How many batches the pool takes ahead from its source; the affinity search looks at
+        them all.
     **worker_kwargs
         Passed to :class:`GWWorker`.
     """
@@ -53,6 +54,7 @@ class WorkerPool:
         self.batched = worker_kwargs.get("batched", False)
         self.costs: dict[LayerKey, tuple[object, int]] = {}  # key → (ref, slot index)
         self.ready: set[LayerKey] = set()
+        self.waiting: dict = {}  # ref → key of the cost tasks not finished yet
         self.cost_tasks = 0  # cost matrices computed (by GPU workers: built where not held)
 
     def _usable(self, batch: Batch, idx: int) -> bool:
@@ -75,7 +77,8 @@ class WorkerPool:
             self.cost_tasks += len(batch.cost_keys - slot.held)
         else:
             for key in sorted(batch.cost_keys - set(self.costs)):
-                self.costs[key] = (slot.actor.cost.remote(*key), idx)
+                ref = slot.actor.cost.remote(*key)
+                self.costs[key], self.waiting[ref] = (ref, idx), key
                 self.cost_tasks += 1
             refs = {k: self.costs[k][0] for k in batch.cost_keys}
         slot.held |= batch.cost_keys
@@ -84,7 +87,8 @@ class WorkerPool:
 
     def _forget(self, keys: Iterable[LayerKey]) -> None:
         for k in keys:
-            self.costs.pop(k, None)
+            ref, _ = self.costs.pop(k, (None, None))
+            self.waiting.pop(ref, None)
             self.ready.discard(k)
             for s in self.slots:
                 s.held.discard(k)
@@ -97,14 +101,18 @@ class WorkerPool:
         if slot.ping is None:
             slot.ping = slot.actor.ping.remote()
 
-    def run(self, batches: Sequence[Batch], on_result: Callable[[Batch, list[dict]], None],
+    def run(self, batches: Iterable[Batch], on_result: Callable[[Batch, list[dict]], None],
             ready: Callable[[Batch], bool] | None = None,
-            payload: Callable[[Batch], dict] | None = None) -> None:
+            payload: Callable[[Batch], dict] | None = None,
+            on_idle: Callable[[], None] | None = None, idle_seconds: float = 1.0) -> None:
         """Solve every batch; call ``on_result(batch, records)`` in the driver as each finishes.
 
-        ``ready(batch)`` holds a batch back while False (e.g. until the plans it starts from are
-        solved; when no batch is ready and none runs, the first pending one goes anyway), and
-        ``payload(batch)``, called as it is handed out, is passed to ``GWWorker.solve`` as ``warm``.
+        ``batches`` is consumed as work is handed out (a generator never has to exist as a list):
+        the pool holds :attr:`window` batches ahead. ``ready(batch)`` holds a batch back while
+        False (e.g. until the plans it starts from are solved; when no batch is ready and none
+        runs, the first pending one goes anyway), and ``payload(batch)``, called as it is handed
+        out, is passed to ``GWWorker.solve`` as ``warm``. ``on_idle()`` is called whenever
+        ``idle_seconds`` pass without any batch finishing.
 
         Raises
         ------
@@ -113,14 +121,24 @@ class WorkerPool:
         Exception
             A solver error inside a worker (bad input is not retried).
         """
-        pending, attempts = list(batches), {b.index: 0 for b in batches}
+        source, pending, attempts = iter(batches), [], {}
         inflight: dict = {}  # solve ref → (batch, slot index)
         ready = ready or (lambda batch: True)
-        while pending or inflight:
+        more = True  # the source may hold more batches
+        while True:
+            while more and len(pending) < self.window:
+                batch = next(source, None)
+                if batch is None:
+                    more = False
+                else:
+                    pending.append(batch)
+                    attempts[batch.index] = 0
+            if not (pending or inflight):
+                return
             for idx, slot in enumerate(self.slots):
                 # queue ahead only while there is work for everyone: near the end a second queued
                 # batch would leave another worker idle
-                depth = self.depth if len(pending) >= len(self.slots) else 1
+                depth = self.depth if more or len(pending) >= len(self.slots) else 1
                 while pending and slot.ping is None and slot.running < depth:
                     stuck = not inflight  # nothing runs that could make a batch ready
                     pos = self._pick(pending, idx, (lambda b: True) if stuck else ready)
@@ -129,13 +147,15 @@ class WorkerPool:
                     batch = pending.pop(pos)
                     extra = payload(batch) if payload else None
                     inflight[self._submit(batch, idx, extra)] = (batch, idx)
-            waiting = {self.costs[k][0]: k for k in self.costs if k not in self.ready}
             pings = {s.ping: i for i, s in enumerate(self.slots) if s.ping is not None}
-            done, _ = ray.wait(list(inflight) + list(waiting) + list(pings), num_returns=1,
-                               fetch_local=False)
+            done, _ = ray.wait(list(inflight) + list(self.waiting) + list(pings), num_returns=1,
+                               fetch_local=False, timeout=idle_seconds if on_idle else None)
+            if not done:
+                on_idle()
+                continue
             ref = done[0]
-            if ref in waiting:
-                self.ready.add(waiting[ref])
+            if ref in self.waiting:
+                self.ready.add(self.waiting.pop(ref))
             elif ref in pings:
                 self._pinged(pings[ref], ref)
             else:
@@ -145,6 +165,7 @@ class WorkerPool:
                 if records is None:
                     pending.insert(0, batch)
                 else:
+                    del attempts[batch.index]
                     on_result(batch, records)
 
     def _pinged(self, idx: int, ref) -> None:

@@ -1,13 +1,17 @@
 """The pair-results dataset ``OUT/pairs/`` and the GW matrices assembled from it.
 
-Each finished batch becomes one whole Parquet file (written atomically through
-:meth:`gwray.storage.Location.write_table`), so a killed driver leaves only complete files and a
-restarted run skips every pair already on disk. Assembly checks that each planned pair is present
-exactly once before it writes ``gw_matrix.parquet`` / ``gw_matrix.npy`` (and ``cross/``).
+Finished pairs reach ``pairs/`` as whole Parquet files (written atomically through
+:meth:`gwray.storage.Location.write_table`): ``part-*.parquet`` as they are solved, merged into
+``compacted-*.parquet`` files of a few thousand pairs (:mod:`gwray.scheduler.compaction`). A
+killed driver leaves only complete files, and a restarted run skips every pair already on disk,
+reading the key columns only. Assembly streams the files column by column and checks that each
+planned pair is present exactly once before it writes ``gw_matrix.parquet`` / ``gw_matrix.npy``
+(and ``cross/``).
 """
 from __future__ import annotations
 
 import io
+import json
 import re
 import uuid
 from collections.abc import Sequence
@@ -17,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from gwray.errors import GwrayInputError
-from gwray.scheduler.plan import PairTask, checkpoint_pairs
+from gwray.scheduler.plan import PairTask, Plan
 from gwray.storage import Location
 
 if TYPE_CHECKING:  # the solver (numba, POT) is imported where a state is built, not by the driver
@@ -31,11 +35,19 @@ PAIR_SCHEMA = pa.schema([
     ("n", pa.int32()), ("solver", pa.string()),
 ])
 KEY_COLUMNS = ["checkpoint_a", "layer_a", "checkpoint_b", "layer_b"]
+RECORD_SCHEMA = PAIR_SCHEMA.append(pa.field("file", pa.string()))
+"""What :func:`load_records` returns: the pair records and the file each came from."""
 MATRIX_SCHEMA = pa.schema([("checkpoint", pa.string()), ("layer_i", pa.string()),
                            ("layer_j", pa.string()), ("gw", pa.float64()),
                            ("lower_bound", pa.float64())])
 CROSS_SCHEMA = pa.schema([("checkpoint_a", pa.string()), ("checkpoint_b", pa.string())]
                          + [MATRIX_SCHEMA.field(k) for k in ("layer_i", "layer_j", "gw", "lower_bound")])
+
+
+PART_PREFIX, COMPACTED_PREFIX = "part-", "compacted-"
+"""File names in ``pairs/``: records as they were solved, and those merged by compaction."""
+REPLACES = b"gwray.replaces"
+"""Parquet metadata key of a compacted file: the JSON list of the file names it replaced."""
 
 
 def pairs_dir(out: Location | str) -> Location:
@@ -64,40 +76,100 @@ def records_table(records: Sequence[dict]) -> pa.Table:
 
 
 def write_records(out: Location | str, records: Sequence[dict]) -> Location:
-    """Append one batch of pair records to ``OUT/pairs/`` as a new whole Parquet file.
+    """Append pair records to ``OUT/pairs/`` as a new whole Parquet file.
 
     Returns
     -------
     Location
         The file written (``pairs/part-<uuid>.parquet``); readers never see it half-written.
     """
-    target = pairs_dir(out).child(f"part-{uuid.uuid4().hex}.parquet")
+    target = pairs_dir(out).child(f"{PART_PREFIX}{uuid.uuid4().hex}.parquet")
     target.write_table(records_table(records))
     return target
 
 
-def _read_one(loc: Location) -> pa.Table:
+def read_pairs(loc: Location, columns: Sequence[str] | None = None) -> pa.Table:
+    """One file of ``pairs/``, checked: every :data:`PAIR_SCHEMA` column present with its type
+    (cast), keys and ``gw`` without missing values, ``gw`` finite.
+
+    Parameters
+    ----------
+    loc : Location
+    columns : sequence of str, optional
+        Read only these :data:`PAIR_SCHEMA` columns (the others' bytes are not read; the schema
+        is still checked); default all of them, in schema order.
+
+    Returns
+    -------
+    pyarrow.Table
+        ``columns`` with the :data:`PAIR_SCHEMA` types; the schema metadata is the file's.
+
+    Raises
+    ------
+    GwrayInputError
+        Naming the file: not ``.parquet``, unreadable, missing columns, wrong types, missing or
+        non-finite values.
+    """
     if not loc.name.endswith(".parquet"):
         raise GwrayInputError(f"pair results file {loc}: not a .parquet file (foreign file in pairs/)")
+    columns = PAIR_SCHEMA.names if columns is None else list(columns)
     try:
-        table = loc.read_table()
+        schema = loc.read_schema()
     except (pa.ArrowException, OSError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise GwrayInputError(f"pair results file {loc}: unreadable Parquet ({msg})") from None
-    missing = [f for f in PAIR_SCHEMA.names if f not in table.column_names]
+    missing = [f for f in PAIR_SCHEMA.names if f not in schema.names]
     if missing:
         raise GwrayInputError(f"pair results file {loc}: not a pair-results file "
                               f"(missing columns {', '.join(missing)})")
     try:
-        table = table.select(PAIR_SCHEMA.names).cast(PAIR_SCHEMA)
+        table = loc.read_table(columns=columns)
+    except (pa.ArrowException, OSError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise GwrayInputError(f"pair results file {loc}: unreadable Parquet ({msg})") from None
+    try:
+        table = table.cast(pa.schema([PAIR_SCHEMA.field(c) for c in columns], schema.metadata))
     except (pa.ArrowException, ValueError) as exc:
         raise GwrayInputError(f"pair results file {loc}: wrong column types ({exc})") from None
-    for name in KEY_COLUMNS + ["gw"]:
+    for name in [c for c in KEY_COLUMNS + ["gw"] if c in columns]:
         if table.column(name).null_count:
             raise GwrayInputError(f"pair results file {loc}: column {name} has missing values")
-    if not np.all(np.isfinite(table.column("gw").to_numpy())):
+    if "gw" in columns and not np.all(np.isfinite(table.column("gw").to_numpy())):
         raise GwrayInputError(f"pair results file {loc}: column gw has non-finite values")
-    return table.append_column("file", pa.array([str(loc)] * table.num_rows, pa.string()))
+    return table
+
+
+def pair_files(out: Location | str) -> list[Location]:
+    """The files of ``OUT/pairs/``, after finishing any compaction a killed run left half done.
+
+    A compacted file lists the files it replaced in its metadata (:data:`REPLACES`); those
+    still present hold only pairs the compacted file holds too, and are removed here, so that
+    every pair is on disk once.
+
+    Raises
+    ------
+    GwrayInputError
+        A compacted file that cannot be read (named).
+    """
+    files = pairs_dir(out).files()
+    replaced: set[str] = set()
+    for loc in files:
+        if loc.name.startswith(COMPACTED_PREFIX) and loc.name.endswith(".parquet"):
+            replaced |= set(replaced_by(loc))
+    for loc in files:
+        if loc.name in replaced:
+            loc.remove()
+    return [loc for loc in files if loc.name not in replaced]
+
+
+def replaced_by(loc: Location) -> list[str]:
+    """Names of the files a compacted file replaced (its :data:`REPLACES` metadata)."""
+    try:
+        meta = loc.read_schema().metadata or {}
+    except (pa.ArrowException, OSError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise GwrayInputError(f"pair results file {loc}: unreadable Parquet ({msg})") from None
+    return json.loads(meta.get(REPLACES, b"[]"))
 
 
 def load_records(out: Location | str) -> pa.Table:
@@ -109,10 +181,39 @@ def load_records(out: Location | str) -> pa.Table:
         A file in ``pairs/`` that is not Parquet, cannot be read, lacks the pair-record columns,
         or has missing / non-finite values; the message names the file.
     """
-    tables = [_read_one(loc) for loc in pairs_dir(out).files()]
-    if not tables:
-        return PAIR_SCHEMA.append(pa.field("file", pa.string())).empty_table()
-    return pa.concat_tables(tables)
+    tables = []
+    for loc in pair_files(out):
+        table = read_pairs(loc).replace_schema_metadata(None)
+        tables.append(table.append_column("file", pa.array([str(loc)] * table.num_rows, pa.string())))
+    return pa.concat_tables(tables) if tables else RECORD_SCHEMA.empty_table()
+
+
+def key_positions(plan: Plan, table: pa.Table) -> np.ndarray:
+    """Plan position of each row of a table with the :data:`KEY_COLUMNS` (-1: not planned)."""
+    return plan.positions(*(table.column(c) for c in KEY_COLUMNS))
+
+
+def done_pairs(out: Location | str, plan: Plan) -> tuple[np.ndarray, list[tuple[Location, int]]]:
+    """Which planned pairs ``OUT/pairs/`` holds, from the key columns (and ``gw``, checked).
+
+    Returns
+    -------
+    done : numpy.ndarray, (len(plan),) bool
+    files : list of (Location, int)
+        Every file of ``pairs/`` (:func:`pair_files`) and its row count.
+
+    Raises
+    ------
+    GwrayInputError
+        A bad file in ``pairs/`` (:func:`read_pairs`), named.
+    """
+    done, files = np.zeros(len(plan), dtype=bool), []
+    for loc in pair_files(out):
+        table = read_pairs(loc, KEY_COLUMNS + ["gw"])
+        pos = key_positions(plan, table)
+        done[pos[pos >= 0]] = True
+        files.append((loc, table.num_rows))
+    return done, files
 
 
 def warm_state(record: dict) -> WarmState | None:
@@ -135,7 +236,7 @@ def load_states(out: Location | str, keys: set) -> dict[tuple, WarmState]:
     that have them (a file of an older gwray with only ``plan`` gives plans without duals); the
     state's ``value`` is the record's ``gw``."""
     states: dict = {}
-    for loc in pairs_dir(out).files():
+    for loc in pair_files(out):
         for columns in ([f.name for f in STATE_FIELDS], ["plan"]):
             try:
                 table = loc.read_table(columns=KEY_COLUMNS + ["gw"] + columns)
@@ -156,40 +257,48 @@ def row_keys(table: pa.Table) -> list[tuple[str, str, str, str]]:
     return list(zip(*(table.column(c).to_pylist() for c in KEY_COLUMNS)))
 
 
-def done_keys(table: pa.Table) -> set[tuple[str, str, str, str]]:
-    """The pair keys present in ``table``."""
-    return set(row_keys(table))
+def _planned_values(out: Location, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
+    """``gw`` and ``lower_bound`` (NaN where missing) of every planned pair, by plan position,
+    read file by file (keys and those two columns only); errors on a pair present twice and on
+    planned pairs that are missing."""
+    gw, lb = np.full(len(plan), np.nan), np.full(len(plan), np.nan)
+    source = np.full(len(plan), -1, dtype=np.int32)  # which file holds each pair
+    files = pair_files(out)
+    for k, loc in enumerate(files):
+        table = read_pairs(loc, KEY_COLUMNS + ["gw", "lower_bound"])
+        pos = key_positions(plan, table)
+        mine = pos >= 0
+        pos = pos[mine]
+        order = np.sort(pos)
+        twice = order[1:][order[1:] == order[:-1]]  # in this file twice
+        earlier = pos[source[pos] >= 0]  # in an earlier file
+        if twice.size or earlier.size:
+            p = int(twice[0]) if twice.size else int(earlier[0])
+            other = loc if twice.size else files[source[p]]
+            raise GwrayInputError(f"pair results file {loc}: pair {'/'.join(plan[p].key)} also in "
+                                  f"{other} (each pair must be present once)")
+        source[pos] = k
+        gw[pos] = table.column("gw").to_numpy()[mine]
+        lb[pos] = table.column("lower_bound").to_numpy(zero_copy_only=False)[mine]
+    missing = np.flatnonzero(source < 0)
+    if missing.size:
+        raise GwrayInputError(f"pair results {pairs_dir(out)}: {missing.size} planned pairs "
+                              f"missing, e.g. {'/'.join(plan[int(missing[0])].key)}")
+    return gw, lb
 
 
-def _planned_rows(table: pa.Table, plan: Sequence[PairTask], where: Location) -> dict[tuple, dict]:
-    """Planned key → its one record; errors on duplicates and on planned pairs that are missing."""
-    planned = {t.key for t in plan}
-    rows: dict[tuple, dict] = {}
-    for rec in table.to_pylist():
-        key = tuple(rec[c] for c in KEY_COLUMNS)
-        if key not in planned:
-            continue  # a pair of another plan (e.g. a different layer selection): not ours
-        if key in rows:
-            raise GwrayInputError(f"pair results file {rec['file']}: pair {'/'.join(key)} also in "
-                                  f"{rows[key]['file']} (each pair must be present once)")
-        rows[key] = rec
-    missing = [k for k in (t.key for t in plan) if k not in rows]
-    if missing:
-        raise GwrayInputError(f"pair results {where}: {len(missing)} planned pairs "
-                              f"missing, e.g. {'/'.join(missing[0])}")
-    return rows
-
-
-def _layer_order(plan: Sequence[PairTask]) -> dict[str, list[str]]:
-    layers = getattr(plan, "layers", None)
-    if layers is not None:
-        return {c: list(v) for c, v in layers.items()}
-    order: dict[str, list[str]] = {}
-    for t in plan:  # canonical plan order lists each checkpoint's layers in depth order
+def as_plan(plan: Sequence[PairTask]) -> Plan:
+    """``plan`` itself when it is a :class:`~gwray.scheduler.plan.Plan`; else the plan of a list
+    of tasks in plan order (its checkpoints, layers and checkpoint pairs in first-seen order)."""
+    if isinstance(plan, Plan):
+        return plan
+    layers: dict[str, list[str]] = {}
+    for t in plan:
         for c, layer in t.cost_keys:
-            if layer not in order.setdefault(c, []):
-                order[c].append(layer)
-    return order
+            if layer not in layers.setdefault(c, []):
+                layers[c].append(layer)
+    pairs = list(dict.fromkeys((t.checkpoint_a, t.checkpoint_b) for t in plan if not t.within))
+    return Plan(layers, getattr(plan, "cross", "none"), pairs)
 
 
 def _safe(name: str) -> str:
@@ -202,8 +311,14 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def assemble_matrices(out: Location | str, plan: Sequence[PairTask], *,
-                      records: pa.Table | None = None) -> dict:
+def _long(names_i: list[str], names_j: list[str], gw: np.ndarray, lb: np.ndarray) -> dict:
+    """Columns ``layer_i, layer_j, gw, lower_bound`` of every cell of a matrix, row-major."""
+    i, j = np.divmod(np.arange(gw.size), gw.shape[1])
+    return {"layer_i": pa.array(names_i).take(i), "layer_j": pa.array(names_j).take(j),
+            "gw": pa.array(gw.ravel()), "lower_bound": pa.array(lb.ravel())}
+
+
+def assemble_matrices(out: Location | str, plan: Sequence[PairTask]) -> dict:
     """Build the GW matrices of a finished run and write them next to ``OUT/pairs/``.
 
     Parameters
@@ -213,8 +328,6 @@ def assemble_matrices(out: Location | str, plan: Sequence[PairTask], *,
     plan : sequence of PairTask
         What should have been solved (a :class:`~gwray.scheduler.plan.Plan`, or its tasks in
         plan order).
-    records : pyarrow.Table, optional
-        :func:`load_records` of ``out`` when the caller already has it (saves a second read).
 
     Returns
     -------
@@ -235,40 +348,33 @@ def assemble_matrices(out: Location | str, plan: Sequence[PairTask], *,
     GwrayInputError
         A bad file in ``pairs/``, a pair recorded twice, or a planned pair missing.
     """
-    out = Location.parse(out)
-    records = load_records(out) if records is None else records
-    rows = _planned_rows(records, plan, pairs_dir(out))
-    layers = _layer_order(plan)
+    out, plan = Location.parse(out), as_plan(plan)
+    values, bounds = _planned_values(out, plan)
+    layers = plan.layers
     result: dict = {"layers": layers, "gw": {}, "lower_bound": {}, "cross": {}}
-    long_rows, cross_rows = [], []
-    for c, names in layers.items():
-        size = len(names)
-        gw, lb = np.zeros((size, size)), np.zeros((size, size))
-        for i in range(size):
-            for j in range(i + 1, size):
-                rec = rows[(c, names[i], c, names[j])]
-                gw[i, j] = gw[j, i] = rec["gw"]
-                lb[i, j] = lb[j, i] = rec["lower_bound"] if rec["lower_bound"] is not None else np.nan
-        result["gw"][c], result["lower_bound"][c] = gw, lb
-        long_rows += [{"checkpoint": c, "layer_i": names[i], "layer_j": names[j],
-                       "gw": float(gw[i, j]), "lower_bound": float(lb[i, j])}
-                      for i in range(size) for j in range(size)]
-    cross = getattr(plan, "cross", None)
-    pairs = (checkpoint_pairs(list(layers), cross) if cross is not None else
-             list(dict.fromkeys((t.checkpoint_a, t.checkpoint_b) for t in plan if not t.within)))
-    for a, b in pairs:
-        la, lb_names = layers[a], layers[b]
-        gw, lb = np.zeros((len(la), len(lb_names))), np.zeros((len(la), len(lb_names)))
-        for i, x in enumerate(la):
-            for j, y in enumerate(lb_names):
-                rec = rows[(a, x, b, y)]
-                gw[i, j] = rec["gw"]
-                lb[i, j] = rec["lower_bound"] if rec["lower_bound"] is not None else np.nan
-                cross_rows.append({"checkpoint_a": a, "checkpoint_b": b, "layer_i": x,
-                                   "layer_j": y, "gw": rec["gw"], "lower_bound": float(lb[i, j])})
-        result["cross"][(a, b)] = {"gw": gw, "lower_bound": lb}
-        out.child("cross", f"{_safe(a)}__{_safe(b)}.npy").write_bytes(_npy_bytes(gw))
-    out.child("gw_matrix.parquet").write_table(pa.Table.from_pylist(long_rows, schema=MATRIX_SCHEMA))
+    long_parts, cross_parts = [], []
+    for block in plan.blocks:
+        cut = slice(block.offset, block.offset + block.size)
+        if block.within:
+            gw, lb = np.zeros((block.rows, block.rows)), np.zeros((block.rows, block.rows))
+            i, j = block.ij()
+            gw[i, j] = gw[j, i] = values[cut]
+            lb[i, j] = lb[j, i] = bounds[cut]
+            result["gw"][block.a], result["lower_bound"][block.a] = gw, lb
+            names = layers[block.a]
+            long_parts.append(pa.table({"checkpoint": pa.array([block.a] * gw.size, pa.string()),
+                                        **_long(names, names, gw, lb)}, schema=MATRIX_SCHEMA))
+        else:
+            gw, lb = values[cut].reshape(block.rows, block.cols), bounds[cut].reshape(block.rows, block.cols)
+            result["cross"][(block.a, block.b)] = {"gw": gw, "lower_bound": lb}
+            cross_parts.append(pa.table({"checkpoint_a": pa.array([block.a] * gw.size, pa.string()),
+                                         "checkpoint_b": pa.array([block.b] * gw.size, pa.string()),
+                                         **_long(layers[block.a], layers[block.b], gw, lb)},
+                                        schema=CROSS_SCHEMA))
+    for (a, b), mats in result["cross"].items():
+        out.child("cross", f"{_safe(a)}__{_safe(b)}.npy").write_bytes(_npy_bytes(mats["gw"]))
+    out.child("gw_matrix.parquet").write_table(pa.concat_tables(long_parts) if long_parts
+                                               else MATRIX_SCHEMA.empty_table())
     mats = list(result["gw"].values())
     if len(mats) == 1:
         out.child("gw_matrix.npy").write_bytes(_npy_bytes(mats[0]))
@@ -279,7 +385,6 @@ def assemble_matrices(out: Location | str, plan: Sequence[PairTask], *,
     if len(mats) > 1:
         for c, gw in result["gw"].items():
             out.child("gw", f"{_safe(c)}.npy").write_bytes(_npy_bytes(gw))
-    if cross_rows:
-        out.child("cross", "gw_matrix.parquet").write_table(
-            pa.Table.from_pylist(cross_rows, schema=CROSS_SCHEMA))
+    if cross_parts:
+        out.child("cross", "gw_matrix.parquet").write_table(pa.concat_tables(cross_parts))
     return result
