@@ -17,3 +17,14 @@ class GwrayStorageError(GwrayInputError):
 
     Not an ``OSError``, so that code reading a damaged file (which catches ``OSError``) never
     mistakes a storage outage for damage."""
+
+
+class GwrayDamagedError(GwrayInputError):
+    """A piece of a run directory that gwray wrote is damaged or missing (a partition, a pair
+    file, a matrix). ``piece`` says which, so that ``gwray run`` can recompute it: ``("activations",
+    checkpoint id)``, ``("pairs", file path)`` or ``("matrices", None)``; other readers report it.
+
+    Set ``piece`` after construction (``err.piece = ...``): the exception then survives the trip
+    from a Ray worker to the driver."""
+
+    piece: tuple = (None, None)

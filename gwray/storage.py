@@ -134,17 +134,18 @@ class Location:
 
     def files(self, suffix: str = "", recursive: bool = False) -> list["Location"]:
         """Visible files below this folder, sorted by path; [] when the folder does not exist."""
+        return [Location(self.fs, path) for path in self.file_sizes(suffix, recursive)]
+
+    def file_sizes(self, suffix: str = "", recursive: bool = False) -> dict[str, int]:
+        """Path → bytes of the visible files below this folder, sorted by path (one listing)."""
         if not self.exists():
-            return []
+            return {}
         selector = pafs.FileSelector(self.path, recursive=recursive)
         infos = self._io("listing", lambda: self.fs.get_file_info(selector))
         rel = lambda p: posixpath.relpath(p, self.path)  # noqa: E731
-        return sorted(
-            (Location(self.fs, i.path) for i in infos
-             if i.type == pafs.FileType.File and i.path.endswith(suffix)
-             and not any(_hidden(part) for part in rel(i.path).split("/"))),
-            key=lambda loc: loc.path,
-        )
+        return dict(sorted((i.path, i.size) for i in infos
+                           if i.type == pafs.FileType.File and i.path.endswith(suffix)
+                           and not any(_hidden(part) for part in rel(i.path).split("/"))))
 
     def remove(self) -> None:
         """Delete this file or folder (recursively); nothing if absent."""

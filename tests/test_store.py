@@ -3,6 +3,7 @@ the dataset reads as one hive dataset in pandas, pyarrow.dataset and duckdb."""
 from __future__ import annotations
 
 import pickle
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -11,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from gwray.activations.store import ActivationStore, ActivationWriter
-from gwray.errors import GwrayInputError
+from gwray.errors import GwrayDamagedError, GwrayInputError
 from gwray.storage import Location
 
 
@@ -188,3 +189,31 @@ def test_dataset_reads_whole_and_by_layer_in_pandas_pyarrow_and_duckdb(tmp_path)
     _check_rows(duckdb.sql(f"{sql} WHERE layer = '{one}'").df(), want, [one])
     # the layer names join to pairs / gw_matrix, which name layers the same way
     assert set(pd.read_parquet(root)["layer"].astype(str)) == set(LAYERS)
+
+
+def _cut(path):
+    path.write_bytes(path.read_bytes()[:-30])
+
+
+@pytest.mark.parametrize("damage, reason, error", [
+    (lambda d: next((d / "activations/checkpoint=ck0/layer=b").glob("*.parquet")).unlink(),
+     r"^layer b has 1 parts of [\d,]+ bytes, 2 of [\d,]+ bytes when written$",
+     r"^activation layer .*layer=b: 5 rows, the manifest says 10 \(a part is missing\); rerun"),
+    (lambda d: _cut(next((d / "activations/checkpoint=ck0/layer=b").glob("*.parquet"))),
+     r"^layer b has 2 parts of [\d,]+ bytes, 2 of [\d,]+ bytes when written$",
+     r"^activation part .*layer=b/part-\d+\.parquet: unreadable \(.*\); rerun `gwray run` to extract "
+     r"checkpoint ck0 again$"),
+    (lambda d: _cut(d / "activation_manifests/ck0.json"),
+     r"^its manifest activation_manifests/ck0.json is damaged$",
+     r"^activation manifest .*ck0.json: damaged \(.*\); rerun"),
+], ids=["part-missing", "part-truncated", "manifest-damaged"])
+def test_damaged_checkpoint_is_seen_in_a_listing_and_named_when_read(tmp_path, damage, reason, error):
+    _write(tmp_path, n=10, batch=5)
+    assert ActivationStore(tmp_path).damage("ck0") is None
+    damage(tmp_path)
+    store = ActivationStore(tmp_path)
+    assert re.match(reason, store.damage("ck0")), store.damage("ck0")
+    with pytest.raises(GwrayDamagedError) as err:
+        store.read_layer("ck0", "b")
+    assert re.match(error, str(err.value)) and err.value.piece == ("activations", "ck0"), str(err.value)
+    assert pickle.loads(pickle.dumps(err.value)).piece == ("activations", "ck0")  # as from a Ray worker

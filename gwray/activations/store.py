@@ -16,6 +16,10 @@ so a retried batch overwrites its own part and parts list in sample order. A che
 its manifest is incomplete: readers refuse it and a new writer deletes it. Reading one layer
 opens only that layer's files (plus the manifest). All I/O goes through
 :class:`gwray.storage.Location`, so ``s3://`` works as a local folder does.
+
+The manifest records each layer's parts and bytes, so that a listing tells whether a part went
+missing or was cut short since (:meth:`ActivationStore.damage`); a damaged manifest or part found
+while reading raises :class:`~gwray.errors.GwrayDamagedError` naming the file.
 """
 from __future__ import annotations
 
@@ -25,11 +29,11 @@ from urllib.parse import quote
 import numpy as np
 import pyarrow as pa
 
-from gwray.errors import GwrayInputError
+from gwray.errors import GwrayDamagedError, GwrayInputError
 from gwray.storage import Location
 
 MANIFESTS = "activation_manifests"  # beside OUT/activations: the dataset tree holds Parquet only
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the manifest's ``parts`` (layer → [parts, bytes])
 _DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
 
 
@@ -57,6 +61,12 @@ def _manifest_file(root: Location, checkpoint: str) -> Location:
 def _layer_partition(name: str) -> str:
     """``layer=<name>``, escaped as pyarrow and duckdb unescape hive partition values."""
     return f"layer={quote(name, safe='')}"
+
+
+def _damaged(checkpoint: str, what: str) -> GwrayDamagedError:
+    err = GwrayDamagedError(f"{what}; rerun `gwray run` to extract checkpoint {checkpoint} again")
+    err.piece = ("activations", checkpoint)
+    return err
 
 
 def _vectors_to_numpy(column: "pa.ChunkedArray | pa.Array", d: int) -> np.ndarray:
@@ -151,13 +161,15 @@ class ActivationWriter:
         -------
         dict
             The manifest: ``checkpoint``, ``layers``, ``dims``, ``n_rows``, ``n_samples``, ``dtype``,
-            ``format`` and the ``meta`` keys.
+            ``parts`` (layer → [parts, bytes]), ``format`` and the ``meta`` keys.
         """
-        dims, reference = [], None
+        dims, reference, sizes = [], None, {}
         for name in self.layer_names:
-            parts = self.dir.child(_layer_partition(name)).files(".parquet")
-            if not parts:
+            listed = self.dir.child(_layer_partition(name)).file_sizes(".parquet")
+            if not listed:
                 raise RuntimeError(f"activation dataset {self.dir}: layer {name} has no rows")
+            sizes[name] = [len(listed), sum(listed.values())]
+            parts = [Location(self.dir.fs, path) for path in listed]
             ids = [p.read_table(columns=["sample_id"]).column(0).to_numpy() for p in parts]
             ids = np.sort(np.concatenate(ids))
             if reference is None:
@@ -170,7 +182,7 @@ class ActivationWriter:
         manifest = dict(meta or {})
         manifest.update(checkpoint=self.checkpoint, layers=self.layer_names, dims=dims,
                         n_rows=int(reference.size), n_samples=int(np.unique(reference).size),
-                        dtype=self.dtype, format=FORMAT_VERSION)
+                        dtype=self.dtype, parts=sizes, format=FORMAT_VERSION)
         _manifest_file(self.root, self.checkpoint).write_json(manifest)
         return manifest
 
@@ -220,8 +232,34 @@ class ActivationStore:
             loc = _manifest_file(self.root, checkpoint)
             if not loc.exists():
                 raise GwrayInputError(f"checkpoint {checkpoint!r}: no complete activations in {self.root}")
-            self._manifests[checkpoint] = loc.read_json()
+            try:
+                manifest = loc.read_json()
+                if not (isinstance(manifest, dict) and isinstance(manifest.get("layers"), list)
+                        and isinstance(manifest.get("dims"), list)):
+                    raise ValueError("not an activation manifest")
+            except ValueError as exc:  # JSONDecodeError, bad UTF-8 too
+                raise _damaged(checkpoint, f"activation manifest {loc}: damaged ({str(exc)[:80]})") from None
+            self._manifests[checkpoint] = manifest
         return self._manifests[checkpoint]
+
+    def damage(self, checkpoint: str) -> str | None:
+        """What is wrong with a complete checkpoint's files, as far as one listing tells: a
+        damaged manifest, a layer with parts missing or cut short (fewer parts or bytes than the
+        manifest recorded; manifests before format 3 record none, so only empty layers show);
+        None when nothing is."""
+        try:
+            manifest = self.manifest(checkpoint)
+        except GwrayDamagedError:
+            return f"its manifest {MANIFESTS}/{checkpoint}.json is damaged"
+        listed: dict[str, list[int]] = {}
+        for path, size in _checkpoint_dir(self.root, checkpoint).file_sizes(".parquet", recursive=True).items():
+            listed.setdefault(posixpath.basename(posixpath.dirname(path)), []).append(size)
+        for name in manifest["layers"]:
+            got, want = listed.get(_layer_partition(name), []), manifest.get("parts", {}).get(name)
+            if not got or (want is not None and [len(got), sum(got)] != want):
+                expected = f", {want[0]} of {want[1]:,} bytes when written" if want else ""
+                return f"layer {name} has {len(got)} parts of {sum(got):,} bytes{expected}"
+        return None
 
     def layer_names(self, checkpoint: str) -> list[str]:
         return list(self.manifest(checkpoint)["layers"])
@@ -243,13 +281,32 @@ class ActivationStore:
         """
         folder, k = self._layer_dir(checkpoint, layer)
         d = self.manifest(checkpoint)["dims"][k]
-        tables = [p.read_table() for p in folder.files(".parquet")]
-        table = pa.concat_tables(tables)
+        table = self._read_parts(checkpoint, folder, ["sample_id", "vector"])
         order = np.argsort(table.column("sample_id").to_numpy(), kind="stable")
-        return _vectors_to_numpy(table.column("vector"), d)[order].astype(np.float32, copy=False)
+        try:
+            vectors = _vectors_to_numpy(table.column("vector"), d)
+        except (ValueError, pa.ArrowException) as exc:
+            raise _damaged(checkpoint, f"activation layer {folder}: vectors are not {d} wide ({exc})") from None
+        return vectors[order].astype(np.float32, copy=False)
 
     def sample_ids(self, checkpoint: str) -> np.ndarray:
         """(n,) int64 sample ids of the rows :meth:`read_layer` returns, in that order."""
         folder, _ = self._layer_dir(checkpoint, 0)
-        ids = [p.read_table(columns=["sample_id"]).column(0).to_numpy() for p in folder.files(".parquet")]
-        return np.sort(np.concatenate(ids), kind="stable")
+        table = self._read_parts(checkpoint, folder, ["sample_id"])
+        return np.sort(table.column("sample_id").to_numpy(), kind="stable")
+
+    def _read_parts(self, checkpoint: str, folder: Location, columns: list[str]) -> pa.Table:
+        """A layer's parts as one table; a part that cannot be read, or rows other than the
+        manifest's, raise GwrayDamagedError naming the part or the layer."""
+        tables = []
+        for part in folder.files(".parquet"):
+            try:
+                tables.append(part.read_table(columns=columns))
+            except (pa.ArrowException, OSError) as exc:
+                why = str(exc).strip().splitlines()[0].rsplit("': ", 1)[-1]  # not the path again
+                raise _damaged(checkpoint, f"activation part {part}: unreadable ({why})") from None
+        rows = sum(t.num_rows for t in tables)
+        if rows != self.manifest(checkpoint)["n_rows"]:
+            raise _damaged(checkpoint, f"activation layer {folder}: {rows} rows, the manifest says "
+                                       f"{self.manifest(checkpoint)['n_rows']} (a part is missing)")
+        return pa.concat_tables(tables)
