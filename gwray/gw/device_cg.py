@@ -1,67 +1,90 @@
-"""Conditional gradient for B GW pairs at once, every step on the device (the serial
-:mod:`gwray.gw.solver`'s algorithm, batched).
+"""Conditional gradient for many GW problems at once, every step on the device (the serial
+:mod:`gwray.gw.problem`'s steps, batched).
 
 Same objective, carried gradient and exact line search as the serial solver: with A = C1 T C2,
 GW(T) = const − 2⟨T, A⟩; the linear step maximises ⟨A, S⟩; B = C1 S C2 is the iteration's one
 batched matmul (for a permutation S = P/n a gather of C2's rows, then C1 @ C2[σ] / n); the step α
 solves a quadratic from ⟨T, A⟩, ⟨S, A⟩ and ⟨S, B⟩; then A ← A + α(B − A). Uniform weights and
-n = m: the linear step is the auction of :mod:`gwray.gw.device_assignment`, warm-started from the
-previous iteration's prices and permutation, and CG alternates with the swap search of
-:mod:`gwray.gw.device_local_search` as the serial solver's ``_polish`` does. Otherwise: Sinkhorn
-rounded to a feasible plan.
+n = m: the linear step is the auction of :mod:`gwray.gw.device_assignment` (one kernel launch for
+every problem), warm-started from the previous iteration's prices and permutation. Otherwise:
+Sinkhorn rounded to a feasible plan.
 
-The search runs in the precision of ``C1`` (float32 in the engine); the caller recomputes every
-reported value in float64 from the final plan. The loops read one boolean every ``check_every``
-iterations through ``P.read`` and nothing else.
+A batch holds K·B *problems*: K blocks (one per start, or the polish) of the same B pairs, so
+that every start of every pair advances in the same launches. Costs are never copied per
+problem: each side is a stack of per-layer cost matrices and a pair is two indices into them.
+Permutation plans stay implicit: a problem keeps its start plan, the vertices it stepped to and
+the step sizes, and its dense plan is built (in float64) only where an end is not a permutation.
+
+The search runs in the precision of the stacks' search copy (float32 in the engine); the caller
+recomputes every reported value in float64 from the final plan. The loops read one boolean every
+``check_every`` iterations through ``P.read`` and nothing else.
 """
 from __future__ import annotations
 
 import torch
 
 from gwray.gw.device_assignment import auction, final_epsilon, transport_vertex
-from gwray.gw.device_local_search import swap_search
+
+# start plans kept implicit: a permutation (the identity's, a polished end's), ½ I/n + ½ 11ᵀ/n²
+# (mixed), 11ᵀ/n² (product)
+PERMUTATION, MIXED, PRODUCT = 0, 1, 2
 
 
 class Pairs:
-    """B pairs on the device: search-precision costs, float64 weights and constants.
+    """B pairs on the device, as indices into two stacks of per-layer cost matrices.
 
     Parameters
     ----------
-    C1 : (B, n, n), C2 : (B, m, m) tensors in the search precision.
-    p : (B, n), q : (B, m) float64 weights; const : (B,) float64, pᵀ(C1∘C1)p + qᵀ(C2∘C2)q.
-    lap : bool, uniform weights and n = m (permutation vertices).
+    Xa, Xb : (La, n, n), (Lb, m, m) tensors, the stacks in the search precision.
+    Ca, Cb : the same stacks in float64 (exact values, the swap search's acceptance test).
+    ia, ib : (B,) long tensors: pair b is (Ca[ia[b]], Cb[ib[b]]).
+    p : (B, n), q : (B, m) float64 weights.
+    uniform : bool, p and q uniform; lap : bool, uniform and n = m (permutation vertices).
     read : callable, the counted host read (0-d bool tensor → bool).
     assignment_eps : float, the auction's final ε relative to the gradient's range / n.
-    exact : (C1, C2) in float64 (the swap search's acceptance test).
     """
 
-    def __init__(self, C1, C2, p, q, const, lap: bool, read, assignment_eps: float = 1e-5,
-                 exact: tuple | None = None):
-        self.C1, self.C2, self.p, self.q, self.const = C1, C2, p, q, const
-        self.exact = exact
-        self.B, self.n, self.m = C1.shape[0], C1.shape[1], C2.shape[1]
-        self.lap, self.read, self.rel = lap, read, assignment_eps
-        self.dt = C1.dtype
+    def __init__(self, Xa, Xb, Ca, Cb, ia, ib, p, q, uniform: bool, lap: bool, read,
+                 assignment_eps: float = 1e-5):
+        self.Xa, self.Xb, self.Ca, self.Cb, self.ia, self.ib = Xa, Xb, Ca, Cb, ia, ib
+        self.p, self.q, self.lap, self.read, self.rel = p, q, lap, read, assignment_eps
+        self.B, self.n, self.m = ia.shape[0], Xa.shape[1], Xb.shape[1]
+        self.dt = Xa.dtype
+        self.C1 = Xa[ia]  # (B, n, n): the one per-pair copy, the left factor of every matmul
+        self.const = _quadratic(Ca, ia, p, uniform) + _quadratic(Cb, ib, q, uniform)
 
-    def subset(self, idx: torch.Tensor) -> "Pairs":
-        return Pairs(self.C1[idx], self.C2[idx], self.p[idx], self.q[idx], self.const[idx],
-                     self.lap, self.read, self.rel, tuple(c[idx] for c in self.exact))
-
-    def perm_plan(self, cols: torch.Tensor):
-        """T = P_σ / n and A = C1 T C2 = C1 @ C2[σ] / n for permutations cols (B, n)."""
-        n = self.n
-        T = torch.zeros(cols.shape[0], n, n, dtype=self.dt, device=cols.device)
-        T.scatter_(2, cols[:, :, None], 1.0 / n)
-        return T, self.times_c(cols)
+    def blocks(self, k: int) -> torch.Tensor:
+        """(k·B,) the layer of side b of every problem of k blocks."""
+        return self.ib.repeat(k)
 
     def times_c(self, cols: torch.Tensor) -> torch.Tensor:
-        """C1 @ C2[σ] / n: the gather of C2's rows, then one batched matmul."""
-        rows = self.C2.gather(1, cols[:, :, None].expand(-1, -1, self.n))
-        return torch.bmm(self.C1, rows) / self.n
+        """C1 @ C2[σ] / n for the permutations cols (k·B, n): a gather of C2's rows from the
+        stack, then one batched matmul per block."""
+        k = cols.shape[0] // self.B
+        rows = self.Xb[self.blocks(k)[:, None], cols]
+        out = torch.empty_like(rows)
+        for s in range(k):
+            sl = slice(s * self.B, (s + 1) * self.B)
+            torch.baddbmm(rows[sl], self.C1, rows[sl], beta=0.0, alpha=1.0 / self.n, out=out[sl])
+        return out
+
+    def times_dense(self, S: torch.Tensor) -> torch.Tensor:
+        """C1 S C2 for dense plans S (k·B, n, m)."""
+        k = S.shape[0] // self.B
+        C2 = self.Xb[self.ib]
+        return torch.cat([torch.bmm(self.C1, torch.bmm(S[s * self.B:(s + 1) * self.B], C2))
+                          for s in range(k)])
+
+
+def _quadratic(C: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, uniform: bool) -> torch.Tensor:
+    """wᵀ (C[idx[b]] ∘ C[idx[b]]) w per pair, float64 (per layer when the weights are uniform)."""
+    if uniform:
+        return (C * C).mean(dim=(1, 2))[idx]
+    return torch.einsum("bi,bik,bk->b", w, C[idx] ** 2, w)
 
 
 def line_search(tA, sA, sB):
-    """The serial solver's exact step, per pair: α in [0, 1], ⟨S − T, A⟩, ⟨S − T, C1(S − T)C2⟩."""
+    """The serial solver's exact step, per problem: α in [0, 1], ⟨S − T, A⟩, ⟨S − T, C1(S − T)C2⟩."""
     dA = sA - tA
     dBA = sB - 2.0 * sA + tA
     a, b = -2.0 * dBA, -4.0 * dA  # value(α) = value + b α + a α²
@@ -71,100 +94,101 @@ def line_search(tA, sA, sB):
 
 
 class State:
-    """One start's plans for B pairs: T, A = C1 T C2, ⟨T, A⟩ (float64), the permutation when T
-    is a permutation plan (``is_perm``), the auction's prices and the iteration counts."""
+    """K·B problems' plans: A = C1 T C2 (search precision), ⟨T, A⟩ (float64), the iteration counts,
+    and T itself — dense for Sinkhorn problems; for assignment problems implicit: the start plan
+    (``kind``, ``perm0``), the vertices stepped to and the step sizes (``steps``), the permutation
+    when T is one (``perm``, ``is_perm``), and the auction's prices for the next linear step."""
 
-    def __init__(self, T, A, perm=None, is_perm=None, first=None):
-        B = T.shape[0]
-        self.T, self.A, self.first = T, A, first
-        self.tA = (T * A).sum(dim=(1, 2)).to(torch.float64)
-        self.perm, self.prices = perm, None
-        self.is_perm = (torch.zeros(B, dtype=torch.bool, device=T.device) if is_perm is None
-                        else is_perm)
-        self.iters = torch.zeros(B, dtype=torch.long, device=T.device)
+    def __init__(self, A, kind, perm0=None, T=None, first=None, has_first=None):
+        P = A.shape[0]
+        dev = A.device
+        self.A, self.T, self.first, self.has_first = A, T, first, has_first
+        self.kind = kind
+        self.perm0 = perm0
+        self.is_perm = kind == PERMUTATION
+        self.perm = perm0 if perm0 is not None else torch.zeros(P, A.shape[1], dtype=torch.long, device=dev)
+        self.tA = None
+        self.last = perm0  # the last linear step's vertex (the auction's warm start)
+        self.prices, self.steps = None, []
+        self.iters = torch.zeros(P, dtype=torch.long, device=dev)
+        self.linear = torch.zeros(P, dtype=torch.long, device=dev)  # auction calls per problem
+        self.bids = torch.zeros(P, dtype=torch.long, device=dev)  # and the bids they made
+        self.priced = torch.zeros(P, dtype=torch.bool, device=dev)  # prices from a finished auction
 
-    def subset(self, idx):
-        s = State.__new__(State)
-        s.T, s.A, s.tA, s.iters, s.is_perm = self.T[idx], self.A[idx], self.tA[idx], self.iters[idx], self.is_perm[idx]
-        s.perm = None if self.perm is None else self.perm[idx]
-        s.first = None if self.first is None else self.first[idx]
-        s.prices = None if self.prices is None else self.prices[idx]
-        return s
+    def dense(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """The float64 plans (P, n, m): T itself, or the start plan and its steps composed."""
+        if self.T is not None:
+            return self.T.double()
+        P, n = self.A.shape[0], self.A.shape[1]
+        T = torch.where((self.kind == MIXED)[:, None, None], 0.5, 1.0) * (p[:, :, None] * q[:, None, :])
+        T = torch.where((self.kind == PERMUTATION)[:, None, None], 0.0, T)
+        T.diagonal(dim1=1, dim2=2).add_(torch.where(self.kind == MIXED, 0.5, 0.0)[:, None] * p)
+        if self.perm0 is not None:
+            w = torch.where(self.kind == PERMUTATION, 1.0 / n, 0.0).to(T.dtype)
+            T.scatter_add_(2, self.perm0[:, :, None], w[:, None, None].expand(P, n, 1))
+        for cols, alpha in self.steps:
+            T.mul_((1.0 - alpha)[:, None, None])
+            T.scatter_add_(2, cols[:, :, None], (alpha / n)[:, None, None].expand(P, n, 1))
+        return T
 
 
 def cg(P: Pairs, S: State, active: torch.Tensor, max_iter: int, tol: float, cutoff=None,
        check_every: int = 4) -> State:
-    """Conditional gradient on the ``active`` pairs of ``S`` (updated in place and returned).
+    """Conditional gradient on the ``active`` problems of ``S`` (updated in place and returned).
 
-    A pair stops when its step is 0, its objective moves by less than ``tol`` (absolute or
-    relative, as the serial solver) or exceeds ``cutoff`` ((B,) tensor: the start is abandoned).
-    ``S.first``, when set, is the first iteration's vertex (the product start's sorted pairing,
-    or the screen's assignment); it is used once."""
+    A problem stops when its step is 0, its objective moves by less than ``tol`` (absolute or
+    relative, as the serial solver) or exceeds ``cutoff`` ((K·B,) tensor: the start is abandoned).
+    ``S.first``, when set, is the first iteration's vertex where ``S.has_first`` (the product
+    start's sorted pairing, or the screen's assignment); it is used once. Counts the linear steps
+    and the auction's bids per problem in ``S.linear`` and ``S.bids``."""
     active = active.clone()
-    value = P.const - 2.0 * S.tA
+    const = P.const.repeat(S.A.shape[0] // P.B)
+    value = const - 2.0 * S.tA
     for it in range(max_iter):
         if it % check_every == 0 and not P.read(active.any()):
             break
         if P.lap:
-            if S.first is not None:
-                cols, S.first = S.first, None
-            else:
-                eps = final_epsilon(S.A, P.rel)
-                cols, S.prices, _ = auction(S.A, eps, S.prices, S.perm, active=active, read=P.read)
-                # the linear step returned the current vertex: CG is stationary, whatever tiny
-                # step float noise in ⟨S − T, A⟩ might suggest (TF32 matmuls)
-                if S.perm is not None:
-                    active &= ~(S.is_perm & (cols == S.perm).all(dim=1))
+            # a known first vertex (the product start's sorted pairing) replaces the auction once
+            known = S.first is not None and it == 0
+            ask = active & ~S.has_first if known else active
+            cols, S.prices, _, bids = auction(S.A, final_epsilon(S.A, P.rel), S.prices, S.last,
+                                              active=ask, warm=S.priced)
+            S.priced = S.priced | ask
+            S.linear += ask
+            S.bids += bids
+            if known:
+                cols = torch.where(S.has_first[:, None], S.first, cols)
+            # the linear step returned the current vertex: CG is stationary, whatever tiny
+            # step float noise in ⟨S − T, A⟩ might suggest (TF32 matmuls)
+            active &= ~(S.is_perm & (cols == S.perm).all(dim=1))
+            S.last = cols
             Bm = P.times_c(cols)
             idx = cols[:, :, None]
-            sA = S.A.gather(2, idx).sum(dim=(1, 2)).double() / P.n
-            sB = Bm.gather(2, idx).sum(dim=(1, 2)).double() / P.n
+            sA = S.A.gather(2, idx).sum(dim=(1, 2), dtype=torch.float64) / P.n
+            sB = Bm.gather(2, idx).sum(dim=(1, 2), dtype=torch.float64) / P.n
         else:
-            Sv = transport_vertex(S.A, P.p.to(P.dt), P.q.to(P.dt))
-            Bm = torch.bmm(P.C1, torch.bmm(Sv, P.C2))
-            sA, sB = (Sv * S.A).sum(dim=(1, 2)).double(), (Sv * Bm).sum(dim=(1, 2)).double()
+            Sv = transport_vertex(S.A, P.p.repeat(S.A.shape[0] // P.B, 1).to(P.dt),
+                                  P.q.repeat(S.A.shape[0] // P.B, 1).to(P.dt))
+            Bm = P.times_dense(Sv)
+            sA = (Sv * S.A).sum(dim=(1, 2), dtype=torch.float64)
+            sB = (Sv * Bm).sum(dim=(1, 2), dtype=torch.float64)
         alpha, dA, dBA = line_search(S.tA, sA, sB)
         alpha = torch.where(active, alpha, 0.0)
         S.iters += active
-        a = alpha.to(P.dt)[:, None, None]
-        S.T = S.T * (1.0 - a)
         if P.lap:
-            S.T.scatter_add_(2, idx, (a / P.n).expand(-1, P.n, 1))
+            S.steps.append((cols, alpha))
             full = alpha >= 1.0
-            S.perm = cols if S.perm is None else torch.where(full[:, None], cols, S.perm)
+            S.perm = torch.where(full[:, None], cols, S.perm)
             S.is_perm = torch.where(full, True, torch.where(alpha > 0, False, S.is_perm))
         else:
-            S.T = S.T + a * Sv
-        S.A = S.A * (1.0 - a) + a * Bm
+            S.T = torch.lerp(S.T, Sv, alpha.to(P.dt)[:, None, None])
+        S.A.lerp_(Bm, alpha.to(P.dt)[:, None, None])
         S.tA = S.tA + 2.0 * alpha * dA + alpha * alpha * dBA
-        new = P.const - 2.0 * S.tA
+        new = const - 2.0 * S.tA
         delta = (value - new).abs()
         value = new
         active &= (alpha > 0) & (delta >= tol) & (delta >= tol * value.abs())
         if cutoff is not None:
             active &= value <= cutoff
     S.first = None
-    return S
-
-
-def polish(P: Pairs, S: State, eligible: torch.Tensor, max_iter: int, tol: float,
-           swap_rounds: int, max_alternations: int = 20) -> State:
-    """Alternate swap search and CG on the ``eligible`` pairs (permutation plans) while either
-    improves: the serial solver's ``_polish``, batched."""
-    eligible = eligible & S.is_perm
-    for _ in range(max_alternations):
-        if not P.read(eligible.any()):
-            break
-        cols, changed = swap_search(P.C1, P.C2, S.perm, eligible, swap_rounds, P.exact, read=P.read)
-        if not P.read(changed.any()):
-            break
-        T, A = P.perm_plan(cols)
-        keep = ~changed[:, None, None]
-        S.T, S.A = torch.where(keep, S.T, T), torch.where(keep, S.A, A)
-        S.tA = torch.where(changed, (T * A).sum(dim=(1, 2)).double(), S.tA)
-        S.perm = torch.where(changed[:, None], cols, S.perm)
-        S.is_perm = S.is_perm | changed
-        S = cg(P, S, changed, max_iter, tol)
-        # a pair polishes again only when CG moved it to another permutation
-        eligible = changed & S.is_perm & (S.perm != cols).any(dim=1)
     return S

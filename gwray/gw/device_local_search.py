@@ -4,18 +4,43 @@ The device version of :mod:`gwray.gw.local_search` (same gain formula, same obje
 Q(σ) = Σ_ik C1_ik C2_σ(i)σ(k)): every swap gain of a round is read off W = C1 C2s,
 C2s = C2[σ][:, σ], as one (B, n, n) elementwise expression. A round applies the disjoint
 swap set of the serial search (:func:`greedy_swaps`) when its joint exact gain is positive, else
-the single best swap, each only if the exact (float64) Q rises; then C2s is permuted by a gather and W recomputed by one batched matmul.
+the single best swap, each only if the exact (float64) Q rises; then C2s is gathered again from
+the layer stack and W recomputed by one batched matmul.
 """
 from __future__ import annotations
 
 import torch
 
+EXACT_BYTES = 1 << 30
+"""Float64 work arrays of one exact-objective pass at most (it runs in chunks of pairs)."""
 
-def permuted(C2: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """C2[b][cols[b]][:, cols[b]] for every b: (B, n, n), (B, n) → (B, n, n)."""
-    n = C2.shape[1]
-    rows = C2.gather(1, cols[:, :, None].expand(-1, -1, n))
-    return rows.gather(2, cols[:, None, :].expand(-1, n, -1))
+
+def permuted(C: torch.Tensor, layer: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """C[layer[b]][cols[b]][:, cols[b]] for every b: (L, n, n), (B,), (B, n) → (B, n, n)."""
+    return C[layer[:, None, None], cols[:, :, None], cols[:, None, :]]
+
+
+def _chunks(B: int, n: int):
+    step = max(1, EXACT_BYTES // (3 * 8 * n * n))
+    return [slice(lo, min(B, lo + step)) for lo in range(0, B, step)]
+
+
+def exact_q(Ca, Cb, ia, ib, cols) -> torch.Tensor:
+    """Q(σ) = Σ_ik C1_ik C2_σ(i)σ(k) in float64 for (Ca[ia[b]], Cb[ib[b]], cols[b]), (B,)."""
+    n = cols.shape[1]
+    return torch.cat([(Ca[ia[c]] * permuted(Cb, ib[c], cols[c])).sum(dim=(1, 2))
+                      for c in _chunks(cols.shape[0], n)])
+
+
+def permutation_value(Ca, Cb, ia, ib, cols) -> torch.Tensor:
+    """GW of the permutation plans i → cols[b, i] (uniform weights), float64 and free of
+    cancellation: Σ (C1 − C2[σ][:, σ])² / n², as the serial :func:`gwray.gw.problem.permutation_value`."""
+    n = cols.shape[1]
+    out = []
+    for c in _chunks(cols.shape[0], n):
+        D = permuted(Cb, ib[c], cols[c]).sub_(Ca[ia[c]])
+        out.append((D * D).sum(dim=(1, 2)) / n ** 2)
+    return torch.cat(out)
 
 
 def swap_gains(C1: torch.Tensor, W: torch.Tensor, C2s: torch.Tensor) -> torch.Tensor:
@@ -72,9 +97,10 @@ def greedy_swaps(gain: torch.Tensor, partner: torch.Tensor, thresh: torch.Tensor
     return src[:, :n]
 
 
-def swap_search(C1: torch.Tensor, C2: torch.Tensor, cols: torch.Tensor, active: torch.Tensor,
-                max_rounds: int, exact: tuple, check_every: int = 4, read=bool):
-    """Improve the permutations i → cols[b, i] of the ``active`` pairs by rounds of swaps.
+def swap_search(P, cols: torch.Tensor, active: torch.Tensor, max_rounds: int,
+                check_every: int = 4):
+    """Improve the permutations i → cols[b, i] of the ``active`` pairs of ``P``
+    (:class:`gwray.gw.device_cg.Pairs`) by rounds of swaps.
 
     Gains come from the search-precision W; a move is only made when the exact Q (float64, O(n²)
     per candidate) rises by more than 1e-12 relative, as in the serial search: every accepted
@@ -82,43 +108,41 @@ def swap_search(C1: torch.Tensor, C2: torch.Tensor, cols: torch.Tensor, active: 
 
     Parameters
     ----------
-    C1, C2 : (B, n, n) symmetric tensors in the search precision (e.g. float32).
-    cols : (B, n) long tensor; active : (B,) bool tensor.
+    P : Pairs; cols : (B, n) long tensor; active : (B,) bool tensor.
     max_rounds : int.
-    exact : (C1, C2) in float64, for the acceptance test.
-    check_every : int; ``read`` (the caller's counted host read) is asked every ``check_every``
-        rounds whether any pair still improves.
+    check_every : int; ``P.read`` is asked every ``check_every`` rounds whether any pair still
+        improves.
 
     Returns
     -------
     cols : (B, n) the improved permutations; changed : (B,) bool, which pairs moved.
     """
-    B, n, _ = C1.shape
-    ar = torch.arange(n, device=C1.device).expand(B, n)
-    C1x, C2x = exact
-    C2s = permuted(C2, cols)
-    W = torch.bmm(C1, C2s)
-    Q = (C1x * permuted(C2x, cols)).sum(dim=(1, 2))
+    B, n = cols.shape
+    ar = torch.arange(n, device=cols.device).expand(B, n)
+    exact = (P.Ca, P.Cb, P.ia, P.ib)
+    C2s = permuted(P.Xb, P.ib, cols)
+    W = torch.bmm(P.C1, C2s)
+    Q = exact_q(*exact, cols)
     changed = torch.zeros_like(active)
     for r in range(max_rounds):
-        if n < 2 or (r % check_every == 0 and not read(active.any())):
+        if n < 2 or (r % check_every == 0 and not P.read(active.any())):
             break
         thresh = 1e-12 * Q.abs().clamp_min(1e-300)
-        gain, partner = swap_gains(C1, W, C2s).max(dim=2)
+        gain, partner = swap_gains(P.C1, W, C2s).max(dim=2)
         top, i = gain.max(dim=1)
         j = partner.gather(1, i[:, None])[:, 0]
         single = ar.clone()
         single.scatter_(1, i[:, None], j[:, None]).scatter_(1, j[:, None], i[:, None])
         src = greedy_swaps(gain, partner, torch.zeros_like(top))
-        Q_set = (C1x * permuted(C2x, cols.gather(1, src))).sum(dim=(1, 2))
-        Q_one = (C1x * permuted(C2x, cols.gather(1, single))).sum(dim=(1, 2))
+        Q_set = exact_q(*exact, cols.gather(1, src))
+        Q_one = exact_q(*exact, cols.gather(1, single))
         set_ok = Q_set > Q + thresh
         move = active & (set_ok | (Q_one > Q + thresh))
         src = torch.where(move[:, None], torch.where(set_ok[:, None], src, single), ar)
         Q = torch.where(move, torch.where(set_ok, Q_set, Q_one), Q)
         cols = cols.gather(1, src)
-        C2s = permuted(C2s, src)
-        W = torch.bmm(C1, C2s)
+        C2s = permuted(P.Xb, P.ib, cols)
+        W = torch.bmm(P.C1, C2s)
         changed |= move
         active = active & move
     return cols, changed

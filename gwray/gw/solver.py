@@ -68,6 +68,10 @@ class GWResult:
     bound_duals : numpy.ndarray of shape (n,), float64, or None
         Column duals of the TLB's assignment (uniform weights, n = m, ``bound=True``): the
         ``bound_duals`` of a later solve of a nearby problem.
+    linear_steps, rounds, device_ops : int, float, int
+        The device engine's counters (:func:`gwray.gw.batched.batched_gw`; 0 for the serial
+        solver): the pair's linear steps (auction calls), the auction's bids per linear step
+        (mean), and the operations its device batch dispatched (torch ops and kernel launches).
     """
 
     value: float
@@ -86,6 +90,9 @@ class GWResult:
     permutation: np.ndarray | None = None
     duals: np.ndarray | None = None
     bound_duals: np.ndarray | None = None
+    linear_steps: int = 0
+    rounds: float = 0.0
+    device_ops: int = 0
 
     def record(self) -> dict:
         """DESIGN.md's pair-record fields (gw, lower_bound, init, iterations, ..., n, solver)."""

@@ -1,0 +1,182 @@
+"""The serial solver's portfolio for one device batch (:func:`gwray.gw.solver.gromov_wasserstein`'s
+steps, batched): every start's CG, the exact value of every end, the swap search polishing each
+pair's best end, and the certified lower bound.
+
+All starts of all pairs advance together: start s of pair b is problem s·B + b of one
+:class:`~gwray.gw.device_cg.State`, so a CG iteration is one auction launch and one matmul per
+start for the whole batch. With ``prune`` the identity runs first and screens the others (the
+serial solver's order), which takes a second, smaller pass.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gwray.gw.device_assignment import auction, final_epsilon, round_plan
+from gwray.gw.device_bounds import LayerData, assignment_tlb, certified_tlb, eigen_bound, slb
+from gwray.gw.device_cg import PERMUTATION, Pairs, State, cg
+from gwray.gw.device_local_search import permutation_value, swap_search
+from gwray.gw.device_starts import first_step_value, start_state
+
+
+class End:
+    """The ends of one pass over K blocks: per problem (K·B,) the exact value, marginal error,
+    whether the plan is a permutation (and which), CG iterations and linear steps; ``dense``
+    maps a problem index to its float64 plan where it is not a permutation."""
+
+    def __init__(self, names, value, err, is_perm, perm, iters, linear, bids, dense, prices):
+        self.names, self.value, self.err, self.is_perm, self.perm = names, value, err, is_perm, perm
+        self.iters, self.linear, self.bids, self.dense = iters, linear, bids, dense
+        self.prices = prices  # the auction's last prices where it ran (else None)
+
+
+def _dense_value(P: Pairs, T: torch.Tensor, pairs: torch.Tensor):
+    """Float64 value and marginal error of dense plans T (k, n, m) of the pairs ``pairs``."""
+    p, q = P.p[pairs], P.q[pairs]
+    T = round_plan(T, p, q)
+    C1, C2 = P.Ca[P.ia[pairs]], P.Cb[P.ib[pairs]]
+    value = P.const[pairs] - 2.0 * (T * torch.bmm(C1, torch.bmm(T, C2))).sum(dim=(1, 2))
+    err = torch.maximum((T.sum(2) - p).abs().sum(1), (T.sum(1) - q).abs().sum(1))
+    return value, err, T
+
+
+def exact_ends(P: Pairs, S: State, names) -> End:
+    """Every problem's plan valued exactly in float64 (the search's values never are reported):
+    Σ (C1 − C2[σ][:, σ])² / n² for a permutation, const − 2⟨T, C1 T C2⟩ for a dense plan."""
+    K, B = len(names), P.B
+    pair = torch.arange(K * B, device=S.A.device) % B
+    value = torch.full((K * B,), math.inf, dtype=torch.float64, device=S.A.device)
+    err = torch.zeros(K * B, dtype=torch.float64, device=S.A.device)
+    is_perm = S.is_perm if P.lap else torch.zeros_like(S.is_perm)
+    if P.lap and P.read(is_perm.any()):
+        value = torch.where(is_perm, permutation_value(P.Ca, P.Cb, P.ia[pair], P.ib[pair], S.perm), value)
+    dense = {}
+    if P.read((~is_perm).any()):
+        idx = P.read((~is_perm).nonzero()[:, 0]).tolist()
+        sel = torch.as_tensor(idx, device=S.A.device)
+        v, e, T = _dense_value(P, _dense_of(P, S, sel), pair[sel])
+        value[sel], err[sel] = v.clamp_min(0.0), e
+        dense = dict(zip(idx, T))
+    prices = None
+    if P.lap:
+        prices = torch.where(S.priced[:, None], S.prices, math.nan) if S.prices is not None else \
+            torch.full_like(S.perm, math.nan, dtype=torch.float64)
+    return End(names, value, err, is_perm, S.perm, S.iters, S.linear, S.bids, dense, prices)
+
+
+def _dense_of(P: Pairs, S: State, sel: torch.Tensor) -> torch.Tensor:
+    """The float64 plans of the problems ``sel`` (their implicit form composed where needed)."""
+    pair = sel % P.B
+    if S.T is not None:
+        return S.T[sel].double()
+    sub = State.__new__(State)
+    sub.T, sub.A, sub.kind, sub.perm0 = None, S.A[sel], S.kind[sel], S.perm0[sel]
+    sub.steps = [(c[sel], a[sel]) for c, a in S.steps]
+    return sub.dense(P.p[pair], P.q[pair])
+
+
+def solve_batch(P: Pairs, names, max_iter: int, tol: float, swap_rounds: int, bound: bool,
+                prune: float | None, layer_data=None):
+    """The portfolio for the B pairs of ``P``.
+
+    Returns
+    -------
+    best : (B,) float64 best exact values; lb : (B,) float64 lower bounds (NaN without ``bound``);
+    ends : list of :class:`End` (one per pass, then the polish's, named by each pair's start).
+    """
+    B, dev = P.B, P.C1.device
+    stages = ([names[:1], names[1:]] if prune is not None and names[0] == "identity"
+              and len(names) > 1 and P.lap and max_iter > 0 else [names])
+    best = torch.full((B,), math.inf, dtype=torch.float64, device=dev)
+    ends = []
+    for stage in stages:
+        K = len(stage)
+        S = start_state(P, stage)
+        active = torch.ones(K * B, dtype=torch.bool, device=dev)
+        cutoff = None
+        if stage is not stages[0]:  # the O(n²) screen against the identity's end
+            ask = ~S.has_first
+            cols, S.prices, _, bids = auction(S.A, final_epsilon(S.A, P.rel), active=ask)
+            S.priced = ask
+            S.linear += ask
+            S.bids += bids
+            S.first = torch.where(S.has_first[:, None], S.first, cols)
+            S.has_first = torch.ones_like(S.has_first)
+            cutoff = prune * best.repeat(K)
+            active = first_step_value(P, S) <= cutoff
+        S = cg(P, S, active, max_iter, tol, cutoff=cutoff)
+        end = exact_ends(P, S, stage)
+        end.value = torch.where(active, end.value, math.inf)  # screened out: never ran
+        best = torch.minimum(best, end.value.view(K, B).amin(0))
+        ends.append(end)
+    if P.lap and swap_rounds > 0 and max_iter > 0:
+        ends.append(_polish_best(P, ends, best, max_iter, tol, swap_rounds))
+        best = torch.minimum(best, ends[-1].value)
+    lb = torch.full((B,), math.nan, dtype=torch.float64, device=dev)
+    if bound:
+        lb = _lower_bound(P, layer_data).minimum(best)
+    return best, lb, ends
+
+
+def _lower_bound(P: Pairs, layer_data) -> torch.Tensor:
+    """max(TLB, eigenvalue bound) for assignment problems (the serial solver's), the certified
+    TLB for other uniform problems, the SLB otherwise."""
+    if P.lap:
+        Sa, Sb = layer_data or (LayerData(P.Ca), LayerData(P.Cb))
+        lb = assignment_tlb(Sa, Sb, P.ia, P.ib, dtype=P.dt)
+        if Sa.kappa is not None and Sb.kappa is not None:
+            lb = torch.maximum(lb, eigen_bound(Sa, Sb, P.ia, P.ib))
+        return lb.clamp_min(0.0)
+    C1, C2 = P.Ca[P.ia], P.Cb[P.ib]
+    uniform = P.read(((P.p - 1.0 / P.n).abs().amax() <= 1e-12) & ((P.q - 1.0 / P.m).abs().amax() <= 1e-12))
+    return certified_tlb(C1, C2, P.p, P.q, dtype=P.dt) if uniform else slb(C1, C2, P.p, P.q)
+
+
+def _polish_best(P: Pairs, ends, best, max_iter, tol, swap_rounds) -> End:
+    """Swap search + CG from each pair's best end (when it is a permutation), alternated while
+    either improves (the serial ``_polish``); an end whose exact value is not lower is reported as
+    +inf, so it never wins. Its ``names`` hold each pair's winning start index (into the
+    concatenated names of the passes)."""
+    B, n, dev = P.B, P.n, P.C1.device
+    values = torch.cat([e.value.view(-1, B) for e in ends])  # (K_total, B)
+    k = values.argmin(0)  # the first start wins ties, as the serial solver's sort
+    flat = lambda name: torch.cat([getattr(e, name).view(-1, B) for e in ends])  # noqa: E731
+    pick = lambda t: t.gather(0, k[None]).squeeze(0)  # noqa: E731
+    is_perm = pick(flat("is_perm"))
+    perms = torch.cat([e.perm.view(-1, B, n) for e in ends])
+    perm = perms.gather(0, k[None, :, None].expand(1, B, n))[0]
+    perm = torch.where(is_perm[:, None], perm, torch.arange(n, device=dev))
+    S = State(P.times_c(perm), torch.full((B,), PERMUTATION, device=dev), perm0=perm)
+    # the winning end's auction prices warm-start the polish's CG (NaN: that end had none)
+    prices = torch.cat([e.prices.view(-1, B, n) for e in ends]).gather(0, k[None, :, None].expand(1, B, n))[0]
+    S.priced = ~prices.isnan().any(dim=1)
+    S.prices = torch.nan_to_num(prices, nan=0.0)
+    S.tA = S.A.gather(2, perm[:, :, None]).sum(dim=(1, 2), dtype=torch.float64) / n
+    eligible = is_perm.clone()
+    total_iters = torch.zeros(B, dtype=torch.long, device=dev)
+    for _ in range(20):  # the serial solver's alternations at most
+        if not P.read(eligible.any()):
+            break
+        cols, changed = swap_search(P, S.perm, eligible, swap_rounds)
+        if not P.read(changed.any()):
+            break
+        A = P.times_c(cols)
+        keep = ~changed
+        S.A = torch.where(keep[:, None, None], S.A, A)
+        S.tA = torch.where(changed, A.gather(2, cols[:, :, None]).sum(dim=(1, 2), dtype=torch.float64) / n, S.tA)
+        S.perm = torch.where(changed[:, None], cols, S.perm)
+        S.perm0 = torch.where(changed[:, None], cols, S.perm0)
+        S.steps = [(c, torch.where(changed, 0.0, a)) for c, a in S.steps]
+        S.is_perm = S.is_perm | changed
+        S.last = S.perm
+        S.iters = torch.zeros_like(S.iters)
+        S = cg(P, S, changed, max_iter, tol)
+        total_iters += S.iters
+        # a pair polishes again only when CG moved it to another permutation
+        eligible = changed & S.is_perm & (S.perm != cols).any(dim=1)
+    end = exact_ends(P, S, ["polish"])
+    end.value = torch.where(is_perm & (end.value < best), end.value, math.inf)
+    end.names = k  # the start each pair's polish came from
+    end.iters = pick(flat("iters")) + total_iters
+    return end
