@@ -184,9 +184,9 @@ def test_device_reads_and_ops_go_through_the_counters_and_do_not_grow_with_the_b
         monkeypatch.setattr(torch.Tensor, name,
                             lambda self, *a, _o=orig, **k: (in_kernel or raw.append(1)) and None
                             or _o(self, *a, **k))
-    run = device_assignment._run  # the kernel's host twin reads its inputs (a launch on a GPU)
-    monkeypatch.setattr(device_assignment, "_run",
-                        lambda *a: in_kernel.append(1) or [run(*a), in_kernel.clear()][0])
+    twin = device_assignment.host_arrays  # the kernels' host twins read their inputs (a launch on a GPU)
+    monkeypatch.setattr(device_assignment, "host_arrays",
+                        lambda *a: in_kernel.append(1) or [twin(*a), in_kernel.clear()][0])
     counts, ops = [], []
     for B in (1, 16):
         before = batched.HOST_READS["count"]
@@ -267,9 +267,13 @@ def test_certified_tlb_is_valid_for_any_potential_and_tight_for_sinkhorns(toy_co
     assert all(float(bad[b]) <= exact[b] + 1e-12 for b in range(2))
 
 
-def test_swap_gains_and_greedy_set_match_the_serial_search():
-    from gwray.gw.device_local_search import greedy_swaps, permuted, swap_gains
-    from gwray.gw.local_search import best_swaps
+def test_swap_gains_greedy_set_and_exact_gain_match_the_serial_search():
+    """The device round's pieces against the serial search's: every position's best gain and
+    partner, the greedy disjoint swap set (exactly the serial one), and ΔQ of the set against two
+    full float64 objectives."""
+    from gwray.gw.device_local_search import best_swaps, exact_q, greedy_set, permuted
+    from gwray.gw.local_search import best_swaps as serial_best_swaps
+    from gwray.gw.swap_twin import delta_q
 
     rng = np.random.default_rng(1)
     n = 40
@@ -278,10 +282,11 @@ def test_swap_gains_and_greedy_set_match_the_serial_search():
     cols = torch.stack([torch.from_numpy(rng.permutation(n)) for _ in range(2)])
     C2s = permuted(torch.from_numpy(C2), torch.arange(2), cols)
     W = torch.bmm(torch.from_numpy(C1), C2s)
-    gain, partner = swap_gains(torch.from_numpy(C1), W, C2s).max(dim=2)
-    src = greedy_swaps(gain, partner, torch.zeros(2, dtype=torch.float64), passes=n)
+    gain, partner = best_swaps(torch.from_numpy(C1), W, C2s)
+    order = gain.argsort(dim=1, descending=True, stable=True)
+    src = greedy_set(order, gain, partner, torch.zeros(2, dtype=torch.float64), n // 8)
     for b in range(2):
-        part, g = best_swaps(C1[b], W[b].numpy(), C2s[b].numpy())
+        part, g = serial_best_swaps(C1[b], W[b].numpy(), C2s[b].numpy())
         np.testing.assert_allclose(gain[b].numpy(), g, rtol=1e-12, atol=1e-12)
         used, want = np.zeros(n, bool), np.arange(n)  # the serial search's greedy set
         for i in np.argsort(-g, kind="stable")[: n // 8]:
@@ -289,7 +294,12 @@ def test_swap_gains_and_greedy_set_match_the_serial_search():
             if g[i] > 0 and not (used[i] or used[j]):
                 used[i] = used[j] = True
                 want[i], want[j] = j, i
-        assert np.array_equal(src[b].numpy(), want)
+        assert np.array_equal(src[b].numpy(), want) and (want != np.arange(n)).sum() >= 2
+    ia = ib = torch.arange(2)
+    dq = delta_q(C1, C2, ia.numpy(), ib.numpy(), cols.numpy(), src.numpy())
+    full = (exact_q(torch.from_numpy(C1), torch.from_numpy(C2), ia, ib, cols.gather(1, src))
+            - exact_q(torch.from_numpy(C1), torch.from_numpy(C2), ia, ib, cols))
+    np.testing.assert_allclose(dq, full.numpy(), rtol=1e-10)
 
 
 def test_device_costs_and_memory_planner(toy_costs):
@@ -306,13 +316,87 @@ def test_device_costs_and_memory_planner(toy_costs):
     assert plan_batch(4096, 4096, "cpu", budget_bytes=1) == 1
 
 
+def _kernel_device():
+    """CUDA with Triton; or Triton's CPU interpreter when run with TRITON_INTERPRET=1 (a way to
+    check the kernels' semantics on a machine without a GPU); else the test skips."""
+    import os
+
+    pytest.importorskip("triton", reason="Triton is not installed (it ships with CUDA torch)")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return torch.device("cpu")
+    pytest.skip("no CUDA device on this machine (TRITON_INTERPRET=1 runs the kernels on the CPU)")
+
+
+def test_kernels_equal_their_twins(minilm_costs, toy_costs):
+    """Each Triton kernel against its host twin on the same inputs: the auction bit for bit
+    (permutations, prices, bids; cold and warm, real CG gradients), the greedy swap set exactly,
+    the best swaps and ΔQ to float rounding."""
+    from gwray.gw import auction_kernel, swap_kernels, swap_twin
+    from gwray.gw.auction_twin import auction_twin
+    from gwray.gw.device_assignment import final_epsilon
+    from gwray.gw.device_local_search import permuted, swap_gains
+
+    dev = _kernel_device()
+    real = [_cg_gradients(minilm_costs[0], minilm_costs[6], 2), _cg_gradients(toy_costs[1], toy_costs[5], 2)]
+    g = torch.Generator().manual_seed(0)
+    A = torch.stack([torch.from_numpy(real[0][0]), torch.from_numpy(real[1][0]), torch.rand(N, N, generator=g),
+                     (torch.rand(N, N, generator=g) * 4).round()])
+    B = A.shape[0]
+    prices, cols = torch.zeros(B, N, dtype=torch.float64), torch.full((B, N), -1, dtype=torch.int32)
+    for step in range(2):
+        if step:
+            A = A + 0.01 * torch.rand(A.shape, generator=g)
+        eps1 = final_epsilon(A, 1e-5)
+        cap = 0.125 * (A.amax(dim=(1, 2)) - A.amin(dim=(1, 2))).double()
+        eps0 = cap if step == 0 else eps1 * 6
+        active = torch.tensor([1, 1, 1, 0], dtype=torch.int32)
+        twin = [t.clone() for t in (prices, cols)] + [torch.zeros(B, dtype=torch.int64), torch.zeros(B, dtype=torch.int32)]
+        kern = [t.clone().to(dev) for t in twin]
+        auction_twin(A.numpy(), twin[0].numpy(), twin[1].numpy(), eps0.numpy(), cap.numpy(), eps1.numpy(),
+                     active.numpy(), 6.0, 10 ** 7, twin[2].numpy(), twin[3].numpy())
+        auction_kernel.auction_kernel(A.to(dev), *kern[:2], eps0.to(dev), cap.to(dev), eps1.to(dev),
+                                      active.to(dev), 6.0, 10 ** 7, *kern[2:],
+                                      torch.empty(B, N, dtype=torch.int32, device=dev),
+                                      torch.empty(B, N, dtype=torch.float64, device=dev))
+        for t, k in zip(twin, kern):
+            assert torch.equal(t, k.cpu()), step
+        prices, cols = twin[0], twin[1]
+    # the swap search's kernels on two real pairs at the permutations the auction found
+    C1 = torch.stack([torch.as_tensor(np.asarray(c)) for c in (minilm_costs[0], toy_costs[1])])
+    C2 = torch.stack([torch.as_tensor(np.asarray(c)) for c in (minilm_costs[6], toy_costs[5])])
+    perm, ia = cols[:2].long(), torch.arange(2)
+    C2s = permuted(C2, ia, perm).float()
+    W = torch.bmm(C1.float(), C2s)
+    gain, partner = torch.empty(2, N).to(dev), torch.empty(2, N, dtype=torch.long, device=dev)
+    swap_kernels.best_swaps(*(t.contiguous().to(dev) for t in (C1.float(), W, C2s)), gain, partner)
+    want, want_partner = swap_gains(C1.float(), W, C2s).max(dim=2)
+    np.testing.assert_allclose(gain.cpu().numpy(), want.numpy(), rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    assert (partner.cpu() == want_partner).float().mean() >= 0.95
+    order = want.argsort(dim=1, descending=True, stable=True)
+    thresh = torch.zeros(2, dtype=torch.float64)
+    src = torch.empty(2, N, dtype=torch.long, device=dev)
+    swap_kernels.greedy_set(order.to(dev), want.to(dev), want_partner.to(dev), thresh.to(dev), N // 8, src)
+    src_twin = swap_twin.greedy_set(order.numpy(), want.numpy(), want_partner.numpy(), thresh.numpy(), N // 8)
+    assert np.array_equal(src.cpu().numpy(), src_twin)
+    moved = src != torch.arange(N, device=dev)
+    out = torch.empty(2, dtype=torch.float64, device=dev)
+    swap_kernels.delta_q(C1.to(dev), C2.to(dev), ia.to(dev), ia.to(dev), perm.to(dev), src,
+                         torch.argsort((~moved).to(torch.int8), dim=1, stable=True), moved.sum(1), out)
+    np.testing.assert_allclose(out.cpu().numpy(), swap_twin.delta_q(C1.numpy(), C2.numpy(), ia.numpy(), ia.numpy(),
+                                                                    perm.numpy(), src_twin), rtol=1e-10)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_cuda_matches_cpu(toy_costs):
-    C1, C2 = _pairs(toy_costs, [(0, 3), (1, 5)])
+    """The whole engine on CUDA (its kernels) against its CPU run (their twins)."""
+    C1, C2 = _pairs(toy_costs, [(0, 3), (1, 5), (2, 6)])
     cpu = batched_gw(C1, C2)
     gpu = batched_gw(torch.from_numpy(C1).cuda(), torch.from_numpy(C2).cuda())
     for a, b in zip(cpu, gpu):
         assert b.value <= 1.01 * a.value + 1e-12 and b.lower_bound <= b.value
+        assert b.device_ops == gpu[0].device_ops and b.linear_steps > 0
 
 
 @pytest.mark.parametrize("args, kwargs, match", [

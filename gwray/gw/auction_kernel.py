@@ -109,22 +109,13 @@ def _auction(A, prices, cols, owner, viol, eps_start, eps_cap, eps_final, active
         tl.store(done_out + b, done)
 
 
-def auction_kernel(A: torch.Tensor, prices: torch.Tensor, cols: torch.Tensor,
-                   eps_start: torch.Tensor, eps_cap: torch.Tensor, eps_final: torch.Tensor,
-                   active: torch.Tensor, step: float, max_bids: int):
-    """The kernel over a batch, in place on ``prices`` and ``cols``; same contract as
-    :func:`gwray.gw.auction_twin.auction_twin` (device tensors: A (B, n, n) contiguous float32 or
-    float64, prices (B, n) float64, cols (B, n) int32, eps (B,) float64, active (B,) bool).
-
-    Returns (bids (B,) int64, done (B,) bool)."""
+def auction_kernel(A, prices, cols, eps_start, eps_cap, eps_final, active, step: float,
+                   max_bids: int, bids, done, owner, viol) -> None:
+    """The kernel over a batch, in place; the contract of
+    :func:`gwray.gw.auction_twin.auction_twin` on CUDA tensors, plus two (B, n) scratch arrays
+    (``owner`` int32, ``viol`` float64)."""
     B, n = A.shape[0], A.shape[1]
     block = triton.next_power_of_2(n)
-    bids = torch.zeros(B, dtype=torch.int64, device=A.device)
-    done = (~active).to(torch.int32)
-    owner = torch.empty(B, n, dtype=torch.int32, device=A.device)
-    viol = torch.empty(B, n, dtype=torch.float64, device=A.device)
-    _auction[(B,)](A, prices, cols, owner, viol, eps_start, eps_cap, eps_final,
-                   active.to(torch.int32), bids, done,
+    _auction[(B,)](A, prices, cols, owner, viol, eps_start, eps_cap, eps_final, active, bids, done,
                    n, float(step), int(max_bids), BLOCK=block, ROWS=max(1, 4096 // block),
                    num_warps=max(1, min(16, block // 256)))
-    return bids, done.bool()

@@ -99,8 +99,9 @@ def _solve_all(A, prices, cols, eps_start, eps_cap, eps_final, active, step, max
 
 def auction_twin(A: np.ndarray, prices: np.ndarray, cols: np.ndarray, eps_start: np.ndarray,
                  eps_cap: np.ndarray, eps_final: np.ndarray, active: np.ndarray, step: float,
-                 max_bids: int):
-    """Run the auction on the ``active`` problems, updating ``prices`` and ``cols`` in place.
+                 max_bids: int, bids: np.ndarray, done: np.ndarray) -> None:
+    """Run the auction on the ``active`` problems, in place on ``prices``, ``cols``, ``bids`` and
+    ``done``.
 
     Parameters
     ----------
@@ -109,14 +110,11 @@ def auction_twin(A: np.ndarray, prices: np.ndarray, cols: np.ndarray, eps_start:
     cols : (B, n) int32 ndarray, the previous assignment (−1: none), kept where ε-optimal.
     eps_start, eps_cap, eps_final : (B,) float64 ndarrays: the first ε at least (raised to the
         largest CS violation of ``cols`` at ``prices``, at most ``eps_cap``) and the last ε.
-    active : (B,) bool ndarray; step : float > 1, ε's factor between phases; max_bids : int.
-
-    Returns
-    -------
-    bids : (B,) int64 ndarray (0 for inactive problems); done : (B,) bool ndarray.
+    active : (B,) int32 ndarray (non-zero: solve); step : float > 1, ε's factor between phases;
+    max_bids : int.
+    bids : (B,) int64 ndarray, out: bids made (left as given for inactive problems).
+    done : (B,) int32 ndarray, out: 1 where the last phase finished (left as given for inactive
+        problems).
     """
-    B = A.shape[0]
-    bids, done = np.zeros(B, np.int64), ~active.copy()
     _solve_all(A, prices, cols, eps_start, eps_cap, eps_final, active, float(step), int(max_bids),
                bids, done)
-    return bids, done

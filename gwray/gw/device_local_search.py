@@ -1,15 +1,20 @@
 """Pairwise-swap local search on permutation plans for B pairs at once, on the device.
 
 The device version of :mod:`gwray.gw.local_search` (same gain formula, same objective
-Q(σ) = Σ_ik C1_ik C2_σ(i)σ(k)): every swap gain of a round is read off W = C1 C2s,
-C2s = C2[σ][:, σ], as one (B, n, n) elementwise expression. A round applies the disjoint
-swap set of the serial search (:func:`greedy_swaps`) when its joint exact gain is positive, else
-the single best swap, each only if the exact (float64) Q rises; then C2s is gathered again from
-the layer stack and W recomputed by one batched matmul.
+Q(σ) = Σ_ik C1_ik C2_σ(i)σ(k), same swap set): every swap gain of a round is read off
+W = C1 C2s, C2s = C2[σ][:, σ]. A round applies the greedy disjoint swap set of the serial search
+when its exact joint gain is positive, else the single best swap, each only if the exact
+(float64) Q rises; then C2s is gathered again from the layer stack and W recomputed by one
+batched matmul. The three steps of a round that would otherwise take many small or large torch
+passes (best partners, the greedy set, the exact gain) are one kernel launch each on CUDA
+(:mod:`gwray.gw.swap_kernels`) and their twins elsewhere (:mod:`gwray.gw.swap_twin`).
 """
 from __future__ import annotations
 
 import torch
+
+from gwray.gw import device_assignment, swap_twin
+from gwray.gw.device_assignment import kernel_launch, triton_kernels
 
 EXACT_BYTES = 1 << 30
 """Float64 work arrays of one exact-objective pass at most (it runs in chunks of pairs)."""
@@ -56,55 +61,61 @@ def swap_gains(C1: torch.Tensor, W: torch.Tensor, C2s: torch.Tensor) -> torch.Te
     return G.diagonal_scatter(torch.full_like(w, -torch.inf), dim1=1, dim2=2)
 
 
-def greedy_swaps(gain: torch.Tensor, partner: torch.Tensor, thresh: torch.Tensor,
-                 passes: int = 8) -> torch.Tensor:
-    """The serial search's swap set, in parallel: of the k = n/8 positions with the largest gains,
-    in order of gain, each takes its best partner unless either is already taken.
+def best_swaps(C1: torch.Tensor, W: torch.Tensor, C2s: torch.Tensor):
+    """Each position's best swap: (gain (B, n), partner (B, n) long), the lowest partner among
+    ties; one kernel launch on CUDA (float32), :func:`swap_gains` maximised over rows elsewhere."""
+    B, n = C1.shape[0], C1.shape[1]
+    gain = torch.empty(B, n, dtype=C1.dtype, device=C1.device)
+    partner = torch.empty(B, n, dtype=torch.long, device=C1.device)
+    kern = triton_kernels(C1, "swap_kernels") if C1.dtype == torch.float32 else None
+    with kernel_launch():
+        if kern is not None:
+            kern.best_swaps(C1, W, C2s, gain, partner)
+        else:
+            torch.max(swap_gains(C1, W, C2s), dim=2, out=(gain, partner))
+    return gain, partner
 
-    Greedy matching is the same as repeatedly taking the locally dominant edges (those ranked
-    first among the remaining edges at both ends) and dropping the edges that touch them; after
-    ``passes`` such passes (no host read) the edges still undecided are left out, so the set is
-    a subset of the greedy one, and always disjoint.
 
-    Parameters
-    ----------
-    gain, partner : (B, n) each position's best swap gain and partner; thresh : (B,).
+def greedy_set(order, gain, partner, thresh, k: int) -> torch.Tensor:
+    """The serial search's disjoint swap set (:func:`gwray.gw.swap_twin.greedy_set`), one kernel
+    launch (its twin where there is no kernel). (B, n) → src (B, n) long."""
+    src = torch.empty_like(partner)
+    kern = triton_kernels(gain, "swap_kernels")
+    with kernel_launch():
+        if kern is not None:
+            kern.greedy_set(order, gain, partner, thresh, k, src)
+        else:
+            src.copy_(torch.from_numpy(swap_twin.greedy_set(
+                *device_assignment.host_arrays(order, gain, partner, thresh), k)))
+    return src
 
-    Returns
-    -------
-    src : (B, n) long tensor: position i takes the target of position src[i] (a product of
-    disjoint transpositions).
-    """
-    B, n = gain.shape
-    k = max(1, n // 8)
-    top, i = gain.topk(k, dim=1)
-    j = partner.gather(1, i)
-    rank = torch.arange(k, device=gain.device).expand(B, k)
-    live = top > thresh[:, None]
-    src = torch.arange(n + 1, device=gain.device).repeat(B, 1)  # slot n: a dump
-    taken = torch.zeros(B, n + 1, dtype=torch.bool, device=gain.device)
-    for _ in range(passes):
-        first = torch.full((B, n + 1), k, dtype=torch.long, device=gain.device)
-        r = torch.where(live, rank, k)
-        first.scatter_reduce_(1, torch.where(live, i, n), r, "amin")
-        first.scatter_reduce_(1, torch.where(live, j, n), r, "amin")
-        win = live & (first.gather(1, i) == rank) & (first.gather(1, j) == rank)
-        src.scatter_(1, torch.where(win, i, n), j)
-        src.scatter_(1, torch.where(win, j, n), i)
-        taken.scatter_(1, torch.where(win, i, n), True)
-        taken.scatter_(1, torch.where(win, j, n), True)
-        live &= ~(taken.gather(1, i) | taken.gather(1, j))
-    return src[:, :n]
+
+def delta_q(P, cols: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """Exact ΔQ (float64) of the moves ``src`` for the pairs of ``P``
+    (:func:`gwray.gw.swap_twin.delta_q`), one kernel launch (its twin where there is no kernel)."""
+    moved = src != torch.arange(src.shape[1], device=src.device)
+    moved_rows = torch.argsort((~moved).to(torch.int8), dim=1, stable=True)  # moved rows first
+    count, out = moved.sum(1), torch.empty(src.shape[0], dtype=torch.float64, device=src.device)
+    kern = triton_kernels(cols, "swap_kernels")
+    with kernel_launch():
+        if kern is not None:
+            kern.delta_q(P.Ca, P.Cb, P.ia, P.ib, cols, src, moved_rows, count, out)
+        else:
+            out.copy_(torch.from_numpy(swap_twin.delta_q(
+                *device_assignment.host_arrays(P.Ca, P.Cb, P.ia, P.ib, cols, src))))
+    return out
 
 
 def swap_search(P, cols: torch.Tensor, active: torch.Tensor, max_rounds: int,
                 check_every: int = 4):
     """Improve the permutations i → cols[b, i] of the ``active`` pairs of ``P``
-    (:class:`gwray.gw.device_cg.Pairs`) by rounds of swaps.
+    (:class:`gwray.gw.device_cg.Pairs`) by rounds of swaps, as the serial search.
 
-    Gains come from the search-precision W; a move is only made when the exact Q (float64, O(n²)
-    per candidate) rises by more than 1e-12 relative, as in the serial search: every accepted
-    move is a true improvement, so float32 noise can neither cycle nor raise the value.
+    A round: every position's best swap from W = C1 C2[σ][:, σ] (search precision), the greedy
+    set of disjoint improving swaps among the n/8 best positions, and its exact (float64) gain;
+    the set is applied when that gain exceeds 1e-12 of Q, else the single best swap when its own
+    does, else the pair stops. Every accepted move is a true improvement, so float32 noise can
+    neither cycle nor raise the value.
 
     Parameters
     ----------
@@ -118,28 +129,27 @@ def swap_search(P, cols: torch.Tensor, active: torch.Tensor, max_rounds: int,
     cols : (B, n) the improved permutations; changed : (B,) bool, which pairs moved.
     """
     B, n = cols.shape
+    k = max(1, n // 8)
     ar = torch.arange(n, device=cols.device).expand(B, n)
-    exact = (P.Ca, P.Cb, P.ia, P.ib)
     C2s = permuted(P.Xb, P.ib, cols)
     W = torch.bmm(P.C1, C2s)
-    Q = exact_q(*exact, cols)
+    Q = exact_q(P.Ca, P.Cb, P.ia, P.ib, cols)
     changed = torch.zeros_like(active)
     for r in range(max_rounds):
         if n < 2 or (r % check_every == 0 and not P.read(active.any())):
             break
         thresh = 1e-12 * Q.abs().clamp_min(1e-300)
-        gain, partner = swap_gains(P.C1, W, C2s).max(dim=2)
-        top, i = gain.max(dim=1)
-        j = partner.gather(1, i[:, None])[:, 0]
-        single = ar.clone()
-        single.scatter_(1, i[:, None], j[:, None]).scatter_(1, j[:, None], i[:, None])
-        src = greedy_swaps(gain, partner, torch.zeros_like(top))
-        Q_set = exact_q(*exact, cols.gather(1, src))
-        Q_one = exact_q(*exact, cols.gather(1, single))
-        set_ok = Q_set > Q + thresh
-        move = active & (set_ok | (Q_one > Q + thresh))
+        gain, partner = best_swaps(P.C1, W, C2s)
+        order = gain.argsort(dim=1, descending=True, stable=True)
+        src = greedy_set(order, gain, partner, thresh, k)
+        i = order[:, :1]
+        single = ar.scatter(1, i, partner.gather(1, i)).scatter(1, partner.gather(1, i), i)
+        gain_set, gain_one = delta_q(P, cols, src), delta_q(P, cols, single)
+        set_ok = gain_set > thresh
+        one_ok = (gain.gather(1, i)[:, 0] > thresh) & (gain_one > thresh)
+        move = active & (set_ok | one_ok)
         src = torch.where(move[:, None], torch.where(set_ok[:, None], src, single), ar)
-        Q = torch.where(move, torch.where(set_ok, Q_set, Q_one), Q)
+        Q = Q + torch.where(move, torch.where(set_ok, gain_set, gain_one), 0.0)
         cols = cols.gather(1, src)
         C2s = permuted(P.Xb, P.ib, cols)
         W = torch.bmm(P.C1, C2s)
