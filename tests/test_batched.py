@@ -333,12 +333,12 @@ def test_kernels_equal_their_twins(minilm_costs, toy_costs):
     """Each Triton kernel against its host twin on the same inputs: the auction bit for bit
     (permutations, prices, bids; cold and warm, real CG gradients), the greedy swap set exactly,
     the best swaps and ΔQ to float rounding."""
+    dev = _kernel_device()
     from gwray.gw import auction_kernel, swap_kernels, swap_twin
     from gwray.gw.auction_twin import auction_twin
     from gwray.gw.device_assignment import final_epsilon
     from gwray.gw.device_local_search import permuted, swap_gains
 
-    dev = _kernel_device()
     real = [_cg_gradients(minilm_costs[0], minilm_costs[6], 2), _cg_gradients(toy_costs[1], toy_costs[5], 2)]
     g = torch.Generator().manual_seed(0)
     A = torch.stack([torch.from_numpy(real[0][0]), torch.from_numpy(real[1][0]), torch.rand(N, N, generator=g),
