@@ -329,7 +329,7 @@ def _kernel_device():
     pytest.skip("no CUDA device on this machine (TRITON_INTERPRET=1 runs the kernels on the CPU)")
 
 
-def test_kernels_equal_their_twins(minilm_costs, toy_costs):
+def test_kernels_equal_their_twins(toy_costs):
     """Each Triton kernel against its host twin on the same inputs: the auction bit for bit
     (permutations, prices, bids; cold and warm, real CG gradients), the greedy swap set exactly,
     the best swaps and ΔQ to float rounding."""
@@ -339,7 +339,7 @@ def test_kernels_equal_their_twins(minilm_costs, toy_costs):
     from gwray.gw.device_assignment import final_epsilon
     from gwray.gw.device_local_search import permuted, swap_gains
 
-    real = [_cg_gradients(minilm_costs[0], minilm_costs[6], 2), _cg_gradients(toy_costs[1], toy_costs[5], 2)]
+    real = [_cg_gradients(toy_costs[0], toy_costs[6], 2), _cg_gradients(toy_costs[1], toy_costs[5], 2)]
     g = torch.Generator().manual_seed(0)
     A = torch.stack([torch.from_numpy(real[0][0]), torch.from_numpy(real[1][0]), torch.rand(N, N, generator=g),
                      (torch.rand(N, N, generator=g) * 4).round()])
@@ -364,8 +364,8 @@ def test_kernels_equal_their_twins(minilm_costs, toy_costs):
             assert torch.equal(t, k.cpu()), step
         prices, cols = twin[0], twin[1]
     # the swap search's kernels on two real pairs at the permutations the auction found
-    C1 = torch.stack([torch.as_tensor(np.asarray(c)) for c in (minilm_costs[0], toy_costs[1])])
-    C2 = torch.stack([torch.as_tensor(np.asarray(c)) for c in (minilm_costs[6], toy_costs[5])])
+    C1 = torch.stack([torch.as_tensor(np.asarray(c)) for c in (toy_costs[0], toy_costs[1])])
+    C2 = torch.stack([torch.as_tensor(np.asarray(c)) for c in (toy_costs[6], toy_costs[5])])
     perm, ia = cols[:2].long(), torch.arange(2)
     C2s = permuted(C2, ia, perm).float()
     W = torch.bmm(C1.float(), C2s)

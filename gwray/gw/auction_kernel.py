@@ -13,9 +13,11 @@ Imported only where torch sees CUDA and Triton is installed (Triton ships with P
 """
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
+
+WARPS: int | None = None
+"""Warps per program; None: one per 256 columns (1 to 16). ``bench/gpu.py`` times the choices."""
 
 
 @triton.jit
@@ -118,4 +120,4 @@ def auction_kernel(A, prices, cols, eps_start, eps_cap, eps_final, active, step:
     block = triton.next_power_of_2(n)
     _auction[(B,)](A, prices, cols, owner, viol, eps_start, eps_cap, eps_final, active, bids, done,
                    n, float(step), int(max_bids), BLOCK=block, ROWS=max(1, 4096 // block),
-                   num_warps=max(1, min(16, block // 256)))
+                   num_warps=WARPS or max(1, min(16, block // 256)))

@@ -106,14 +106,16 @@ def _weights(w, name: str, B: int, n: int, device) -> torch.Tensor:
     return (w / w.sum(dim=1, keepdim=True)).contiguous()
 
 
-def plan_batch(n: int, m: int, device, budget_bytes: int | None = None, starts: int = 3) -> int:
+def plan_batch(n: int, m: int, device, budget_bytes: int | None = None, starts: int = 3,
+               dense: bool = False) -> int:
     """How many pairs of sizes (n, m) fit in one batch on ``device``.
 
     Per pair the engine holds one search-precision copy of C1 (the left factor of its matmuls;
-    the other costs stay in per-layer stacks) and, per start, the gradient A and at its peak a
-    gathered C2 and the matmul's result: 4 (1 + 3 ``starts``) bytes per (i, j) in float32, or the
-    swap search's W, C2[σ][:, σ] and gain expression (~40 bytes) when that is larger; exact
-    values and the bound work in chunks of at most 1 GiB.
+    the other costs stay in per-layer stacks) and, per start, the gradient A and the matmul's
+    result, plus one start's gathered C2 rows: 4 (2 + 2 ``starts``) bytes per (i, j) in float32
+    (at least 36, the polish's and the bound's peak); ``dense`` plans (other weights, n ≠ m) add
+    the plan and Sinkhorn's work arrays, 12 bytes per start. Exact values and the bound's
+    float64 passes work in chunks of at most 1 GiB.
 
     Parameters
     ----------
@@ -121,7 +123,7 @@ def plan_batch(n: int, m: int, device, budget_bytes: int | None = None, starts: 
     device : torch.device or str.
     budget_bytes : int, optional. Default: 70 % of the free memory of a CUDA device (less 2 GiB
         for the chunked passes), or a quarter of the host's available memory for "cpu".
-    starts : int, the starts run concurrently.
+    starts : int, the starts run concurrently; dense : bool, plans are dense (not permutations).
 
     Returns
     -------
@@ -133,7 +135,7 @@ def plan_batch(n: int, m: int, device, budget_bytes: int | None = None, starts: 
             budget_bytes = int(0.7 * torch.cuda.mem_get_info(device)[0]) - (2 << 30)
         else:
             budget_bytes = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
-    per_pair = max(4 * (1 + 3 * starts), 44) * n * m
+    per_pair = max(4 * (2 + 2 * starts) + (12 * starts if dense else 0), 36) * n * m
     return max(1, int(budget_bytes // per_pair))
 
 
@@ -261,7 +263,7 @@ def batched_gw(C1, C2, *, pairs=None, p=None, q=None, aligned: bool = True, star
     names = [s for s in STARTS if s in starts and (aligned or s not in ALIGNED_ONLY)] or ["product"]
     uniform = host_read(((p64 - 1.0 / n).abs().amax() <= 1e-12) & ((q64 - 1.0 / m).abs().amax() <= 1e-12))
     lap = uniform and n == m
-    size = batch_size or plan_batch(n, m, device, starts=len(names))
+    size = batch_size or plan_batch(n, m, device, starts=len(names), dense=not lap)
     tf32_before = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32 and device.type == "cuda"
     try:

@@ -58,14 +58,13 @@ class Pairs:
         return self.ib.repeat(k)
 
     def times_c(self, cols: torch.Tensor) -> torch.Tensor:
-        """C1 @ C2[σ] / n for the permutations cols (k·B, n): a gather of C2's rows from the
-        stack, then one batched matmul per block."""
-        k = cols.shape[0] // self.B
-        rows = self.Xb[self.blocks(k)[:, None], cols]
-        out = torch.empty_like(rows)
-        for s in range(k):
+        """C1 @ C2[σ] / n for the permutations cols (k·B, n): per block, a gather of C2's rows
+        from the stack, then one batched matmul (one block's gathered rows alive at a time)."""
+        out = torch.empty(cols.shape[0], self.n, self.n, dtype=self.dt, device=cols.device)
+        for s in range(cols.shape[0] // self.B):
             sl = slice(s * self.B, (s + 1) * self.B)
-            torch.baddbmm(rows[sl], self.C1, rows[sl], beta=0.0, alpha=1.0 / self.n, out=out[sl])
+            rows = self.Xb[self.ib[:, None], cols[sl]]
+            torch.baddbmm(rows, self.C1, rows, beta=0.0, alpha=1.0 / self.n, out=out[sl])
         return out
 
     def times_dense(self, S: torch.Tensor) -> torch.Tensor:

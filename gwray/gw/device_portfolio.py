@@ -107,6 +107,7 @@ def solve_batch(P: Pairs, names, max_iter: int, tol: float, swap_rounds: int, bo
             active = first_step_value(P, S) <= cutoff
         S = cg(P, S, active, max_iter, tol, cutoff=cutoff)
         end = exact_ends(P, S, stage)
+        del S  # its gradients: the polish and the bound need the memory
         end.value = torch.where(active, end.value, math.inf)  # screened out: never ran
         best = torch.minimum(best, end.value.view(K, B).amin(0))
         ends.append(end)

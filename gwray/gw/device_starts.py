@@ -34,8 +34,8 @@ def start_state(P: Pairs, names) -> State:
         blk = slice(s * B, (s + 1) * B)
         if name == "identity":
             A[blk], kind[blk] = ident, PERMUTATION
-        elif name == "mixed":
-            torch.add(0.5 * ident, 0.5 * u[:, :, None] * v[:, None, :], out=A[blk])
+        elif name == "mixed":  # in place: no n² temporaries
+            A[blk].copy_(ident).mul_(0.5).addcmul_(u[:, :, None], v[:, None, :], value=0.5)
             kind[blk] = MIXED
         else:
             torch.mul(u[:, :, None], v[:, None, :], out=A[blk])
