@@ -143,13 +143,12 @@ def step_warps(device, n: int, report: dict) -> None:
     P = min(264, 66 * 4)
     pairs = (pair_list(12) * 4)[:P]
     A = torch.stack([C[i] @ C[j] / n for i, j in pairs])
-    eps = device_assignment.final_epsilon(A, 1e-5)
     row = {}
     for warps in (2, 4, 8, 16):
         auction_kernel.WARPS = warps
         sync(device)
         t = time.perf_counter()
-        _, _, _, bids = device_assignment.auction(A, eps)
+        _, _, _, bids = device_assignment.auction(A, 1e-5)
         sync(device)
         s = time.perf_counter() - t
         row[warps] = {"s": s, "bids": int(bids.sum()), "max_bids": int(bids.max())}

@@ -160,8 +160,9 @@ def test_float32_search_float64_values(toy_costs, monkeypatch):
     """The matmuls of the search run in float32; the values equal a float64 search's."""
     C1, C2 = _pairs(toy_costs, [(0, 2), (1, 5)])
     seen = []
-    bmm = torch.bmm
-    monkeypatch.setattr(torch, "bmm", lambda a, b: seen.append(a.dtype) or bmm(a, b))
+    bmm, baddbmm = torch.bmm, torch.baddbmm
+    monkeypatch.setattr(torch, "bmm", lambda a, b, **k: seen.append(a.dtype) or bmm(a, b, **k))
+    monkeypatch.setattr(torch, "baddbmm", lambda c, a, b, **k: seen.append(a.dtype) or baddbmm(c, a, b, **k))
     r32 = batched_gw(C1, C2, bound=False)
     monkeypatch.undo()
     assert seen and all(d == torch.float32 for d in seen)
@@ -198,7 +199,8 @@ def test_device_reads_and_ops_go_through_the_counters_and_do_not_grow_with_the_b
         assert all(x.device_ops == ops[-1] for x in r) and all(x.linear_steps >= 2 for x in r)
     monkeypatch.undo()
     assert counts[0] == counts[1] and counts[0] < 200
-    assert ops[0] == ops[1] and ops[0] < 3000, ops
+    # torch's own indexing may take a view more or less for one row: a per-pair loop would be ×16
+    assert ops[1] <= 1.01 * ops[0] and ops[0] < 1500, ops
 
 
 def _cg_gradients(C1, C2, steps=4):
@@ -237,7 +239,7 @@ def test_auction_within_n_eps_of_optimum_cold_and_warm(minilm_costs, toy_costs):
     prices = cols = None
     for k, bench in enumerate(seq):
         eps = final_epsilon(bench, 1e-5)
-        cols, prices, done, bids = auction(bench, eps, prices, cols)
+        cols, prices, done, bids = auction(bench, 1e-5, prices, cols)
         assert bool(done.all()) and bool((bids > 0).all() if k == 0 else (bids >= 0).all())
         for b in range(bench.shape[0]):
             a = bench[b].double().numpy()
@@ -267,39 +269,52 @@ def test_certified_tlb_is_valid_for_any_potential_and_tight_for_sinkhorns(toy_co
     assert all(float(bad[b]) <= exact[b] + 1e-12 for b in range(2))
 
 
-def test_swap_gains_greedy_set_and_exact_gain_match_the_serial_search():
-    """The device round's pieces against the serial search's: every position's best gain and
-    partner, the greedy disjoint swap set (exactly the serial one), and ΔQ of the set against two
-    full float64 objectives."""
-    from gwray.gw.device_local_search import best_swaps, exact_q, greedy_set, permuted
-    from gwray.gw.local_search import best_swaps as serial_best_swaps
-    from gwray.gw.swap_twin import delta_q
+def _swap_case(n=40, seed=1):
+    """Two pairs (costs with a diagonal, so every term of the gain formula counts) at random
+    permutations, with W = C1 C2[σ][:, σ]."""
+    from gwray.gw.device_local_search import permuted
 
-    rng = np.random.default_rng(1)
-    n = 40
+    rng = np.random.default_rng(seed)
     C1 = np.stack([cost_matrix(rng.normal(size=(n, 3))) + np.diag(rng.uniform(size=n)) for _ in range(2)])
     C2 = np.stack([cost_matrix(rng.normal(size=(n, 4))) for _ in range(2)])
     cols = torch.stack([torch.from_numpy(rng.permutation(n)) for _ in range(2)])
     C2s = permuted(torch.from_numpy(C2), torch.arange(2), cols)
-    W = torch.bmm(torch.from_numpy(C1), C2s)
-    gain, partner = best_swaps(torch.from_numpy(C1), W, C2s)
+    return C1, C2, cols, C2s, torch.bmm(torch.from_numpy(C1), C2s)
+
+
+def test_swap_round_matches_the_serial_search():
+    """The device round's pieces against the serial search's: every position's best gain and
+    partner, then the round (twin): the serial greedy disjoint swap set applied, Q updated by
+    its exact gain (equal to two full float64 objectives)."""
+    from gwray.gw.device_local_search import best_swaps, exact_q
+    from gwray.gw.local_search import best_swaps as serial_best_swaps
+    from gwray.gw.swap_twin import swap_round
+
+    n = 40
+    C1, C2, cols, C2s, W = _swap_case(n)
+    gain, partner = torch.empty(2, n, dtype=W.dtype), torch.empty(2, n, dtype=torch.long)
+    best_swaps(torch.from_numpy(C1), W, C2s, gain, partner)
     order = gain.argsort(dim=1, descending=True, stable=True)
-    src = greedy_set(order, gain, partner, torch.zeros(2, dtype=torch.float64), n // 8)
+    ia = torch.arange(2)
+    Q = exact_q(torch.from_numpy(C1), torch.from_numpy(C2), ia, ia, cols)
+    new, Q_new = cols.clone(), Q.clone()
+    active, changed = np.ones(2, np.int32), np.zeros(2, np.int32)
+    swap_round(order.numpy(), gain.numpy(), partner.numpy(), n // 8, C1, C2, ia.numpy(), ia.numpy(),
+               new.numpy(), Q_new.numpy(), active, changed)
     for b in range(2):
         part, g = serial_best_swaps(C1[b], W[b].numpy(), C2s[b].numpy())
         np.testing.assert_allclose(gain[b].numpy(), g, rtol=1e-12, atol=1e-12)
-        used, want = np.zeros(n, bool), np.arange(n)  # the serial search's greedy set
+        used, src = np.zeros(n, bool), np.arange(n)  # the serial search's greedy set
         for i in np.argsort(-g, kind="stable")[: n // 8]:
             j = part[i]
-            if g[i] > 0 and not (used[i] or used[j]):
+            if g[i] > 1e-12 * abs(float(Q[b])) and not (used[i] or used[j]):
                 used[i] = used[j] = True
-                want[i], want[j] = j, i
-        assert np.array_equal(src[b].numpy(), want) and (want != np.arange(n)).sum() >= 2
-    ia = ib = torch.arange(2)
-    dq = delta_q(C1, C2, ia.numpy(), ib.numpy(), cols.numpy(), src.numpy())
-    full = (exact_q(torch.from_numpy(C1), torch.from_numpy(C2), ia, ib, cols.gather(1, src))
-            - exact_q(torch.from_numpy(C1), torch.from_numpy(C2), ia, ib, cols))
-    np.testing.assert_allclose(dq, full.numpy(), rtol=1e-10)
+                src[i], src[j] = j, i
+        assert (src != np.arange(n)).sum() >= 2
+        assert np.array_equal(new[b].numpy(), cols[b].numpy()[src]) and changed[b] == 1 and active[b] == 1
+    full = exact_q(torch.from_numpy(C1), torch.from_numpy(C2), ia, ia, new)
+    np.testing.assert_allclose(Q_new.numpy(), full.numpy(), rtol=1e-12)
+    assert bool((Q_new > Q).all())
 
 
 def test_device_costs_and_memory_planner(toy_costs):
@@ -331,13 +346,12 @@ def _kernel_device():
 
 def test_kernels_equal_their_twins(toy_costs):
     """Each Triton kernel against its host twin on the same inputs: the auction bit for bit
-    (permutations, prices, bids; cold and warm, real CG gradients), the greedy swap set exactly,
-    the best swaps and ΔQ to float rounding."""
+    (permutations, prices, bids; cold, warm, out of bids), the swap round exactly (its moves; Q
+    to float rounding), the best swaps to float rounding."""
     dev = _kernel_device()
     from gwray.gw import auction_kernel, swap_kernels, swap_twin
     from gwray.gw.auction_twin import auction_twin
-    from gwray.gw.device_assignment import final_epsilon
-    from gwray.gw.device_local_search import permuted, swap_gains
+    from gwray.gw.device_local_search import exact_q, permuted, swap_gains
 
     real = [_cg_gradients(toy_costs[0], toy_costs[6], 2), _cg_gradients(toy_costs[1], toy_costs[5], 2)]
     g = torch.Generator().manual_seed(0)
@@ -345,25 +359,30 @@ def test_kernels_equal_their_twins(toy_costs):
                      (torch.rand(N, N, generator=g) * 4).round()])
     B = A.shape[0]
     prices, cols = torch.zeros(B, N, dtype=torch.float64), torch.full((B, N), -1, dtype=torch.int32)
-    for step in range(2):
-        if step:
+    active = torch.tensor([1, 1, 1, 0], dtype=torch.int32)
+    params = torch.tensor([1e-5, torch.finfo(torch.float32).tiny, 6.0], dtype=torch.float64)
+    # cold, warm from the cold prices on nearby problems, and cold with too few bids (completion)
+    for step, (warm, budget) in enumerate([(0, 10 ** 7), (1, 10 ** 7), (0, 2 * N)]):
+        if step == 1:
             A = A + 0.01 * torch.rand(A.shape, generator=g)
-        eps1 = final_epsilon(A, 1e-5)
-        cap = 0.125 * (A.amax(dim=(1, 2)) - A.amin(dim=(1, 2))).double()
-        eps0 = cap if step == 0 else eps1 * 6
-        active = torch.tensor([1, 1, 1, 0], dtype=torch.int32)
-        twin = [t.clone() for t in (prices, cols)] + [torch.zeros(B, dtype=torch.int64), torch.zeros(B, dtype=torch.int32)]
+        lo, hi = torch.aminmax(A.reshape(B, -1), dim=1)
+        start = cols if step == 1 else torch.full((B, N), -1, dtype=torch.int32)
+        twin = [prices.clone(), start.clone(), torch.zeros(B, dtype=torch.int64), torch.zeros(B, dtype=torch.int32)]
         kern = [t.clone().to(dev) for t in twin]
-        auction_twin(A.numpy(), twin[0].numpy(), twin[1].numpy(), eps0.numpy(), cap.numpy(), eps1.numpy(),
-                     active.numpy(), 6.0, 10 ** 7, twin[2].numpy(), twin[3].numpy())
-        auction_kernel.auction_kernel(A.to(dev), *kern[:2], eps0.to(dev), cap.to(dev), eps1.to(dev),
-                                      active.to(dev), 6.0, 10 ** 7, *kern[2:],
-                                      torch.empty(B, N, dtype=torch.int32, device=dev),
+        flags = torch.full((B,), warm, dtype=torch.int32)
+        auction_twin(A.numpy(), twin[0].numpy(), twin[1].numpy(), lo.numpy(), hi.numpy(), params.numpy(),
+                     flags.numpy(), active.numpy(), 6.0, budget, twin[2].numpy(), twin[3].numpy())
+        auction_kernel.auction_kernel(*(t.to(dev) for t in (A,)), *kern[:2],
+                                      *(t.to(dev) for t in (lo, hi, params, flags, active)), 6.0, budget,
+                                      *kern[2:], torch.empty(B, N, dtype=torch.int32, device=dev),
                                       torch.empty(B, N, dtype=torch.float64, device=dev))
         for t, k in zip(twin, kern):
             assert torch.equal(t, k.cpu()), step
-        prices, cols = twin[0], twin[1]
-    # the swap search's kernels on two real pairs at the permutations the auction found
+        assert all(sorted(twin[1][b].tolist()) == list(range(N)) for b in range(3))
+        assert twin[3][:3].tolist() == ([0, 0, 0] if step == 2 else [1, 1, 1])
+        if step < 2:
+            prices, cols = twin[0], twin[1]
+    # the swap search's kernels: best swaps on real pairs at the permutations the auction found
     C1 = torch.stack([torch.as_tensor(np.asarray(c)) for c in (toy_costs[0], toy_costs[1])])
     C2 = torch.stack([torch.as_tensor(np.asarray(c)) for c in (toy_costs[6], toy_costs[5])])
     perm, ia = cols[:2].long(), torch.arange(2)
@@ -374,18 +393,22 @@ def test_kernels_equal_their_twins(toy_costs):
     want, want_partner = swap_gains(C1.float(), W, C2s).max(dim=2)
     np.testing.assert_allclose(gain.cpu().numpy(), want.numpy(), rtol=1e-4, atol=1e-4 * float(want.abs().max()))
     assert (partner.cpu() == want_partner).float().mean() >= 0.95
-    order = want.argsort(dim=1, descending=True, stable=True)
-    thresh = torch.zeros(2, dtype=torch.float64)
-    src = torch.empty(2, N, dtype=torch.long, device=dev)
-    swap_kernels.greedy_set(order.to(dev), want.to(dev), want_partner.to(dev), thresh.to(dev), N // 8, src)
-    src_twin = swap_twin.greedy_set(order.numpy(), want.numpy(), want_partner.numpy(), thresh.numpy(), N // 8)
-    assert np.array_equal(src.cpu().numpy(), src_twin)
-    moved = src != torch.arange(N, device=dev)
-    out = torch.empty(2, dtype=torch.float64, device=dev)
-    swap_kernels.delta_q(C1.to(dev), C2.to(dev), ia.to(dev), ia.to(dev), perm.to(dev), src,
-                         torch.argsort((~moved).to(torch.int8), dim=1, stable=True), moved.sum(1), out)
-    np.testing.assert_allclose(out.cpu().numpy(), swap_twin.delta_q(C1.numpy(), C2.numpy(), ia.numpy(), ia.numpy(),
-                                                                    perm.numpy(), src_twin), rtol=1e-10)
+    # the round, from the twin's gains, on a real pair and on a random one with diagonals
+    C1r, C2r, cols_r, C2s_r, W_r = _swap_case(N)
+    for c1, c2, cs, c2s, w in ((C1, C2, perm, C2s, W), (torch.from_numpy(C1r), torch.from_numpy(C2r), cols_r,
+                                                         C2s_r.float(), torch.bmm(torch.from_numpy(C1r).float(), C2s_r.float()))):
+        g, p = swap_gains(c1.float(), w, c2s).max(dim=2)
+        order = g.argsort(dim=1, descending=True, stable=True)
+        Q = exact_q(c1, c2, ia, ia, cs)
+        twin = [cs.clone(), Q.clone(), torch.ones(2, dtype=torch.int32), torch.zeros(2, dtype=torch.int32)]
+        kern = [t.clone().to(dev) for t in twin]
+        swap_twin.swap_round(order.numpy(), g.numpy(), p.numpy(), N // 8, c1.numpy(), c2.numpy(), ia.numpy(),
+                             ia.numpy(), *(t.numpy() for t in twin))
+        swap_kernels.swap_round(*(t.to(dev) for t in (order, g, p)), N // 8,
+                                *(t.to(dev) for t in (c1, c2, ia, ia)), *kern, torch.empty_like(kern[0]))
+        assert torch.equal(twin[0], kern[0].cpu()) and torch.equal(twin[2], kern[2].cpu())
+        assert torch.equal(twin[3], kern[3].cpu()) and bool(twin[3].any())
+        np.testing.assert_allclose(kern[1].cpu().numpy(), twin[1].numpy(), rtol=1e-12)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")

@@ -21,8 +21,8 @@ WARPS: int | None = None
 
 
 @triton.jit
-def _auction(A, prices, cols, owner, viol, eps_start, eps_cap, eps_final, active, bids_out,
-             done_out, N, step, max_bids, BLOCK: tl.constexpr, ROWS: tl.constexpr):
+def _auction(A, prices, cols, owner, viol, lo, hi, params, warm, active, bids_out, done_out,
+             N, step, max_bids, BLOCK: tl.constexpr, ROWS: tl.constexpr):
     b = tl.program_id(0)
     if tl.load(active + b) != 0:
         offs = tl.arange(0, BLOCK)
@@ -30,16 +30,25 @@ def _auction(A, prices, cols, owner, viol, eps_start, eps_cap, eps_final, active
         rr = tl.arange(0, ROWS)
         A_b = A + b.to(tl.int64) * N * N
         base = b * N
-        p = tl.load(prices + base + offs, mask=inb, other=float("inf"))
+        # the twin's epsilons(): final ε, a cold first ε (the cap), a warm first ε
+        lo_b = tl.load(lo + b).to(tl.float64)
+        hi_b = tl.load(hi + b).to(tl.float64)
+        span = tl.maximum(hi_b - lo_b, tl.load(params + 1))
+        eps1 = tl.maximum(tl.load(params) * span / N,
+                          64.0 * 2.220446049250313e-16 * (tl.maximum(tl.abs(hi_b), tl.abs(lo_b)) + span))
+        cap = tl.maximum(0.125 * span, eps1)
+        is_warm = tl.load(warm + b) != 0
+        eps = cap
+        if is_warm:
+            eps = tl.minimum(eps1 * tl.load(params + 2), cap)
+        p = tl.load(prices + base + offs, mask=inb, other=0.0)
+        p = tl.where(inb, tl.where(is_warm, p, 0.0), float("inf"))
         col = tl.load(cols + base + offs, mask=inb, other=-1)
         tl.store(owner + base + offs, -1, mask=inb)
         tl.debug_barrier()
         tl.store(owner + base + col, offs, mask=inb & (col >= 0))
         tl.debug_barrier()
         own = tl.load(owner + base + offs, mask=inb, other=-1)
-        eps = tl.load(eps_start + b)
-        cap = tl.load(eps_cap + b)
-        eps1 = tl.load(eps_final + b)
         bids = 0
         done = 0
         first = 1
@@ -105,19 +114,27 @@ def _auction(A, prices, cols, owner, viol, eps_start, eps_cap, eps_final, active
                     phases = 0
                 else:
                     eps = tl.maximum(eps / step, eps1)
+        if done == 0:  # out of bids: the free rows get the free columns in index order
+            free_col = inb & (own < 0)
+            tl.store(owner + base + tl.cumsum(free_col.to(tl.int32), axis=0) - 1, offs, mask=free_col)
+            tl.debug_barrier()
+            free_row = inb & (col < 0)
+            fill = tl.load(owner + base + tl.cumsum(free_row.to(tl.int32), axis=0) - 1, mask=free_row,
+                           other=0)
+            col = tl.where(free_row, fill, col)
         tl.store(prices + base + offs, p, mask=inb)
         tl.store(cols + base + offs, col, mask=inb)
         tl.store(bids_out + b, bids)
         tl.store(done_out + b, done)
 
 
-def auction_kernel(A, prices, cols, eps_start, eps_cap, eps_final, active, step: float,
-                   max_bids: int, bids, done, owner, viol) -> None:
+def auction_kernel(A, prices, cols, lo, hi, params, warm, active, step: float, max_bids: int,
+                   bids, done, owner, viol) -> None:
     """The kernel over a batch, in place; the contract of
     :func:`gwray.gw.auction_twin.auction_twin` on CUDA tensors, plus two (B, n) scratch arrays
     (``owner`` int32, ``viol`` float64)."""
     B, n = A.shape[0], A.shape[1]
     block = triton.next_power_of_2(n)
-    _auction[(B,)](A, prices, cols, owner, viol, eps_start, eps_cap, eps_final, active, bids, done,
+    _auction[(B,)](A, prices, cols, owner, viol, lo, hi, params, warm, active, bids, done,
                    n, float(step), int(max_bids), BLOCK=block, ROWS=max(1, 4096 // block),
                    num_warps=WARPS or max(1, min(16, block // 256)))

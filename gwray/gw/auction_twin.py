@@ -18,13 +18,37 @@ auction with ε-scaling), per problem b:
 At the end every row is within ε_final of its best column (the bid keeps CS with prices that only
 rise), so the permutation's total benefit is within n·ε_final of the optimum (Bertsekas, "Linear
 network optimization", Prop. 7.1). ``max_bids`` caps the bids of one call: a problem that hits it
-returns with ``done`` False and its unassigned rows at −1.
+returns with ``done`` False and its free rows given the free columns in index order.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from gwray.gw.jit import njit
+
+
+@njit
+def epsilons(lo, hi, n, rel, tiny, warm_factor, warm):
+    """(first ε, cap, final ε) of one problem, float64, from its benefits' range [lo, hi]:
+    ε_final = max(rel · span / n, 64 ulps of max |A| + span) (the bound n·ε_final), a cold
+    first ε of span / 8 (also the cap of a warm one), a warm first ε of ε_final · warm_factor."""
+    lo, hi = np.float64(lo), np.float64(hi)
+    span = max(hi - lo, tiny)
+    eps_final = max(rel * span / n, 64.0 * 2.220446049250313e-16 * (max(abs(hi), abs(lo)) + span))
+    cap = max(0.125 * span, eps_final)
+    return (min(eps_final * warm_factor, cap) if warm else cap), cap, eps_final
+
+
+@njit
+def _complete(col, owner):
+    """The free rows get the free columns in index order (after the bid budget ran out)."""
+    n, j = col.shape[0], 0
+    for i in range(n):
+        if col[i] < 0:
+            while owner[j] >= 0:
+                j += 1
+            col[i] = j
+            owner[j] = i
 
 
 @njit
@@ -64,6 +88,7 @@ def _solve_one(A, p, col, owner, viol, eps, eps_cap, eps_final, step, max_bids):
                     break
                 nxt = ptr
             if bids >= max_bids:
+                _complete(col, owner)
                 return bids, False
             i = nxt
             v1, v2, j1 = -np.inf, -np.inf, -1
@@ -88,33 +113,40 @@ def _solve_one(A, p, col, owner, viol, eps, eps_cap, eps_final, step, max_bids):
 
 
 @njit
-def _solve_all(A, prices, cols, eps_start, eps_cap, eps_final, active, step, max_bids, bids, done):
-    owner = np.empty(A.shape[1], np.int32)
-    viol = np.empty(A.shape[1], np.float64)
+def _solve_all(A, prices, cols, lo, hi, params, warm, active, step, max_bids, bids, done):
+    n = A.shape[1]
+    owner = np.empty(n, np.int32)
+    viol = np.empty(n, np.float64)
     for b in range(A.shape[0]):
         if active[b]:
-            bids[b], done[b] = _solve_one(A[b], prices[b], cols[b], owner, viol, eps_start[b],
-                                          eps_cap[b], eps_final[b], step, max_bids)
+            start, cap, final = epsilons(lo[b], hi[b], n, params[0], params[1], params[2], warm[b])
+            if not warm[b]:
+                prices[b, :] = 0.0
+            bids[b], done[b] = _solve_one(A[b], prices[b], cols[b], owner, viol, start, cap, final,
+                                          step, max_bids)
 
 
-def auction_twin(A: np.ndarray, prices: np.ndarray, cols: np.ndarray, eps_start: np.ndarray,
-                 eps_cap: np.ndarray, eps_final: np.ndarray, active: np.ndarray, step: float,
-                 max_bids: int, bids: np.ndarray, done: np.ndarray) -> None:
+def auction_twin(A: np.ndarray, prices: np.ndarray, cols: np.ndarray, lo: np.ndarray,
+                 hi: np.ndarray, params: np.ndarray, warm: np.ndarray, active: np.ndarray,
+                 step: float, max_bids: int, bids: np.ndarray, done: np.ndarray) -> None:
     """Run the auction on the ``active`` problems, in place on ``prices``, ``cols``, ``bids`` and
     ``done``.
 
     Parameters
     ----------
     A : (B, n, n) float32 or float64 ndarray, benefits (row i of problem b gets cols[b, i]).
-    prices : (B, n) float64 ndarray, column prices (a warm start, or zeros).
+    prices : (B, n) float64 ndarray, column prices (a warm start where ``warm``; else zeroed).
     cols : (B, n) int32 ndarray, the previous assignment (−1: none), kept where ε-optimal.
-    eps_start, eps_cap, eps_final : (B,) float64 ndarrays: the first ε at least (raised to the
-        largest CS violation of ``cols`` at ``prices``, at most ``eps_cap``) and the last ε.
-    active : (B,) int32 ndarray (non-zero: solve); step : float > 1, ε's factor between phases;
-    max_bids : int.
+    lo, hi : (B,) ndarrays in A's dtype, each problem's smallest and largest benefit.
+    params : (3,) float64 ndarray: ``rel`` (the final ε relative to the range / n), the smallest
+        positive value of A's dtype, and a warm problem's first ε over its last (see
+        :func:`epsilons`; a warm first ε is then raised to the largest CS violation of ``cols``
+        at ``prices``, at most a cold problem's).
+    warm, active : (B,) int32 ndarrays (non-zero: warm-started, solved).
+    step : float > 1, ε's factor between phases; max_bids : int, bids per problem at most (then
+        the free rows get the free columns in index order and ``done`` is 0).
     bids : (B,) int64 ndarray, out: bids made (left as given for inactive problems).
     done : (B,) int32 ndarray, out: 1 where the last phase finished (left as given for inactive
         problems).
     """
-    _solve_all(A, prices, cols, eps_start, eps_cap, eps_final, active, float(step), int(max_bids),
-               bids, done)
+    _solve_all(A, prices, cols, lo, hi, params, warm, active, float(step), int(max_bids), bids, done)

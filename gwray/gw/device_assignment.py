@@ -77,82 +77,65 @@ def final_epsilon(A: torch.Tensor, rel: float) -> torch.Tensor:
     return torch.maximum(rel * span / A.shape[1], floor)
 
 
-def _complete(col_of: torch.Tensor) -> torch.Tensor:
-    """Give the rows left unassigned (−1) the free columns in index order: a feasible permutation
-    when a problem ran out of bids (a no-op otherwise)."""
-    B, n = col_of.shape
-    free_row = col_of < 0
-    owned = torch.zeros(B, n + 1, dtype=torch.bool, device=col_of.device)
-    owned.scatter_(1, torch.where(free_row, n, col_of), True)
-    free_col = ~owned[:, :n]
-    rank_row = torch.cumsum(free_row, dim=1) - 1
-    # the k-th free column, as a (B, n) table indexed by rank (unused ranks point past the end)
-    by_rank = torch.full((B, n + 1), n, dtype=torch.long, device=col_of.device)
-    idx = torch.where(free_col, torch.cumsum(free_col, dim=1) - 1, n)
-    by_rank.scatter_(1, idx, torch.arange(n, device=col_of.device).expand(B, n))
-    fill = by_rank.gather(1, rank_row.clamp_min(0))
-    return torch.where(free_row, fill, col_of)
-
-
 def host_arrays(*tensors):
     """A twin's inputs as numpy arrays: views of CPU tensors (on CUDA without Triton, copies).
     Twins read their inputs only through this (the engine's read counter tests rely on it)."""
     return [t.cpu().numpy() for t in tensors]
 
 
-def _run(A, prices, cols, eps_start, eps_cap, eps_final, active, max_bids):
+def _run(A, prices, cols, lo, hi, params, warm, active, max_bids):
     """One launch of the auction kernel where the tensors live on CUDA, else its host twin
     (on host copies where a CUDA machine lacks Triton). Returns (bids, done) (B,) tensors."""
     B, n = cols.shape
     bids = torch.zeros(B, dtype=torch.int64, device=A.device)
-    done = (~active).to(torch.int32)
-    act = active.to(torch.int32)
+    done = torch.zeros(B, dtype=torch.int32, device=A.device)
     kern = triton_kernels(A, "auction_kernel")
     with kernel_launch():
         if kern is not None:
             scratch = (torch.empty(B, n, dtype=torch.int32, device=A.device),
                        torch.empty(B, n, dtype=torch.float64, device=A.device))
-            kern.auction_kernel(A, prices, cols, eps_start, eps_cap, eps_final, act, _EPS_STEP,
-                                max_bids, bids, done, *scratch)
+            kern.auction_kernel(A, prices, cols, lo, hi, params, warm, active, _EPS_STEP, max_bids,
+                                bids, done, *scratch)
         else:
-            host = host_arrays(A, prices, cols, eps_start, eps_cap, eps_final, act, bids, done)
-            auction_twin(*host[:7], _EPS_STEP, max_bids, *host[7:])
+            host = host_arrays(A, prices, cols, lo, hi, params, warm, active, bids, done)
+            auction_twin(*host[:8], _EPS_STEP, max_bids, *host[8:])
             if A.device.type != "cpu":  # copies: write the results back
-                for t, h in zip((prices, cols, bids, done), (host[1], host[2], host[7], host[8])):
+                for t, h in zip((prices, cols, bids, done), (host[1], host[2], host[8], host[9])):
                     t.copy_(torch.from_numpy(h))
-    return bids, done.bool()
+    return bids, done
 
 
-def auction(A: torch.Tensor, eps_final: torch.Tensor, prices: torch.Tensor | None = None,
+def auction(A: torch.Tensor, rel: float, prices: torch.Tensor | None = None,
             prev: torch.Tensor | None = None, active: torch.Tensor | None = None,
             warm: torch.Tensor | None = None, warm_phases: int = 1, max_bids: int | None = None):
     """Maximum-benefit assignment of B square problems by ε-scaling auction, one kernel launch.
 
     The algorithm (a Gauss-Seidel forward auction, each problem in its own program) and its
     guarantee are :mod:`gwray.gw.auction_twin`'s: the result is within n·ε_final of the optimal
-    total benefit. On CUDA it runs as the Triton kernel :mod:`gwray.gw.auction_kernel`, elsewhere
-    as its numba twin; both give the same permutations and prices.
+    total benefit, ε_final = :func:`final_epsilon` (A, rel). On CUDA it runs as the Triton kernel
+    :mod:`gwray.gw.auction_kernel`, elsewhere as its numba twin; both give the same permutations
+    and prices, and compute every ε themselves (no torch pass but A's range).
 
     Parameters
     ----------
     A : (B, n, n) float32 or float64 tensor
         Benefits; row i of problem b is assigned column cols[b, i], maximising Σ_i A[b, i, cols].
-    eps_final : (B,) tensor
-        Final ε per problem (see :func:`final_epsilon`).
-    prices : (B, n) tensor, optional
+    rel : float
+        The final ε relative to the benefit's range / n.
+    prices : (B, n) float64 tensor, optional
         Column prices of a nearby problem (a warm start); without them the prices start at 0 and
         ε at 1/8 of the benefit's range.
-    warm : (B,) bool tensor, optional
-        With ``prices``: the problems whose prices are a warm start (default all); the others
-        start cold.
     prev : (B, n) long tensor, optional
         A previous assignment: its edges that are ε-optimal at ``prices`` are kept.
     active : (B,) bool tensor, optional
         Only these problems are solved; the others keep their prices (and ``prev``, or any
         permutation).
+    warm : (B,) bool tensor, optional
+        With ``prices``: the problems whose prices are a warm start (default all); the others
+        start cold.
     warm_phases : int
-        With ``prices``, start ε at ``eps_final`` × 6^warm_phases at least, raised to the largest
-        ε-CS violation of ``prev`` at those prices (see :mod:`gwray.gw.auction_twin`).
+        A warm problem's first ε is ε_final × 6^warm_phases at least, raised to the largest
+        ε-CS violation of ``prev`` at its prices (see :mod:`gwray.gw.auction_twin`).
     max_bids : int, optional
         Bids per problem at most (default 1,000 n: ~50× what a cold problem needs); a problem
         that runs out gets the free columns for its free rows (``done`` False, bound lost).
@@ -166,23 +149,18 @@ def auction(A: torch.Tensor, eps_final: torch.Tensor, prices: torch.Tensor | Non
     """
     B, n, _ = A.shape
     dev = A.device
-    eps_final = eps_final.to(torch.float64).contiguous()
-    active = (torch.ones(B, dtype=torch.bool, device=dev) if active is None else active).contiguous()
+    ones = torch.ones(B, dtype=torch.int32, device=dev)
+    active = ones if active is None else active.to(torch.int32)
+    warm = (ones if warm is None else warm.to(torch.int32)) if prices is not None else ones * 0
     cols = (torch.full((B, n), -1, dtype=torch.int32, device=dev) if prev is None
             else prev.to(torch.int32, copy=True))
+    prices = (torch.zeros(B, n, dtype=torch.float64, device=dev) if prices is None
+              else prices.to(torch.float64, copy=True))
     lo, hi = torch.aminmax(A.reshape(B, -1), dim=1)
-    eps_cap = torch.maximum(_EPS_START * (hi - lo).double(), eps_final)  # a cold problem's first ε
-    eps_start = eps_cap
-    if prices is None:
-        prices = torch.zeros(B, n, dtype=torch.float64, device=dev)
-    else:
-        warm = torch.ones(B, dtype=torch.bool, device=dev) if warm is None else warm
-        prices = torch.where(warm[:, None], prices.to(torch.float64), 0.0)
-        eps_start = torch.where(warm, torch.minimum(eps_final * _EPS_STEP ** warm_phases, eps_cap),
-                                eps_cap)
-    bids, done = _run(A.contiguous(), prices, cols, eps_start, eps_cap, eps_final, active,
-                      max_bids or 1000 * n)
-    return _complete(cols.long()), prices, done, bids
+    params = torch.tensor([rel, torch.finfo(A.dtype).tiny, _EPS_STEP ** warm_phases],
+                          dtype=torch.float64, device=dev)
+    bids, done = _run(A.contiguous(), prices, cols, lo, hi, params, warm, active, max_bids or 1000 * n)
+    return cols.long(), prices, done.bool(), bids
 
 
 def round_plan(T: torch.Tensor, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

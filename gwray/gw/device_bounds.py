@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from gwray.gw.device_assignment import auction, final_epsilon, sinkhorn
+from gwray.gw.device_assignment import auction, sinkhorn
 from gwray.gw.device_local_search import EXACT_BYTES
 
 
@@ -91,7 +91,7 @@ def assignment_tlb(Sa: LayerData, Sb: LayerData, ia: torch.Tensor, ib: torch.Ten
     benefit = torch.empty(B, n, n, dtype=dtype, device=ia.device)
     for c in chunks:
         benefit[c] = _gamma(Sa, Sb, ia[c], ib[c]).neg_()
-    _, prices, _, _ = auction(benefit, final_epsilon(benefit, rel))
+    _, prices, _, _ = auction(benefit, rel)
     del benefit
     g = -prices
     g -= g.mean(1, keepdim=True)  # (f + c, g − c) are the same duals: keep them small

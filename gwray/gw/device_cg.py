@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from gwray.gw.device_assignment import auction, final_epsilon, transport_vertex
+from gwray.gw.device_assignment import auction, transport_vertex
 
 # start plans kept implicit: a permutation (the identity's, a polished end's), ½ I/n + ½ 11ᵀ/n²
 # (mixed), 11ᵀ/n² (product)
@@ -57,22 +57,37 @@ class Pairs:
         """(k·B,) the layer of side b of every problem of k blocks."""
         return self.ib.repeat(k)
 
-    def times_c(self, cols: torch.Tensor) -> torch.Tensor:
-        """C1 @ C2[σ] / n for the permutations cols (k·B, n): per block, a gather of C2's rows
-        from the stack, then one batched matmul (one block's gathered rows alive at a time)."""
+    def times_c(self, cols: torch.Tensor, pair: torch.Tensor | None = None) -> torch.Tensor:
+        """C1 @ C2[σ] / n for the permutations cols: (k·B, n) for k whole blocks of B pairs (per
+        block a gather of C2's rows from the stack, then one batched matmul, one block's rows
+        alive at a time), or (P, n) problems of the pairs ``pair`` (P,) (C1 gathered too)."""
         out = torch.empty(cols.shape[0], self.n, self.n, dtype=self.dt, device=cols.device)
+        if pair is not None:
+            rows = self.Xb[self.ib[pair][:, None], cols]
+            return torch.baddbmm(rows, self.C1[pair], rows, beta=0.0, alpha=1.0 / self.n, out=out)
         for s in range(cols.shape[0] // self.B):
             sl = slice(s * self.B, (s + 1) * self.B)
             rows = self.Xb[self.ib[:, None], cols[sl]]
             torch.baddbmm(rows, self.C1, rows, beta=0.0, alpha=1.0 / self.n, out=out[sl])
         return out
 
-    def times_dense(self, S: torch.Tensor) -> torch.Tensor:
-        """C1 S C2 for dense plans S (k·B, n, m)."""
+    def times_dense(self, S: torch.Tensor, pair: torch.Tensor | None = None) -> torch.Tensor:
+        """C1 S C2 for dense plans S: k whole blocks of B pairs, or the pairs ``pair``."""
+        if pair is not None:
+            return torch.bmm(self.C1[pair], torch.bmm(S, self.Xb[self.ib[pair]]))
         k = S.shape[0] // self.B
         C2 = self.Xb[self.ib]
         return torch.cat([torch.bmm(self.C1, torch.bmm(S[s * self.B:(s + 1) * self.B], C2))
                           for s in range(k)])
+
+    def subset(self, idx: torch.Tensor) -> "Pairs":
+        """The pairs ``idx`` (C1 copied; the stacks shared)."""
+        sub = Pairs.__new__(Pairs)
+        sub.__dict__.update(self.__dict__)
+        sub.C1, sub.ia, sub.ib, sub.p, sub.q, sub.const = (t[idx] for t in (self.C1, self.ia, self.ib, self.p,
+                                                                            self.q, self.const))
+        sub.B = int(idx.shape[0])
+        return sub
 
 
 def _quadratic(C: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, uniform: bool) -> torch.Tensor:
@@ -93,10 +108,13 @@ def line_search(tA, sA, sB):
 
 
 class State:
-    """K·B problems' plans: A = C1 T C2 (search precision), ⟨T, A⟩ (float64), the iteration counts,
+    """Problems' plans: A = C1 T C2 (search precision), ⟨T, A⟩ (float64), the iteration counts,
     and T itself — dense for Sinkhorn problems; for assignment problems implicit: the start plan
     (``kind``, ``perm0``), the vertices stepped to and the step sizes (``steps``), the permutation
     when T is one (``perm``, ``is_perm``), and the auction's prices for the next linear step."""
+
+    # what a problem carries out of a CG run (A itself is only needed during it)
+    CARRIED = ("tA", "perm", "is_perm", "prices", "last", "priced", "iters", "linear", "bids", "T")
 
     def __init__(self, A, kind, perm0=None, T=None, first=None, has_first=None):
         P = A.shape[0]
@@ -113,6 +131,26 @@ class State:
         self.linear = torch.zeros(P, dtype=torch.long, device=dev)  # auction calls per problem
         self.bids = torch.zeros(P, dtype=torch.long, device=dev)  # and the bids they made
         self.priced = torch.zeros(P, dtype=torch.bool, device=dev)  # prices from a finished auction
+
+    def subset(self, idx: torch.Tensor) -> "State":
+        """The problems ``idx`` (copies; ``steps`` stay with the full state)."""
+        sub = State.__new__(State)
+        for name in self.CARRIED + ("A", "kind", "perm0", "first", "has_first"):
+            value = getattr(self, name)
+            setattr(sub, name, None if value is None else value[idx])
+        sub.steps = []
+        return sub
+
+    def put(self, idx: torch.Tensor, sub: "State") -> None:
+        """Write back what the problems ``idx`` carry out of a CG run from ``sub``."""
+        for name in self.CARRIED:
+            value = getattr(sub, name)
+            if value is None:
+                continue
+            if getattr(self, name) is None:  # e.g. the first prices: zeros elsewhere
+                setattr(self, name, torch.zeros((self.A.shape[0],) + value.shape[1:], dtype=value.dtype,
+                                                device=value.device))
+            getattr(self, name)[idx] = value
 
     def dense(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """The float64 plans (P, n, m): T itself, or the start plan and its steps composed."""
@@ -132,62 +170,86 @@ class State:
 
 
 def cg(P: Pairs, S: State, active: torch.Tensor, max_iter: int, tol: float, cutoff=None,
-       check_every: int = 4) -> State:
+       check_every: int = 1) -> State:
     """Conditional gradient on the ``active`` problems of ``S`` (updated in place and returned).
 
     A problem stops when its step is 0, its objective moves by less than ``tol`` (absolute or
     relative, as the serial solver) or exceeds ``cutoff`` ((K·B,) tensor: the start is abandoned).
     ``S.first``, when set, is the first iteration's vertex where ``S.has_first`` (the product
     start's sorted pairing, or the screen's assignment); it is used once. Counts the linear steps
-    and the auction's bids per problem in ``S.linear`` and ``S.bids``."""
-    active = active.clone()
-    const = P.const.repeat(S.A.shape[0] // P.B)
+    and the auction's bids per problem in ``S.linear`` and ``S.bids``.
+
+    Every ``check_every`` iterations the host reads which problems are still active; once half
+    of them have converged the run continues on the others alone (their rows copied out of ``S``
+    and what they carry written back), so the matmuls and auctions shrink with the batch instead
+    of running for the slowest pair, at O(log P) compactions."""
+    Ptot, n = S.A.shape[0], P.n
+    where = torch.arange(Ptot, device=S.A.device)
+    work, pair = S, None  # pair: each working problem's pair (None: K whole blocks of B)
+    const = P.const.repeat(Ptot // P.B)
     value = const - 2.0 * S.tA
+    active = active.clone()
     for it in range(max_iter):
-        if it % check_every == 0 and not P.read(active.any()):
-            break
+        if it % check_every == 0:
+            keep = P.read(active.nonzero()[:, 0])
+            if keep.size == 0:
+                break
+            if 2 * keep.size <= active.shape[0]:  # compact once half the problems converged
+                keep = torch.as_tensor(keep, device=S.A.device)
+                if work is not S:
+                    S.put(where, work)
+                work, where = work.subset(keep), where[keep]
+                pair, const, value, active = where % P.B, const[keep], value[keep], active[keep]
+                cutoff = None if cutoff is None else cutoff[keep]
         if P.lap:
             # a known first vertex (the product start's sorted pairing) replaces the auction once
-            known = S.first is not None and it == 0
-            ask = active & ~S.has_first if known else active
-            cols, S.prices, _, bids = auction(S.A, final_epsilon(S.A, P.rel), S.prices, S.last,
-                                              active=ask, warm=S.priced)
-            S.priced = S.priced | ask
-            S.linear += ask
-            S.bids += bids
+            known = work.first is not None and it == 0
+            ask = active & ~work.has_first if known else active
+            cols, work.prices, _, bids = auction(work.A, P.rel, work.prices, work.last,
+                                                 active=ask, warm=work.priced)
+            work.priced = work.priced | ask
+            work.linear += ask
+            work.bids += bids
             if known:
-                cols = torch.where(S.has_first[:, None], S.first, cols)
+                cols = torch.where(work.has_first[:, None], work.first, cols)
             # the linear step returned the current vertex: CG is stationary, whatever tiny
             # step float noise in ⟨S − T, A⟩ might suggest (TF32 matmuls)
-            active &= ~(S.is_perm & (cols == S.perm).all(dim=1))
-            S.last = cols
-            Bm = P.times_c(cols)
+            active &= ~(work.is_perm & (cols == work.perm).all(dim=1))
+            work.last = cols
+            Bm = P.times_c(cols, pair)
             idx = cols[:, :, None]
-            sA = S.A.gather(2, idx).sum(dim=(1, 2), dtype=torch.float64) / P.n
-            sB = Bm.gather(2, idx).sum(dim=(1, 2), dtype=torch.float64) / P.n
+            sA = work.A.gather(2, idx).sum(dim=(1, 2), dtype=torch.float64) / n
+            sB = Bm.gather(2, idx).sum(dim=(1, 2), dtype=torch.float64) / n
         else:
-            Sv = transport_vertex(S.A, P.p.repeat(S.A.shape[0] // P.B, 1).to(P.dt),
-                                  P.q.repeat(S.A.shape[0] // P.B, 1).to(P.dt))
-            Bm = P.times_dense(Sv)
-            sA = (Sv * S.A).sum(dim=(1, 2), dtype=torch.float64)
+            pp = P.p[where % P.B].to(P.dt), P.q[where % P.B].to(P.dt)
+            Sv = transport_vertex(work.A, *pp)
+            Bm = P.times_dense(Sv, pair)
+            sA = (Sv * work.A).sum(dim=(1, 2), dtype=torch.float64)
             sB = (Sv * Bm).sum(dim=(1, 2), dtype=torch.float64)
-        alpha, dA, dBA = line_search(S.tA, sA, sB)
+        alpha, dA, dBA = line_search(work.tA, sA, sB)
         alpha = torch.where(active, alpha, 0.0)
-        S.iters += active
+        work.iters += active
         if P.lap:
-            S.steps.append((cols, alpha))
+            if work is S:
+                S.steps.append((cols, alpha))
+            else:  # steps are kept for the full state (inactive problems step by 0)
+                full_cols = torch.zeros(Ptot, n, dtype=cols.dtype, device=cols.device)
+                full_alpha = torch.zeros(Ptot, dtype=alpha.dtype, device=alpha.device)
+                S.steps.append((full_cols.index_copy_(0, where, cols), full_alpha.index_copy_(0, where, alpha)))
             full = alpha >= 1.0
-            S.perm = torch.where(full[:, None], cols, S.perm)
-            S.is_perm = torch.where(full, True, torch.where(alpha > 0, False, S.is_perm))
+            work.perm = torch.where(full[:, None], cols, work.perm)
+            work.is_perm = torch.where(full, True, torch.where(alpha > 0, False, work.is_perm))
         else:
-            S.T = torch.lerp(S.T, Sv, alpha.to(P.dt)[:, None, None])
-        S.A.lerp_(Bm, alpha.to(P.dt)[:, None, None])
-        S.tA = S.tA + 2.0 * alpha * dA + alpha * alpha * dBA
-        new = const - 2.0 * S.tA
+            work.T = torch.lerp(work.T, Sv, alpha.to(P.dt)[:, None, None])
+        work.A.lerp_(Bm, alpha.to(P.dt)[:, None, None])
+        work.tA = work.tA + 2.0 * alpha * dA + alpha * alpha * dBA
+        new = const - 2.0 * work.tA
         delta = (value - new).abs()
         value = new
         active &= (alpha > 0) & (delta >= tol) & (delta >= tol * value.abs())
         if cutoff is not None:
             active &= value <= cutoff
+    if work is not S:
+        S.put(where, work)
     S.first = None
     return S

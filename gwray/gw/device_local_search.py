@@ -6,8 +6,8 @@ W = C1 C2s, C2s = C2[σ][:, σ]. A round applies the greedy disjoint swap set of
 when its exact joint gain is positive, else the single best swap, each only if the exact
 (float64) Q rises; then C2s is gathered again from the layer stack and W recomputed by one
 batched matmul. The three steps of a round that would otherwise take many small or large torch
-passes (best partners, the greedy set, the exact gain) are one kernel launch each on CUDA
-(:mod:`gwray.gw.swap_kernels`) and their twins elsewhere (:mod:`gwray.gw.swap_twin`).
+passes are two kernel launches on CUDA (:mod:`gwray.gw.swap_kernels`: the best partners; the
+greedy set, its exact gain and the move) and their twins elsewhere (:mod:`gwray.gw.swap_twin`).
 """
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ EXACT_BYTES = 1 << 30
 
 
 def permuted(C: torch.Tensor, layer: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """C[layer[b]][cols[b]][:, cols[b]] for every b: (L, n, n), (B,), (B, n) → (B, n, n)."""
-    return C[layer[:, None, None], cols[:, :, None], cols[:, None, :]]
+    """C[layer[b]][cols[b]][:, cols[b]] for every b: (L, n, n), (B,) (or its (B, 1, 1) view),
+    (B, n) → (B, n, n)."""
+    return C[layer.view(-1, 1, 1), cols[:, :, None], cols[:, None, :]]
 
 
 def _chunks(B: int, n: int):
@@ -61,98 +62,87 @@ def swap_gains(C1: torch.Tensor, W: torch.Tensor, C2s: torch.Tensor) -> torch.Te
     return G.diagonal_scatter(torch.full_like(w, -torch.inf), dim1=1, dim2=2)
 
 
-def best_swaps(C1: torch.Tensor, W: torch.Tensor, C2s: torch.Tensor):
-    """Each position's best swap: (gain (B, n), partner (B, n) long), the lowest partner among
-    ties; one kernel launch on CUDA (float32), :func:`swap_gains` maximised over rows elsewhere."""
-    B, n = C1.shape[0], C1.shape[1]
-    gain = torch.empty(B, n, dtype=C1.dtype, device=C1.device)
-    partner = torch.empty(B, n, dtype=torch.long, device=C1.device)
+def best_swaps(C1: torch.Tensor, W: torch.Tensor, C2s: torch.Tensor, gain: torch.Tensor,
+               partner: torch.Tensor) -> None:
+    """Each position's best swap, into ``gain`` (B, n) (C1's dtype) and ``partner`` (B, n) long,
+    the lowest partner among ties; one kernel launch on CUDA (float32), :func:`swap_gains`
+    maximised over rows elsewhere."""
     kern = triton_kernels(C1, "swap_kernels") if C1.dtype == torch.float32 else None
     with kernel_launch():
         if kern is not None:
             kern.best_swaps(C1, W, C2s, gain, partner)
         else:
             torch.max(swap_gains(C1, W, C2s), dim=2, out=(gain, partner))
-    return gain, partner
 
 
-def greedy_set(order, gain, partner, thresh, k: int) -> torch.Tensor:
-    """The serial search's disjoint swap set (:func:`gwray.gw.swap_twin.greedy_set`), one kernel
-    launch (its twin where there is no kernel). (B, n) → src (B, n) long."""
-    src = torch.empty_like(partner)
-    kern = triton_kernels(gain, "swap_kernels")
-    with kernel_launch():
-        if kern is not None:
-            kern.greedy_set(order, gain, partner, thresh, k, src)
-        else:
-            src.copy_(torch.from_numpy(swap_twin.greedy_set(
-                *device_assignment.host_arrays(order, gain, partner, thresh), k)))
-    return src
-
-
-def delta_q(P, cols: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-    """Exact ΔQ (float64) of the moves ``src`` for the pairs of ``P``
-    (:func:`gwray.gw.swap_twin.delta_q`), one kernel launch (its twin where there is no kernel)."""
-    moved = src != torch.arange(src.shape[1], device=src.device)
-    moved_rows = torch.argsort((~moved).to(torch.int8), dim=1, stable=True)  # moved rows first
-    count, out = moved.sum(1), torch.empty(src.shape[0], dtype=torch.float64, device=src.device)
+def swap_round(P, order, gain, partner, k: int, cols, Q, active, changed) -> None:
+    """One round of the swap search (:func:`gwray.gw.swap_twin.swap_round`: the greedy swap set,
+    its exact gain and the single swap's, the move) for every active pair of ``P``, in place on
+    ``cols`` (long), ``Q`` (float64), ``active`` and ``changed`` (int32); one kernel launch (its
+    twin where there is no kernel)."""
     kern = triton_kernels(cols, "swap_kernels")
     with kernel_launch():
         if kern is not None:
-            kern.delta_q(P.Ca, P.Cb, P.ia, P.ib, cols, src, moved_rows, count, out)
+            kern.swap_round(order, gain, partner, k, P.Ca, P.Cb, P.ia, P.ib, cols, Q, active, changed,
+                            torch.empty_like(cols))
         else:
-            out.copy_(torch.from_numpy(swap_twin.delta_q(
-                *device_assignment.host_arrays(P.Ca, P.Cb, P.ia, P.ib, cols, src))))
-    return out
+            out = (cols, Q, active, changed)
+            host = device_assignment.host_arrays(order, gain, partner, P.Ca, P.Cb, P.ia, P.ib, *out)
+            swap_twin.swap_round(*host[:3], k, *host[3:])
+            if cols.device.type != "cpu":  # copies: write the results back
+                for t, h in zip(out, host[7:]):
+                    t.copy_(torch.from_numpy(h))
 
 
 def swap_search(P, cols: torch.Tensor, active: torch.Tensor, max_rounds: int,
-                check_every: int = 4):
+                check_every: int = 2):
     """Improve the permutations i → cols[b, i] of the ``active`` pairs of ``P``
     (:class:`gwray.gw.device_cg.Pairs`) by rounds of swaps, as the serial search.
 
-    A round: every position's best swap from W = C1 C2[σ][:, σ] (search precision), the greedy
-    set of disjoint improving swaps among the n/8 best positions, and its exact (float64) gain;
-    the set is applied when that gain exceeds 1e-12 of Q, else the single best swap when its own
-    does, else the pair stops. Every accepted move is a true improvement, so float32 noise can
-    neither cycle nor raise the value.
+    A round: every position's best swap from W = C1 C2[σ][:, σ] (search precision), then
+    :func:`swap_round` (the greedy set of disjoint improving swaps among the n/8 best positions,
+    applied when its exact float64 gain exceeds 1e-12 of Q, else the single best swap when its
+    own does, else the pair stops), then C2[σ][:, σ] gathered again and W recomputed. Every
+    accepted move is a true improvement, so float32 noise can neither cycle nor raise the value.
 
     Parameters
     ----------
     P : Pairs; cols : (B, n) long tensor; active : (B,) bool tensor.
     max_rounds : int.
-    check_every : int; ``P.read`` is asked every ``check_every`` rounds whether any pair still
-        improves.
+    check_every : int; every ``check_every`` rounds ``P.read`` gives the pairs still improving;
+        once half of them stopped the search goes on with the others alone (most pairs stop
+        long before the slowest).
 
     Returns
     -------
     cols : (B, n) the improved permutations; changed : (B,) bool, which pairs moved.
     """
     B, n = cols.shape
-    k = max(1, n // 8)
-    ar = torch.arange(n, device=cols.device).expand(B, n)
+    out_cols, out_changed = cols.contiguous().clone(), torch.zeros(B, dtype=torch.int32, device=cols.device)
+    where = torch.arange(B, device=cols.device)
+    work, cols, live, changed = P, out_cols.clone(), active.to(torch.int32), out_changed.clone()
+    Q = exact_q(P.Ca, P.Cb, P.ia, P.ib, cols)
     C2s = permuted(P.Xb, P.ib, cols)
     W = torch.bmm(P.C1, C2s)
-    Q = exact_q(P.Ca, P.Cb, P.ia, P.ib, cols)
-    changed = torch.zeros_like(active)
     for r in range(max_rounds):
-        if n < 2 or (r % check_every == 0 and not P.read(active.any())):
+        if n < 2:
             break
-        thresh = 1e-12 * Q.abs().clamp_min(1e-300)
-        gain, partner = best_swaps(P.C1, W, C2s)
+        if r % check_every == 0:
+            keep = P.read(live.nonzero()[:, 0])
+            if keep.size == 0:
+                break
+            if r == 0 or 2 * keep.size <= live.shape[0]:  # the stopped pairs leave, by halves
+                out_cols[where], out_changed[where] = cols, changed
+                keep = torch.as_tensor(keep, device=cols.device)
+                where, work = where[keep], work.subset(keep)
+                cols, Q, live, changed = cols[keep], Q[keep], live[keep], changed[keep]
+                C2s, W = C2s[keep], W[keep]
+                gain = torch.empty(keep.shape[0], n, dtype=W.dtype, device=W.device)
+                partner, layer = torch.empty_like(cols), work.ib.view(-1, 1, 1)
+        best_swaps(work.C1, W, C2s, gain, partner)
         order = gain.argsort(dim=1, descending=True, stable=True)
-        src = greedy_set(order, gain, partner, thresh, k)
-        i = order[:, :1]
-        single = ar.scatter(1, i, partner.gather(1, i)).scatter(1, partner.gather(1, i), i)
-        gain_set, gain_one = delta_q(P, cols, src), delta_q(P, cols, single)
-        set_ok = gain_set > thresh
-        one_ok = (gain.gather(1, i)[:, 0] > thresh) & (gain_one > thresh)
-        move = active & (set_ok | one_ok)
-        src = torch.where(move[:, None], torch.where(set_ok[:, None], src, single), ar)
-        Q = Q + torch.where(move, torch.where(set_ok, gain_set, gain_one), 0.0)
-        cols = cols.gather(1, src)
-        C2s = permuted(P.Xb, P.ib, cols)
-        W = torch.bmm(P.C1, C2s)
-        changed |= move
-        active = active & move
-    return cols, changed
+        swap_round(work, order, gain, partner, max(1, n // 8), cols, Q, live, changed)
+        C2s = permuted(work.Xb, layer, cols)
+        torch.bmm(work.C1, C2s, out=W)
+    out_cols[where], out_changed[where] = cols, changed
+    return out_cols, out_changed.bool()

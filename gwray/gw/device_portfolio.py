@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from gwray.gw.device_assignment import auction, final_epsilon, round_plan
+from gwray.gw.device_assignment import auction, round_plan
 from gwray.gw.device_bounds import LayerData, assignment_tlb, certified_tlb, eigen_bound, slb
 from gwray.gw.device_cg import PERMUTATION, Pairs, State, cg
 from gwray.gw.device_local_search import permutation_value, swap_search
@@ -97,7 +97,7 @@ def solve_batch(P: Pairs, names, max_iter: int, tol: float, swap_rounds: int, bo
         cutoff = None
         if stage is not stages[0]:  # the O(n²) screen against the identity's end
             ask = ~S.has_first
-            cols, S.prices, _, bids = auction(S.A, final_epsilon(S.A, P.rel), active=ask)
+            cols, S.prices, _, bids = auction(S.A, P.rel, active=ask)
             S.priced = ask
             S.linear += ask
             S.bids += bids

@@ -5,10 +5,9 @@ host twins and algorithms are in :mod:`gwray.gw.swap_twin` and
 * :func:`best_swaps`: every position's best swap gain and partner, G read off W, W^T, C1 and
   C2[σ][:, σ] tile by tile and reduced in registers: four reads of n² values per pair, where the
   torch expression makes ~15 passes and five n² temporaries.
-* :func:`greedy_set`: the greedy disjoint swap set, one program per problem (its k = n/8
-  candidates in order, the taken marks in registers).
-* :func:`delta_q`: the exact (float64) ΔQ of a move, one program per problem looping over the
-  moved rows only.
+* :func:`swap_round`: the rest of a round, one program per problem: the greedy disjoint swap set
+  (its k = n/8 candidates in order, the taken marks in registers), the exact (float64) ΔQ of the
+  set and of the single best swap over the moved rows only, and the move.
 
 Imported only where torch sees CUDA and Triton is installed.
 """
@@ -65,55 +64,70 @@ def best_swaps(C1, W, C2s, gain, partner) -> None:
 
 
 @triton.jit
-def _greedy(order, gain, partner, thresh, src, N, K, BLOCK: tl.constexpr):
+def _swap_round(order, gain, partner, K, Ca, Cb, ia, ib, cols, Q, active, changed, moved_rows, N,
+                BLOCK: tl.constexpr):
     b = tl.program_id(0)
-    offs = tl.arange(0, BLOCK)
-    taken = tl.zeros([BLOCK], tl.int32)
-    s = offs.to(tl.int64)
-    th = tl.load(thresh + b)
-    for t in range(0, K):
-        i = tl.load(order + b * N + t)
-        j = tl.load(partner + b * N + i)
-        g = tl.load(gain + b * N + i)
-        busy = tl.sum(tl.where((offs == i) | (offs == j), taken, 0), axis=0)
-        if (g > th) & (busy == 0):
-            taken = tl.where((offs == i) | (offs == j), 1, taken)
-            s = tl.where(offs == i, j, tl.where(offs == j, i, s))
-    tl.store(src + b * N + offs, s, mask=offs < N)
+    if tl.load(active + b) != 0:
+        row = b * N
+        offs = tl.arange(0, BLOCK)
+        inb = offs < N
+        q = tl.load(Q + b)
+        thresh = 1e-12 * tl.maximum(tl.abs(q), 1e-300)
+        sig = tl.load(cols + row + offs, mask=inb, other=0)
+        new = sig
+        taken = tl.zeros([BLOCK], tl.int32)
+        moved = 0
+        for t in range(0, K):  # the greedy disjoint set, taken marks in registers
+            i = tl.load(order + row + t)
+            j = tl.load(partner + row + i)
+            busy = tl.sum(tl.where((offs == i) | (offs == j), taken, 0), axis=0)
+            if (tl.load(gain + row + i) > thresh) & (busy == 0):
+                taken = tl.where((offs == i) | (offs == j), 1, taken)
+                si = tl.load(cols + row + i)
+                sj = tl.load(cols + row + j)
+                new = tl.where(offs == i, sj, tl.where(offs == j, si, new))
+                tl.store(moved_rows + row + moved, i)
+                tl.store(moved_rows + row + moved + 1, j)
+                moved += 2
+        tl.debug_barrier()
+        C1 = Ca + tl.load(ia + b) * N * N
+        C2 = Cb + tl.load(ib + b) * N * N
+        weight = tl.where(taken != 0, 1.0, 2.0).to(tl.float64)
+        acc = tl.zeros([BLOCK], tl.float64)
+        for t in range(0, moved):  # ΔQ of the set over the moved rows (pairs i, j stored together)
+            i = tl.load(moved_rows + row + t)
+            new_i = tl.load(cols + row + tl.load(moved_rows + row + (t ^ 1)))
+            c1 = tl.load(C1 + i * N + offs, mask=inb, other=0.0)
+            gain_new = tl.load(C2 + new_i * N + new, mask=inb, other=0.0)
+            gain_old = tl.load(C2 + tl.load(cols + row + i) * N + sig, mask=inb, other=0.0)
+            acc += c1 * (gain_new - gain_old) * weight
+        d_set = tl.sum(acc, axis=0)
+        i0 = tl.load(order + row)
+        j0 = tl.load(partner + row + i0)
+        si0 = tl.load(cols + row + i0)
+        sj0 = tl.load(cols + row + j0)
+        one = tl.where(offs == i0, sj0, tl.where(offs == j0, si0, sig))
+        w1 = tl.where((offs == i0) | (offs == j0), 1.0, 2.0).to(tl.float64)
+        d = tl.load(C1 + i0 * N + offs, mask=inb, other=0.0) * (
+            tl.load(C2 + sj0 * N + one, mask=inb, other=0.0) - tl.load(C2 + si0 * N + sig, mask=inb, other=0.0))
+        d += tl.load(C1 + j0 * N + offs, mask=inb, other=0.0) * (
+            tl.load(C2 + si0 * N + one, mask=inb, other=0.0) - tl.load(C2 + sj0 * N + sig, mask=inb, other=0.0))
+        d_one = tl.sum(d * w1, axis=0)
+        if d_set > thresh:
+            tl.store(cols + row + offs, new, mask=inb)
+            tl.store(Q + b, q + d_set)
+            tl.store(changed + b, 1)
+        elif (tl.load(gain + row + i0) > thresh) & (d_one > thresh):
+            tl.store(cols + row + offs, one, mask=inb)
+            tl.store(Q + b, q + d_one)
+            tl.store(changed + b, 1)
+        else:
+            tl.store(active + b, 0)
 
 
-def greedy_set(order, gain, partner, thresh, k: int, src) -> None:
-    """:func:`gwray.gw.swap_twin.greedy_set` on CUDA tensors, into ``src``."""
-    B, n = gain.shape
-    _greedy[(B,)](order, gain, partner, thresh, src, n, int(k), BLOCK=triton.next_power_of_2(n),
-                  num_warps=4)
-
-
-@triton.jit
-def _delta(Ca, Cb, ia, ib, cols, src, moved_rows, count, out, N, BLOCK: tl.constexpr):
-    b = tl.program_id(0)
-    offs = tl.arange(0, BLOCK)
-    inb = offs < N
-    C1 = Ca + tl.load(ia + b) * N * N
-    C2 = Cb + tl.load(ib + b) * N * N
-    row = b * N
-    sig = tl.load(cols + row + offs, mask=inb, other=0)
-    s = tl.load(src + row + offs, mask=inb, other=0)
-    sig_new = tl.load(cols + row + s, mask=inb, other=0)
-    weight = tl.where(s != offs, 1.0, 2.0).to(tl.float64)
-    acc = tl.zeros([BLOCK], tl.float64)
-    for t in range(0, tl.load(count + b)):
-        i = tl.load(moved_rows + row + t)
-        c1 = tl.load(C1 + i * N + offs, mask=inb, other=0.0)
-        new = tl.load(C2 + tl.load(cols + row + tl.load(src + row + i)) * N + sig_new, mask=inb, other=0.0)
-        old = tl.load(C2 + tl.load(cols + row + i) * N + sig, mask=inb, other=0.0)
-        acc += c1 * (new - old) * weight
-    tl.store(out + b, tl.sum(acc, axis=0))
-
-
-def delta_q(Ca, Cb, ia, ib, cols, src, moved_rows, count, out) -> None:
-    """:func:`gwray.gw.swap_twin.delta_q` on CUDA tensors, into ``out`` (B,) float64; the moved
-    rows of each problem come first in ``moved_rows`` (B, n), ``count`` (B,) of them."""
+def swap_round(order, gain, partner, k: int, Ca, Cb, ia, ib, cols, Q, active, changed,
+               moved_rows) -> None:
+    """:func:`gwray.gw.swap_twin.swap_round` on CUDA tensors, plus a (B, n) int64 scratch array."""
     B, n = cols.shape
-    _delta[(B,)](Ca, Cb, ia, ib, cols, src, moved_rows, count, out, n,
-                 BLOCK=triton.next_power_of_2(n), num_warps=4)
+    _swap_round[(B,)](order, gain, partner, int(k), Ca, Cb, ia, ib, cols, Q, active, changed,
+                      moved_rows, n, BLOCK=triton.next_power_of_2(n), num_warps=4)

@@ -1,14 +1,18 @@
-"""Host twins of the swap search's device kernels (:mod:`gwray.gw.swap_kernels`): the same
-algorithms in numba, run where there is no CUDA (CPU tests and CI); with CUDA a test checks the
-kernels against them.
+"""Host twin of the swap search's round kernel (:mod:`gwray.gw.swap_kernels`): the same algorithm
+in numba, run where there is no CUDA (CPU tests and CI); with CUDA a test checks the kernel
+against it.
 
-* :func:`greedy_set`: the serial search's disjoint swap set. Of the k = n/8 positions with the
-  largest gains (in the given order), each improving one (gain > thresh) takes its best partner
-  unless either is taken — :func:`gwray.gw.local_search.swap_search`'s greedy loop, per problem.
-* :func:`delta_q`: the exact change of Q(σ) = Σ_ik C1_ik C2_σ(i)σ(k) (float64, from the float64
-  costs) when position i takes the target of position src[i]: with M the moved positions and
-  D_ik = C2_σ'(i)σ'(k) − C2_σ(i)σ(k), ΔQ = Σ_{i∈M} Σ_k C1_ik D_ik (2 − [k ∈ M]), O(|M| n)
-  instead of the O(n²) of two full objectives.
+One round for each active problem b, given every position's best swap (gain, partner) and the
+positions ordered by gain:
+
+1. the serial search's disjoint swap set (:func:`gwray.gw.local_search.swap_search`'s greedy
+   loop): of the first k = n/8 positions in that order, each improving one (gain > 1e-12 |Q|)
+   takes its best partner unless either is already taken;
+2. its exact gain in float64, from the float64 costs: with M the moved positions and
+   D_ik = C2_σ'(i)σ'(k) − C2_σ(i)σ(k), ΔQ = Σ_{i∈M} Σ_k C1_ik D_ik (2 − [k ∈ M]) (C1 and D are
+   symmetric), O(|M| n) instead of two O(n²) objectives; the same for the single best swap;
+3. the set is applied when its ΔQ exceeds 1e-12 |Q|, else the single swap when its own does,
+   else the problem stops (``active`` cleared). Q(σ) = Σ_ik C1_ik C2_σ(i)σ(k) follows the moves.
 """
 from __future__ import annotations
 
@@ -18,74 +22,70 @@ from gwray.gw.jit import njit
 
 
 @njit
-def _greedy(order, gain, partner, thresh, k, src):
-    B, n = gain.shape
-    taken = np.zeros(n, np.bool_)
-    for b in range(B):
-        taken[:] = False
-        for i in range(n):
-            src[b, i] = i
-        for t in range(k):
-            i = order[b, t]
-            j = partner[b, i]
-            if gain[b, i] > thresh[b] and not taken[i] and not taken[j]:
-                taken[i] = True
-                taken[j] = True
-                src[b, i] = j
-                src[b, j] = i
-
-
-def greedy_set(order: np.ndarray, gain: np.ndarray, partner: np.ndarray, thresh: np.ndarray,
-               k: int) -> np.ndarray:
-    """The greedy disjoint swap set per problem.
-
-    Parameters
-    ----------
-    order : (B, n) int64, positions by gain, largest first; gain : (B, n) float; partner : (B, n)
-    int64, each position's best swap partner; thresh : (B,) float64; k : int, positions tried.
-
-    Returns
-    -------
-    src : (B, n) int64: position i takes the target of position src[i].
-    """
-    src = np.empty(gain.shape, np.int64)
-    _greedy(order, gain, partner, thresh, int(k), src)
-    return src
+def _delta(C1, C2, sig, new, moved, rows):
+    """ΔQ of moving from σ to σ' = ``new`` (the moved positions ``rows``, mask ``moved``)."""
+    n, total = sig.shape[0], 0.0
+    for i in rows:
+        row = 0.0
+        for k in range(n):
+            d = C2[new[i], new[k]] - C2[sig[i], sig[k]]
+            row += C1[i, k] * d * (1.0 if moved[k] else 2.0)
+        total += row
+    return total
 
 
 @njit
-def _delta(Ca, Cb, ia, ib, cols, src, out):
-    B, n = cols.shape
-    moved = np.zeros(n, np.bool_)
+def _round(order, gain, partner, k, Ca, Cb, ia, ib, cols, Q, active, changed):
+    B, n = gain.shape
+    taken = np.zeros(n, np.bool_)
+    single = np.zeros(n, np.bool_)
     for b in range(B):
-        C1, C2, s, sig = Ca[ia[b]], Cb[ib[b]], src[b], cols[b]
-        for i in range(n):
-            moved[i] = s[i] != i
-        total = 0.0
-        for i in range(n):
-            if moved[i]:
-                new_i, old_i = sig[s[i]], sig[i]
-                row = 0.0
-                for k in range(n):
-                    d = C2[new_i, sig[s[k]]] - C2[old_i, sig[k]]
-                    row += C1[i, k] * d * (1.0 if moved[k] else 2.0)
-                total += row
-        out[b] = total
+        if not active[b]:
+            continue
+        thresh = 1e-12 * max(abs(Q[b]), 1e-300)
+        sig, C1, C2 = cols[b], Ca[ia[b]], Cb[ib[b]]
+        new = sig.copy()
+        taken[:] = False
+        rows = []
+        for t in range(k):
+            i = order[b, t]
+            j = partner[b, i]
+            if gain[b, i] > thresh and not taken[i] and not taken[j]:
+                taken[i] = True
+                taken[j] = True
+                new[i], new[j] = sig[j], sig[i]
+                rows.append(i)
+                rows.append(j)
+        d_set = _delta(C1, C2, sig, new, taken, np.array(rows, np.int64)) if len(rows) else 0.0
+        i0 = order[b, 0]
+        j0 = partner[b, i0]
+        one = sig.copy()
+        one[i0], one[j0] = sig[j0], sig[i0]
+        single[:] = False
+        single[i0] = single[j0] = True
+        d_one = _delta(C1, C2, sig, one, single, np.array([i0, j0], np.int64))
+        if d_set > thresh:
+            cols[b] = new
+            Q[b] += d_set
+            changed[b] = 1
+        elif gain[b, i0] > thresh and d_one > thresh:
+            cols[b] = one
+            Q[b] += d_one
+            changed[b] = 1
+        else:
+            active[b] = 0
 
 
-def delta_q(Ca: np.ndarray, Cb: np.ndarray, ia: np.ndarray, ib: np.ndarray, cols: np.ndarray,
-            src: np.ndarray) -> np.ndarray:
-    """Exact ΔQ of the moves ``src`` for the permutations ``cols`` of pairs (Ca[ia[b]], Cb[ib[b]]).
+def swap_round(order, gain, partner, k: int, Ca, Cb, ia, ib, cols, Q, active, changed) -> None:
+    """One swap-search round for every active problem, in place on ``cols``, ``Q``, ``active``
+    and ``changed``.
 
     Parameters
     ----------
-    Ca, Cb : (La, n, n), (Lb, n, n) float64 stacks; ia, ib : (B,) int64 layer indices;
-    cols : (B, n) int64 permutations; src : (B, n) int64 products of disjoint transpositions.
-
-    Returns
-    -------
-    (B,) float64 ndarray.
+    order : (B, n) int64, positions by gain, largest first; gain : (B, n) float32, each
+    position's best swap gain; partner : (B, n) int64, its best partner; k : int, positions tried.
+    Ca, Cb : (La, n, n), (Lb, n, n) float64 stacks; ia, ib : (B,) int64 layers of each pair.
+    cols : (B, n) int64 permutations; Q : (B,) float64, Q(cols) (both updated by a move).
+    active : (B,) int32 (cleared where nothing improves); changed : (B,) int32 (set by a move).
     """
-    out = np.empty(cols.shape[0])
-    _delta(Ca, Cb, ia, ib, cols, src, out)
-    return out
+    _round(order, gain, partner, int(k), Ca, Cb, ia, ib, cols, Q, active, changed)
