@@ -177,6 +177,11 @@ def test_batched_path_on_cpu(finished):
     worker = GWWorker(store, "euclidean", "mean", ["identity", "product"], 100, 1e-9,
                       aligned=[("early", "early")], batched=True)
     records = worker.solve(batch, {})  # no cost references: built from the store's activations
+    assert set(worker._device_data) == set(batch.cost_keys)  # bound data kept per layer
+    cached = dict(worker._device_data)
+    again = worker.solve(batch, {})
+    assert all(worker._device_data[k] is cached[k] for k in cached)  # not computed again
+    assert [r["gw"] for r in again] == [r["gw"] for r in records]
     for key in batch.cost_keys:
         assert isinstance(worker._cache[key], torch.Tensor)
         np.testing.assert_allclose(worker._cache[key].numpy(), cost_matrix(store.read_layer(*key)),
@@ -285,3 +290,14 @@ def test_batched_workers_get_activations_not_costs(finished):
         assert rec["solver"].startswith("batched")
         assert lb - 1e-12 <= rec["gw"] <= 1.01 * gw + 1e-12, (key, rec["gw"], gw)
         assert rec["lower_bound"] <= gw + 1e-12, (key, rec["lower_bound"], gw)
+
+
+def test_gpu_workers_take_large_calls():
+    """GPU workers get ``resources.gpu_batch_pairs`` per call (one device engine run), CPU workers
+    ``resources.batch_pairs``."""
+    from gwray.config import RunConfig
+    from gwray.scheduler import worker_batch_pairs
+
+    cpu = RunConfig.model_validate({"resources": {"batch_pairs": 3}})
+    gpu = RunConfig.model_validate({"resources": {"batch_pairs": 3, "gpus_per_worker": 0.5}})
+    assert worker_batch_pairs(cpu) == 3 and worker_batch_pairs(gpu) == 512

@@ -162,7 +162,7 @@ def batched_gw(C1, C2, *, pairs=None, p=None, q=None, aligned: bool = True, star
                max_iter: int = 200, tol: float = 1e-9, swap_rounds: int = 30, bound: bool = True,
                keep_coupling: bool = True, device=None, dtype=torch.float32, tf32: bool = True,
                batch_size: int | None = None, assignment_eps: float = 1e-5,
-               prune: float | None = None) -> list[GWResult]:
+               prune: float | None = None, layer_data=None) -> list[GWResult]:
     """Square-loss GW for B pairs of equal sizes at once, every step on the device.
 
     Parameters
@@ -203,6 +203,9 @@ def batched_gw(C1, C2, *, pairs=None, p=None, q=None, aligned: bool = True, star
     assignment_eps : float
         The auction's final ε relative to the gradient's range / n (see
         :func:`gwray.gw.device_assignment.final_epsilon`).
+    layer_data : (LayerData, LayerData), optional
+        :class:`gwray.gw.device_bounds.LayerData` of C1's and C2's stacks, when the caller keeps
+        it per layer (the bounds' sorted rows and spectra); computed here otherwise.
 
     Returns
     -------
@@ -237,6 +240,8 @@ def batched_gw(C1, C2, *, pairs=None, p=None, q=None, aligned: bool = True, star
         _check_costs(C2d, "C2", item)
     n, m = C1d.shape[1], C2d.shape[1]
     ia, ib = _pair_index(pairs, C1d.shape[0], C2d.shape[0], device)
+    if layer_data is not None and any(d.sorted_rows.shape != C.shape for d, C in zip(layer_data, (C1d, C2d))):
+        raise GwrayInputError("layer_data: does not match the shapes of C1 and C2")
     B = ia.shape[0]
     for name, val in (("tol", tol), ("assignment_eps", assignment_eps)):
         if not (isinstance(val, (int, float)) and math.isfinite(val) and val > 0):
@@ -271,8 +276,7 @@ def batched_gw(C1, C2, *, pairs=None, p=None, q=None, aligned: bool = True, star
             launches = KERNEL_LAUNCHES["count"]
             X1 = C1d.to(dtype).contiguous()
             stacks = (X1, X1 if C2d is C1d else C2d.to(dtype).contiguous(), C1d, C2d)
-            layer_data = None
-            if bound and lap:  # once per layer, not per pair
+            if bound and lap and layer_data is None:  # once per layer, not per pair
                 D1 = LayerData(C1d)
                 layer_data = (D1, D1 if C2d is C1d else LayerData(C2d))
             setup = ops.count + KERNEL_LAUNCHES["count"] - launches

@@ -49,6 +49,15 @@ class LayerData:
             err = 16.0 * n * torch.finfo(torch.float64).eps * n * C.abs().amax(dim=(1, 2))
             self.kappa = (-torch.linalg.eigvalsh(H[:, 1:, 1:])).sort(dim=1).values + err[:, None]
 
+    @classmethod
+    def cat(cls, parts) -> "LayerData":
+        """One stack's data from the data of its layers (e.g. cached one layer at a time)."""
+        out = cls.__new__(cls)
+        for name in ("sorted_rows", "row_sq", "row_sums", "total", "sq_norm", "kappa"):
+            values = [getattr(p, name) for p in parts]
+            setattr(out, name, None if any(v is None for v in values) else torch.cat(values))
+        return out
+
 
 def eigen_bound(Sa: LayerData, Sb: LayerData, ia: torch.Tensor, ib: torch.Tensor) -> torch.Tensor:
     """The serial :func:`gwray.gw.bounds.eigen_bound` for pairs (layer ia[b] of Sa, ib[b] of Sb),

@@ -104,6 +104,14 @@ class _Warm:
         return warm
 
 
+def worker_batch_pairs(cfg) -> int:
+    """Pairs per worker call: ``resources.batch_pairs`` for CPU workers; a GPU worker's call is
+    one device engine run, and ``resources.gpu_batch_pairs`` (large) keeps the device full (the
+    engine splits a call into device batches itself)."""
+    res = cfg.resources
+    return res.gpu_batch_pairs if res.gpus_per_worker > 0 else res.batch_pairs
+
+
 def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
               checkpoints: list[str] | None = None, records: bool = True,
               compact_rows: int = COMPACT_ROWS, flush_seconds: float = FLUSH_SECONDS) -> pa.Table:
@@ -116,8 +124,9 @@ def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
         warm_keep: each pair starts from its :func:`~gwray.scheduler.plan.warm_sources` pair's
         solver state, its batch waiting until that state is solved, and runs only the configured
         starts :func:`gwray.gw.warm.warm_gw`'s rule keeps), ``compare.cross`` and
-        ``resources`` (workers, cpus_per_worker, gpus_per_worker, batch_pairs). With
-        ``gpus_per_worker > 0`` the workers use the batched torch solver.
+        ``resources`` (workers, cpus_per_worker, gpus_per_worker, batch_pairs; with
+        ``gpus_per_worker > 0`` the workers use the device engine on calls of
+        ``gpu_batch_pairs``).
     store : ActivationStore
         The activation dataset: ``checkpoints()``, ``layer_names(c)``, ``sample_ids(c)`` (n,)
         and ``read_layer(c, layer)`` (n, d); it is shipped to the workers, which read the layers.
@@ -177,7 +186,7 @@ def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
         sizes = {(c, layer): len(ids[c]) for c, names in plan.layers.items() for layer in names}
         aligned = {(c, c) for c in ids} | {
             (a, b) for a, b in plan.checkpoint_pairs() if np.array_equal(ids[a], ids[b])}
-        batch_pairs = cfg.resources.batch_pairs
+        batch_pairs = worker_batch_pairs(cfg)
         workers = min(cfg.resources.workers, -(-left // batch_pairs))
         warm = _Warm(plan, todo, ids, out) if cfg.gw.warm_start else None
         bar = tqdm(total=len(plan), initial=len(plan) - left, unit="pair", desc="GW pairs",

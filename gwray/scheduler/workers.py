@@ -65,7 +65,8 @@ class GWWorker:
         Solve equal-size batches with :func:`gwray.gw.batched.batched_gw` (the GPU path).
     cache_bytes : int, optional
         Cost matrices kept in this worker (least recently used dropped first). Default: 2 GiB,
-        or a quarter of the device's memory for a batched worker on a CUDA device.
+        or an eighth of the device's memory for a batched worker on a CUDA device (each layer
+        also keeps its bound data, as large again).
     keep_plans : bool
         Return each pair's solver state (record keys ``plan``, ``duals``, ``bound_duals``,
         ``start_ends``: :data:`gwray.scheduler.results.STATE_FIELDS`), for warm starts.
@@ -81,10 +82,11 @@ class GWWorker:
         self.aligned = set(map(tuple, aligned))
         self.batched, self.cache_bytes, self.keep_plans = batched, cache_bytes, keep_plans
         self.warm_keep = warm_keep
-        if cache_bytes is None:
-            self.cache_bytes = _device_memory() // 4 if batched and _device().type == "cuda" else 2 << 30
+        if cache_bytes is None:  # a batched worker's layers also keep their sorted rows there
+            self.cache_bytes = _device_memory() // 8 if batched and _device().type == "cuda" else 2 << 30
         self._cache: OrderedDict[LayerKey, np.ndarray] = OrderedDict()
         self._summaries: dict = {}  # per-layer bound data (gwray.gw.bounds.layer_summary)
+        self._device_data: dict = {}  # a batched worker's (gwray.gw.device_bounds.LayerData)
         self._lock = threading.Lock()  # ``cost`` runs in its own thread (concurrency group)
 
     def ping(self) -> int:
@@ -97,7 +99,9 @@ class GWWorker:
             self._cache.move_to_end(key)
             while (len(self._cache) > 1
                    and sum(c.nbytes for c in self._cache.values()) > self.cache_bytes):
-                self._summaries.pop(self._cache.popitem(last=False)[0], None)
+                key = self._cache.popitem(last=False)[0]
+                self._summaries.pop(key, None)
+                self._device_data.pop(key, None)
 
     def _summary(self, key: LayerKey, C: np.ndarray):
         """The layer's lower-bound data (sorted rows, spectrum): computed once per layer, not
@@ -216,32 +220,44 @@ class GWWorker:
             state = solved.get(source)
         return state.transposed() if state is not None and transposed else state
 
+    def _layer_data(self, key: LayerKey, C):
+        """A batched worker's bound data of one layer (its sorted rows and spectrum, on its
+        device), computed once per layer and dropped with its cost matrix."""
+        from gwray.gw.device_bounds import LayerData
+
+        with self._lock:
+            D = self._device_data.get(key)
+        if D is None:
+            D = LayerData(C[None])
+            with self._lock:
+                if key in self._cache:
+                    self._device_data[key] = D
+        return D
+
     def _solve_batched(self, batch: Batch, costs: Mapping[LayerKey, np.ndarray]) -> dict:
-        """The batch's pairs on the device engine (:func:`gwray.gw.batched.batched_gw`), aligned
-        and unaligned pairs in separate calls; the engine sizes its device batches itself. The
-        lower bound is maxed with the eigenvalue bound of the cached layer summaries, as the
-        serial path's."""
+        """The batch's pairs on the device engine (:func:`gwray.gw.batched.batched_gw`): the
+        layers they need stacked once on the device (each pair two indices into the stack), with
+        the layers' cached bound data; aligned and unaligned pairs in separate calls. The engine
+        sizes its device batches itself."""
         import torch
 
         from gwray.gw.batched import batched_gw
-        from gwray.gw.bounds import eigen_bound
+        from gwray.gw.device_bounds import LayerData
 
-        device = _device()
+        keys = sorted(batch.cost_keys)
+        at = {k: i for i, k in enumerate(keys)}
+        stack = torch.stack([costs[k] for k in keys]).to(_device())
+        data = LayerData.cat([self._layer_data(k, costs[k]) for k in keys])
+        starts = [s for s in self.starts if s in BATCHED_STARTS] or ["product"]
         out = {}
         for al in (True, False):
             tasks = [t for t in batch.tasks if ((t.checkpoint_a, t.checkpoint_b) in self.aligned) == al]
             if tasks:
-                C1 = torch.stack([costs[t.cost_keys[0]] for t in tasks]).to(device)
-                C2 = torch.stack([costs[t.cost_keys[1]] for t in tasks]).to(device)
-                starts = [s for s in self.starts if s in BATCHED_STARTS]
-                rs = batched_gw(C1, C2, aligned=al, starts=starts or ["product"],
-                                max_iter=self.max_iter, tol=self.tol, keep_coupling=False)
-                for t, r in zip(tasks, rs):
-                    (ka, kb) = t.cost_keys
-                    eig = eigen_bound(self._summary(ka, costs[ka]), self._summary(kb, costs[kb]))
-                    if np.isfinite(eig):
-                        r.lower_bound = min(max(r.lower_bound, eig), r.value)
-                    out[t.key] = r
+                pairs = np.array([(at[t.cost_keys[0]], at[t.cost_keys[1]]) for t in tasks])
+                rs = batched_gw(stack, stack, pairs=pairs, aligned=al, starts=starts,
+                                max_iter=self.max_iter, tol=self.tol, keep_coupling=False,
+                                layer_data=(data, data))
+                out |= {t.key: r for t, r in zip(tasks, rs)}
         return out
 
 
