@@ -21,10 +21,25 @@ class GwrayStorageError(GwrayInputError):
 
 class GwrayDamagedError(GwrayInputError):
     """A piece of a run directory that gwray wrote is damaged or missing (a partition, a pair
-    file, a matrix). ``piece`` says which, so that ``gwray run`` can recompute it: ``("activations",
-    checkpoint id)``, ``("pairs", file path)`` or ``("matrices", None)``; other readers report it.
+    file, a matrix), found while reading it. ``gwray run`` recomputes the piece; other readers
+    report it (exit 2). Made by :func:`damaged`.
 
-    Set ``piece`` after construction (``err.piece = ...``): the exception then survives the trip
-    from a Ray worker to the driver."""
+    Attributes
+    ----------
+    what : str
+        The file or piece and what is wrong with it (the message without the advice).
+    piece : tuple
+        What to recompute: ``("activations", checkpoint id)``, ``("pairs", file path)`` or
+        ``("matrices", None)``.
+    """
 
+    what: str = ""
     piece: tuple = (None, None)
+
+
+def damaged(what: str, piece: tuple, advice: str) -> GwrayDamagedError:
+    """A :class:`GwrayDamagedError` whose message is ``what; advice``. Its attributes are set
+    after construction, so that it survives the trip from a Ray worker to the driver."""
+    err = GwrayDamagedError(f"{what}; {advice}")
+    err.what, err.piece = what, piece
+    return err

@@ -3,6 +3,12 @@
 Wiring and bookkeeping only (no math, no model code). A stage is skipped when its output is in
 ``OUT/`` for the same *stage key* (a hash of the config sections it depends on, kept in
 ``OUT/run.json``) and redone, saying why, when they changed. Stages write atomically.
+
+Damaged or missing pieces (docs/faults.md) are recomputed: a stage is skipped only when its output
+is intact as well (the activation parts the manifest lists, readable matrices, every planned pair
+in ``pairs/``), and a damaged piece found while a stage reads it (a part, a pair file) is
+recomputed, then the stages go on. The activation manifests and ``pairs/_made_with.json`` record
+the settings their data was made with, so that a lost ``run.json`` costs no recomputation of them.
 """
 from __future__ import annotations
 
@@ -18,10 +24,13 @@ import time
 from gwray import __version__
 from gwray.activations.store import ActivationStore
 from gwray.config import RunConfig, load_config
+from gwray.errors import GwrayDamagedError
 from gwray.preflight import (check_inputs, check_layer_count, check_output_location,
-                             check_run_owner, step_of)
+                             check_run_owner, read_run_info, step_of)
+from gwray.recovery import MADE_WITH, RECOVERIES, made_with, matrices_damage, read_json, recover
 from gwray.result import RunResult, load_run, read_matrices
 from gwray.storage import Location
+
 
 
 
@@ -94,8 +103,11 @@ class _Run:
 
     def __init__(self, cfg: RunConfig, loc: Location, checkpoints, probe, say: _Say):
         self.cfg, self.loc, self.ckpts, self.say, self.n_samples = cfg, loc, checkpoints, say, len(probe)
-        self.ray_started, path = False, loc.child("run.json")
-        self.prev = path.read_json().get("stages", {}) if path.exists() else {}
+        self.ray_started = False
+        info, problem = read_run_info(loc)
+        if info is None and problem != "missing" or info is None and loc.child("pairs").exists():
+            say(f"run.json is {problem}: rebuilding it, each stage checked against its output")
+        self.prev = (info or {}).get("stages", {})
         # Old keys stay until their stage ends again: a run that died mid-stage redoes it whole.
         self.info = {"gwray_version": __version__, "name": cfg.name,
                      "config": cfg.model_dump(mode="json"), "probe_hash": probe.hash,
@@ -109,7 +121,8 @@ class _Run:
     def done(self, stage: str, key, ran: bool) -> None:
         """Record a finished stage in run.json (atomically) so that a rerun can skip it."""
         self.info["stages"][stage] = key
-        self.status[stage] = "ran" if ran else "skipped"
+        # a stage redone after a recovery (run()) keeps the "ran" of its first pass
+        self.status[stage] = "ran" if ran or self.status.get(stage) == "ran" else "skipped"
         self.loc.child("run.json").write_json(self.info)
         if not ran:
             self.say(f"{stage}: up to date, skipped")
@@ -125,19 +138,23 @@ class _Run:
                    or bool(os.environ.get("RAY_ADDRESS")))
         for ckpt, path in self.ckpts:
             keys[ckpt] = _key(model, path, self.cfg.hash("probe", "layers"))
-            if old.get(ckpt) == keys[ckpt] and store.is_complete(ckpt):
-                continue
+            made = made_with(store, ckpt) or old.get(ckpt)  # the manifest's key outlives run.json
+            if made == keys[ckpt] and store.is_complete(ckpt):
+                why = store.damage(ckpt)
+                if why is None:
+                    continue
+            else:
+                why = ("model/probe/layers config changed" if made not in (None, keys[ckpt])
+                       else "no complete activations yet")
             if self.cfg.layers.select != "all":  # "all" keeps the modules a forward pass calls
                 check_layer_count(self.cfg, ckpt, layer_names(self.cfg, path))
-            why = ("model/probe/layers config changed" if old.get(ckpt, keys[ckpt]) != keys[ckpt]
-                   else "no complete activations yet")
             self.say(f"activations of {ckpt}: {why}, extracting {self.n_samples} probe samples")
             store.remove(ckpt)
             if use_ray:
                 self.ray()
             try:
                 extract(self.cfg, self.loc, ckpt, checkpoint_path=path, use_ray=use_ray,
-                        progress=self.say.enabled)
+                        progress=self.say.enabled, stage_key=keys[ckpt])
             finally:
                 if not store.is_complete(ckpt):  # never leave a half checkpoint behind
                     store.remove(ckpt)
@@ -149,40 +166,60 @@ class _Run:
         return store
 
     def pairs(self, store) -> None:
-        from gwray.scheduler import run_pairs
+        from gwray.scheduler import plan_for, run_pairs
+        from gwray.scheduler.results import assemble_matrices, done_pairs
 
         acts = self.info["stages"]["activations"]  # gw.baselines: no GW, the communities stage
         solve = _key(self.cfg.costs.model_dump(), self.cfg.gw.model_dump(exclude={"baselines"}))
-        key = {"solve": solve, "activations": acts, "compare": self.cfg.hash("compare"),
-               "order": [c for c, _ in self.ckpts]}
-        prev = self.prev.get("pairs") or {}
-        if prev == key and self.loc.child("gw_matrix.parquet").exists():
-            return self.done("pairs", key, False)
+        ids = [c for c, _ in self.ckpts]
+        key = {"solve": solve, "activations": acts, "compare": self.cfg.hash("compare"), "order": ids}
+        prev, pairs = self.prev.get("pairs") or {}, self.loc.child("pairs")
         why = _why(prev, key, {"solve": "costs/gw config", "activations": "activations",
                                "compare": "compare.cross", "order": "checkpoint order"})
-        if prev.get("solve", solve) != solve or any(
-                prev.get("activations", {}).get(c, k) != k for c, k in acts.items()):
-            self.say(f"pairs: {why}, solving every pair again")
-            self.loc.child("pairs").remove()
-        elif self.loc.child("pairs").exists():
-            self.say("pairs: resuming" + (f" ({why})" if prev else "") + ", the pairs already solved are kept")
-        else:
+        # What the pairs on disk were solved with (run.json's record for runs of older gwray).
+        made = read_json(pairs.child(MADE_WITH)) or ({k: prev[k] for k in ("solve", "activations")}
+                                                      if "solve" in prev else None)
+        kept = made is not None and made["solve"] == solve and all(
+            made["activations"].get(c, k) == k for c, k in acts.items())
+        cleared = bool(pairs.files()) and not kept
+        if cleared:
+            self.say(f"pairs: {why}, solving every pair again"
+                     + ("" if made else " (no record of the settings the pairs on disk were solved with)"))
+            pairs.remove()
+        # This run's ids in training order: by name, checkpoint-1000 would pair with -200, and
+        # checkpoints an earlier config left in OUT would be planned too.
+        plan = plan_for(store, self.cfg.compare.cross, ids)
+        done, _ = done_pairs(self.loc, plan)  # a damaged file: GwrayDamagedError, recovered in run()
+        if done.all():  # nothing to solve: the matrices are checked, or assembled without Ray
+            damage = matrices_damage(self.loc, self.info["layers"], plan)
+            if prev == key and damage is None:
+                return self.done("pairs", key, False)
+            self.say(f"pairs: {damage if prev == key else why}, every pair is in pairs/: assembling the matrices")
+            assemble_matrices(self.loc, plan)
+            return self.done("pairs", key, True)
+        if prev == key:
+            why = f"{int((~done).sum())} of {len(plan)} pairs missing from pairs/"
+        if done.any():
+            self.say(f"pairs: resuming ({why}), the pairs already solved are kept")
+        elif not cleared:
             self.say(f"pairs: {why}")
+        pairs.child(MADE_WITH).write_json({"solve": solve, "activations": {**(made or {}).get(
+            "activations", {}), **acts} if kept else acts})
         self.ray()
         self.say(f"pairs: GW of every layer pair on {self.cfg.resources.workers} workers")
-        # This run's ids in training order: by name, checkpoint-1000 would pair with -200, and
-        # checkpoints an earlier config left in OUT would be planned too. Also writes gw_matrix.*.
-        run_pairs(self.cfg, store, self.loc, progress=self.say.enabled,
-                  checkpoints=[c for c, _ in self.ckpts], records=False)
+        run_pairs(self.cfg, store, self.loc, progress=self.say.enabled, checkpoints=ids, records=False)
         self.done("pairs", key, True)
 
     def communities(self, store) -> None:
         key = {"pairs": self.info["stages"]["pairs"], "graph": self.cfg.hash("graph", "stability"),
                "baselines": self.cfg.gw.baselines}
-        if self.prev.get("communities") == key and self.loc.child("communities.json").exists():
+        intact = isinstance(read_json(self.loc.child("communities.json")), dict)
+        if self.prev.get("communities") == key and intact:
             return self.done("communities", key, False)
         why = _why(self.prev.get("communities"), key, {"pairs": "GW matrices", "graph": "graph/stability config",
                                                         "baselines": "gw.baselines"})
+        if self.prev.get("communities") == key and self.loc.child("communities.json").exists():
+            why = "communities.json is damaged"
         self.say(f"communities: {why}, {self.cfg.graph.method} on {len(self.ckpts)} checkpoint(s)")
         gw, _, _ = read_matrices(self.loc, self.info["layers"])
         self.loc.child("communities.json").write_json(
@@ -290,13 +327,20 @@ def run(config, out=None, overrides=None, *, progress: bool = True,
     if replaced:
         say(f"--force: deleting {loc}, which held the run of {replaced}")
         loc.remove()
-    fresh, state = not loc.exists(), _Run(cfg, loc, checkpoints, probe, say)
     say(f"run {cfg.name!r} → {loc}")
+    fresh, state = not loc.exists(), _Run(cfg, loc, checkpoints, probe, say)
     try:
-        store = state.activations()
-        state.pairs(store)
-        state.communities(store)
-        report = state.report()
+        for attempt in range(RECOVERIES + 1):
+            try:
+                store = state.activations()
+                state.pairs(store)
+                state.communities(store)
+                result = load_run(loc)  # reads every pair record: damage there is recovered too
+                report = state.report()
+                break
+            except GwrayDamagedError as exc:  # found while reading: recompute it, then go on
+                if attempt == RECOVERIES or not recover(loc, exc, say):
+                    raise
     except BaseException:
         if fresh and loc.exists() and not loc.files(recursive=True):
             loc.remove()  # a first run that failed before any stage finished leaves nothing
@@ -305,6 +349,5 @@ def run(config, out=None, overrides=None, *, progress: bool = True,
         if state.ray_started:
             sys.modules["ray"].shutdown()
     say("done: " + ", ".join(f"{s} {v}" for s, v in state.status.items()))
-    result = load_run(loc)
     result.stages, result.report = dict(state.status), str(report)
     return result

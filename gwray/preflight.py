@@ -62,6 +62,37 @@ def run_identity(cfg: RunConfig, checkpoints: list) -> dict:
             "checkpoints": [p for _, p in checkpoints], "probe": [cfg.probe.source, cfg.probe.field]}
 
 
+def read_run_info(loc: Location) -> tuple[dict | None, str | None]:
+    """``OUT/run.json``: ``(info, None)``, or ``(None, why)`` when it is ``"missing"`` or
+    ``"damaged (…)"`` (cut short, not JSON, not a gwray run record)."""
+    where = loc.child("run.json")
+    if not where.exists():
+        return None, "missing"
+    try:
+        info = where.read_json()
+    except GwrayInputError:
+        return None, "damaged (not JSON)"
+    if not (isinstance(info, dict) and isinstance(info.get("stages", {}), dict)):
+        return None, "damaged (not a gwray run record)"
+    return info, None
+
+
+def _manifest_identity(loc: Location) -> dict | None:
+    """Whose run a directory without a readable run.json holds, from its activation manifests:
+    ``{"models": {...}, "probes": {...}}``, or None when there is none."""
+    from gwray.activations.store import ActivationStore
+
+    store, models, probes = ActivationStore(loc), set(), set()
+    for ckpt in store.checkpoints():
+        try:
+            manifest = store.manifest(ckpt)
+        except GwrayInputError:  # damaged: the activations stage extracts it again
+            continue
+        models.add(manifest.get("model"))
+        probes.add(manifest.get("probe_source"))
+    return {"models": models, "probes": probes} if models else None
+
+
 def _describe(identity: dict) -> str:
     source, path, factory = identity["model"]
     ckpts = [p for p in identity["checkpoints"] if p]
@@ -82,21 +113,32 @@ def check_run_owner(loc: Location, cfg: RunConfig, checkpoints: list, force: boo
         With ``force`` and another run in ``loc``: a description of that run (the caller removes
         the directory); None when ``loc`` holds no run or this one.
 
+    Without a readable ``run.json`` the activation manifests tell whose run ``loc`` holds.
+
     Raises
     ------
     GwrayInputError
         ``loc`` holds another model's or probe's run and ``force`` is false.
     """
-    info_file = loc.child("run.json")
-    if not info_file.exists():
-        return None
-    info = info_file.read_json()
+    info, problem = read_run_info(loc)
+    new = run_identity(cfg, checkpoints)
+    if info is None:  # none, or damaged: the activation manifests say whose run it holds
+        found = _manifest_identity(loc)
+        mine = {p for _, p in checkpoints if p} | {cfg.model.path, cfg.model.factory}
+        if found is None or (found["probes"] == {cfg.probe.source} and found["models"] & mine):
+            return None
+        what = f"activations of {', '.join(sorted(map(str, found['models'])))} on probe " \
+               f"{', '.join(sorted(map(str, found['probes'])))}"
+        if not force:
+            raise GwrayInputError(f"run directory {loc}: run.json is {problem} and it holds the {what}, "
+                                  f"not {_describe(new)}; pass --force to replace it, or choose another "
+                                  "`name`, `output:` or --out")
+        return what
     try:
         old_cfg = RunConfig.model_validate(info["config"])
         old = run_identity(old_cfg, [(c["id"], c["path"]) for c in info["checkpoints"]])
     except (KeyError, TypeError, ValidationError):  # a run.json this version cannot read
         old = {"model": ["?", str(info.get("name", "?")), None], "checkpoints": [None], "probe": ["?", None]}
-    new = run_identity(cfg, checkpoints)
     same_checkpoints = (old["checkpoints"] == new["checkpoints"]
                         or bool(set(old["checkpoints"]) & set(new["checkpoints"]) - {None}))
     if old["model"] == new["model"] and old["probe"] == new["probe"] and same_checkpoints:

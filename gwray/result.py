@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from gwray.config import RunConfig
-from gwray.errors import GwrayInputError
+from gwray.errors import GwrayInputError, damaged
 from gwray.storage import Location
 
 
@@ -97,7 +97,7 @@ def read_matrices(loc: Location, layers: dict) -> tuple[dict, dict, dict]:
     where = loc.child("gw_matrix.parquet")
     if not where.exists():
         raise GwrayInputError(f"run directory {loc}: no gw_matrix.parquet")
-    table = where.read_table()
+    table = _read_matrix_file(where)
     need = {"layer_i", "layer_j", "gw", "lower_bound"}
     if not need <= set(table.column_names):
         raise GwrayInputError(f"{where}: missing columns {', '.join(sorted(need - set(table.column_names)))}")
@@ -123,6 +123,16 @@ def read_matrices(loc: Location, layers: dict) -> tuple[dict, dict, dict]:
     return gw, lb, _read_cross(loc, layers)
 
 
+def _read_matrix_file(where: Location, columns: list[str] | None = None) -> pa.Table:
+    """A matrix Parquet file; one that cannot be read is a GwrayDamagedError naming it."""
+    try:
+        return where.read_table(columns=columns)
+    except (pa.ArrowException, OSError) as exc:
+        why = str(exc).strip().splitlines()[0].rsplit("': ", 1)[-1] if str(exc).strip() else type(exc).__name__
+        raise damaged(f"{where}: unreadable ({why})", ("matrices", None),
+                      "rerun `gwray run` to assemble it again from pairs/") from None
+
+
 def _positions(layers: dict, ckpts, names, where: Location) -> tuple[np.ndarray, np.ndarray]:
     """Checkpoint index and layer position per row; an unknown one is an error naming it."""
     from gwray.scheduler.plan import layer_positions
@@ -143,7 +153,7 @@ def _read_cross(loc: Location, layers: dict) -> dict:
     where = loc.child("cross", "gw_matrix.parquet")
     if not where.exists():
         return {}
-    t = where.read_table(columns=["checkpoint_a", "checkpoint_b", "layer_i", "layer_j", "gw"])
+    t = _read_matrix_file(where, ["checkpoint_a", "checkpoint_b", "layer_i", "layer_j", "gw"])
     ca, i = layer_positions(layers, t.column("checkpoint_a"), t.column("layer_i"))
     cb, j = layer_positions(layers, t.column("checkpoint_b"), t.column("layer_j"))
     bad = np.flatnonzero((i < 0) | (j < 0))

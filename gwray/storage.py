@@ -155,6 +155,13 @@ class Location:
         elif info.type == pafs.FileType.File:
             self._io("deleting", lambda: self.fs.delete_file(self.path))
 
+    def move_to(self, target: "Location") -> None:
+        """Move this file to ``target`` on the same filesystem (its folder is created)."""
+        def move():
+            self.fs.create_dir(posixpath.dirname(target.path), recursive=True)
+            self.fs.move(self.path, target.path)
+        self._io("moving", move)
+
     # -- whole-file reads and atomic writes ------------------------------------------------------
     def read_bytes(self) -> bytes:
         def read():
@@ -193,21 +200,29 @@ class Location:
             raise
 
     def read_json(self):
-        return json.loads(self.read_bytes())
+        """The file's JSON; a file that is not JSON (cut short, overwritten) is a GwrayInputError
+        naming it."""
+        try:
+            return json.loads(self.read_bytes())
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise GwrayInputError(f"{self}: damaged, not JSON ({exc})") from None
 
     def write_json(self, obj) -> None:
         self.write_bytes(json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
 
     def read_table(self, columns: list[str] | None = None) -> pa.Table:
-        """Read one Parquet file (only ``columns``, when given: other columns' bytes are not read)."""
-        return self._io("reading", lambda: pq.read_table(self.path, filesystem=self.fs, columns=columns))
+        """Read one Parquet file (only ``columns``, when given: other columns' bytes are not read).
+        Pages written with a checksum are verified: a damaged page is an ``OSError``, never
+        silently different numbers."""
+        return self._io("reading", lambda: pq.read_table(self.path, filesystem=self.fs, columns=columns,
+                                                         page_checksum_verification=True))
 
     def read_schema(self) -> pa.Schema:
         """The schema (and key-value metadata) of one Parquet file, from its footer alone."""
         return self._io("reading", lambda: pq.read_schema(self.path, filesystem=self.fs))
 
     def write_table(self, table: pa.Table, **parquet_options) -> None:
-        """Write ``table`` as one Parquet file, atomically."""
+        """Write ``table`` as one Parquet file, atomically, each page with a CRC checksum."""
         buf = io.BytesIO()
-        pq.write_table(table, buf, **parquet_options)
+        pq.write_table(table, buf, **{"write_page_checksum": True, **parquet_options})
         self.write_bytes(buf.getvalue())

@@ -246,7 +246,7 @@ def fast_retries(monkeypatch):
     monkeypatch.setattr(gwray.storage, "BACKOFF_S", 0.01)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def full_disk():
     """``full_disk(free)`` → ``(fs, disk)``: a pyarrow filesystem over the local disk with ``free``
     bytes left; the write that passes them writes what fits and fails with ``ENOSPC``, as a full

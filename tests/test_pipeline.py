@@ -13,6 +13,7 @@ import yaml
 from gwray.errors import GwrayInputError
 from gwray.pipeline import load_run, run
 from gwray.preflight import resolve_checkpoints
+from gwray.recovery import MADE_WITH
 from gwray.config import load_config
 
 pytestmark = pytest.mark.slow
@@ -50,7 +51,8 @@ def test_run_directory_holds_every_design_file(tiny_run):
         assert name in files
     assert any(f.startswith("pairs/") and f.endswith(".parquet") for f in files)
     assert any(f.startswith("activations/checkpoint=main/") and f.endswith(".parquet") for f in files)
-    assert not any(os.path.basename(f).startswith((".", "_")) for f in files), "temporary files left"
+    hidden = [f for f in files if os.path.basename(f).startswith((".", "_"))]
+    assert hidden == [f"pairs/{MADE_WITH}"], "temporary files left"  # and the pairs' settings record
     info = result.config.model_dump()
     assert info["probe"]["n_samples"] == 24
     L = len(result.layers["main"])

@@ -197,15 +197,15 @@ def _cut(path):
 
 @pytest.mark.parametrize("damage, reason, error", [
     (lambda d: next((d / "activations/checkpoint=ck0/layer=b").glob("*.parquet")).unlink(),
-     r"^layer b has 1 parts of [\d,]+ bytes, 2 of [\d,]+ bytes when written$",
+     r"^layer b holds 1 of its 2 parts, [\d,]+ of [\d,]+ bytes$",
      r"^activation layer .*layer=b: 5 rows, the manifest says 10 \(a part is missing\); rerun"),
     (lambda d: _cut(next((d / "activations/checkpoint=ck0/layer=b").glob("*.parquet"))),
-     r"^layer b has 2 parts of [\d,]+ bytes, 2 of [\d,]+ bytes when written$",
+     r"^layer b holds 2 of its 2 parts, [\d,]+ of [\d,]+ bytes$",
      r"^activation part .*layer=b/part-\d+\.parquet: unreadable \(.*\); rerun `gwray run` to extract "
      r"checkpoint ck0 again$"),
     (lambda d: _cut(d / "activation_manifests/ck0.json"),
      r"^its manifest activation_manifests/ck0.json is damaged$",
-     r"^activation manifest .*ck0.json: damaged \(.*\); rerun"),
+     r"^.*activation_manifests/ck0.json: damaged, not JSON \(.*\); rerun `gwray run` to extract"),
 ], ids=["part-missing", "part-truncated", "manifest-damaged"])
 def test_damaged_checkpoint_is_seen_in_a_listing_and_named_when_read(tmp_path, damage, reason, error):
     _write(tmp_path, n=10, batch=5)

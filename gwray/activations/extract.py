@@ -188,7 +188,7 @@ def _bar(total: int, checkpoint: str, progress: bool) -> tqdm:
 
 
 def extract(cfg, out: "Location | str", checkpoint: str, checkpoint_path: str | None = None,
-            use_ray: bool = True, progress: bool = True) -> dict:
+            use_ray: bool = True, progress: bool = True, stage_key: str | None = None) -> dict:
     """Extract one checkpoint's activations into ``OUT/activations/checkpoint=<id>/``.
 
     Parameters
@@ -206,6 +206,9 @@ def extract(cfg, out: "Location | str", checkpoint: str, checkpoint_path: str | 
         On stderr: the in-process loop and the sharded path show a tqdm bar (samples done /
         total, rate, ETA; the sharded one between a start and an end line); the Ray Data path,
         whose batches run in actors, prints a start and an end line (samples, seconds).
+    stage_key : str, optional
+        Recorded in the manifest (``stage_key``): the pipeline's key of the settings the
+        activations were made with, readable without ``run.json``.
 
     Returns
     -------
@@ -261,7 +264,8 @@ def extract(cfg, out: "Location | str", checkpoint: str, checkpoint_path: str | 
                     bar.update(len(batch["sample_id"]))
         meta = {"pooling": cfg.layers.pooling, "select": cfg.layers.select, "probe_hash": probe.hash,
                 "probe_source": probe.source, "max_tokens": cfg.probe.max_tokens, "seed": cfg.probe.seed,
-                "model": checkpoint_path or cfg.model.path or cfg.model.factory, "gwray_version": __version__}
+                "model": checkpoint_path or cfg.model.path or cfg.model.factory, "gwray_version": __version__,
+                "stage_key": stage_key}
         manifest = writer.commit(meta)
     except BaseException:
         writer.abort()

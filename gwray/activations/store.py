@@ -29,7 +29,7 @@ from urllib.parse import quote
 import numpy as np
 import pyarrow as pa
 
-from gwray.errors import GwrayDamagedError, GwrayInputError
+from gwray.errors import GwrayDamagedError, GwrayInputError, damaged
 from gwray.storage import Location
 
 MANIFESTS = "activation_manifests"  # beside OUT/activations: the dataset tree holds Parquet only
@@ -64,9 +64,7 @@ def _layer_partition(name: str) -> str:
 
 
 def _damaged(checkpoint: str, what: str) -> GwrayDamagedError:
-    err = GwrayDamagedError(f"{what}; rerun `gwray run` to extract checkpoint {checkpoint} again")
-    err.piece = ("activations", checkpoint)
-    return err
+    return damaged(what, ("activations", checkpoint), f"rerun `gwray run` to extract checkpoint {checkpoint} again")
 
 
 def _vectors_to_numpy(column: "pa.ChunkedArray | pa.Array", d: int) -> np.ndarray:
@@ -234,11 +232,11 @@ class ActivationStore:
                 raise GwrayInputError(f"checkpoint {checkpoint!r}: no complete activations in {self.root}")
             try:
                 manifest = loc.read_json()
-                if not (isinstance(manifest, dict) and isinstance(manifest.get("layers"), list)
-                        and isinstance(manifest.get("dims"), list)):
-                    raise ValueError("not an activation manifest")
-            except ValueError as exc:  # JSONDecodeError, bad UTF-8 too
-                raise _damaged(checkpoint, f"activation manifest {loc}: damaged ({str(exc)[:80]})") from None
+            except GwrayInputError as exc:  # not JSON
+                raise _damaged(checkpoint, str(exc)) from None
+            if not (isinstance(manifest, dict) and isinstance(manifest.get("layers"), list)
+                    and isinstance(manifest.get("dims"), list)):
+                raise _damaged(checkpoint, f"{loc}: damaged, not an activation manifest")
             self._manifests[checkpoint] = manifest
         return self._manifests[checkpoint]
 
@@ -256,9 +254,10 @@ class ActivationStore:
             listed.setdefault(posixpath.basename(posixpath.dirname(path)), []).append(size)
         for name in manifest["layers"]:
             got, want = listed.get(_layer_partition(name), []), manifest.get("parts", {}).get(name)
-            if not got or (want is not None and [len(got), sum(got)] != want):
-                expected = f", {want[0]} of {want[1]:,} bytes when written" if want else ""
-                return f"layer {name} has {len(got)} parts of {sum(got):,} bytes{expected}"
+            if want is not None and [len(got), sum(got)] != want:
+                return f"layer {name} holds {len(got)} of its {want[0]} parts, {sum(got):,} of {want[1]:,} bytes"
+            if not got:
+                return f"layer {name} has no parts"
         return None
 
     def layer_names(self, checkpoint: str) -> list[str]:

@@ -220,10 +220,12 @@ def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
                      ready=warm and warm.ready, payload=warm and warm.payload,
                      on_idle=on_idle, idle_seconds=max(flush_seconds, 0.1))
         finally:
-            sink.flush()  # what was solved is kept, also when a worker error stops the run
-            stats["cost_matrices"] = pool.cost_tasks
-            pool.shutdown()
-            bar.close()
+            try:
+                sink.flush()  # what was solved is kept, also when a worker error stops the run
+            finally:  # and the workers go, also when that write fails (a full disk)
+                stats["cost_matrices"] = pool.cost_tasks
+                pool.shutdown()
+                bar.close()
     sink.close()
     t1 = time.perf_counter()
     assemble_matrices(out, plan)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from gwray.errors import GwrayInputError
+from gwray.errors import GwrayInputError, damaged
 from gwray.scheduler.plan import PairTask, Plan
 from gwray.storage import Location
 
@@ -108,35 +108,45 @@ def read_pairs(loc: Location, columns: Sequence[str] | None = None) -> pa.Table:
     ------
     GwrayInputError
         Naming the file: not ``.parquet``, unreadable, missing columns, wrong types, missing or
-        non-finite values.
+        non-finite values; a :class:`~gwray.errors.GwrayDamagedError` for a file gwray wrote.
     """
     if not loc.name.endswith(".parquet"):
         raise GwrayInputError(f"pair results file {loc}: not a .parquet file (foreign file in pairs/)")
     columns = PAIR_SCHEMA.names if columns is None else list(columns)
-    try:
-        schema = loc.read_schema()
-    except (pa.ArrowException, OSError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise GwrayInputError(f"pair results file {loc}: unreadable Parquet ({msg})") from None
+    schema = _read_or_fail(loc, loc.read_schema)
     missing = [f for f in PAIR_SCHEMA.names if f not in schema.names]
     if missing:
-        raise GwrayInputError(f"pair results file {loc}: not a pair-results file "
-                              f"(missing columns {', '.join(missing)})")
-    try:
-        table = loc.read_table(columns=columns)
-    except (pa.ArrowException, OSError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise GwrayInputError(f"pair results file {loc}: unreadable Parquet ({msg})") from None
+        raise _bad_file(loc, f"not a pair-results file (missing columns {', '.join(missing)})")
+    table = _read_or_fail(loc, lambda: loc.read_table(columns=columns))
     try:
         table = table.cast(pa.schema([PAIR_SCHEMA.field(c) for c in columns], schema.metadata))
     except (pa.ArrowException, ValueError) as exc:
-        raise GwrayInputError(f"pair results file {loc}: wrong column types ({exc})") from None
+        raise _bad_file(loc, f"wrong column types ({exc})") from None
     for name in [c for c in KEY_COLUMNS + ["gw"] if c in columns]:
         if table.column(name).null_count:
-            raise GwrayInputError(f"pair results file {loc}: column {name} has missing values")
+            raise _bad_file(loc, f"column {name} has missing values")
     if "gw" in columns and not np.all(np.isfinite(table.column("gw").to_numpy())):
-        raise GwrayInputError(f"pair results file {loc}: column gw has non-finite values")
+        raise _bad_file(loc, "column gw has non-finite values")
     return table
+
+
+def _bad_file(loc: Location, why: str) -> GwrayInputError:
+    """The error for a bad file in ``pairs/``: one gwray wrote (``part-*``, ``compacted-*``) is
+    damaged, and ``gwray run`` sets it aside and solves its pairs again
+    (:class:`~gwray.errors.GwrayDamagedError`); any other file is the user's to fix."""
+    what = f"pair results file {loc}: {why}"
+    if loc.name.startswith((PART_PREFIX, COMPACTED_PREFIX)):
+        return damaged(what, ("pairs", loc.path), "rerun `gwray run`: it sets the file aside and "
+                                                  "solves its pairs again")
+    return GwrayInputError(what)
+
+
+def _read_or_fail(loc: Location, read):
+    try:
+        return read()
+    except (pa.ArrowException, OSError) as exc:
+        msg = str(exc).splitlines()[0].rsplit("': ", 1)[-1] if str(exc) else type(exc).__name__
+        raise _bad_file(loc, f"unreadable Parquet ({msg})") from None
 
 
 def pair_files(out: Location | str) -> list[Location]:
@@ -164,11 +174,7 @@ def pair_files(out: Location | str) -> list[Location]:
 
 def replaced_by(loc: Location) -> list[str]:
     """Names of the files a compacted file replaced (its :data:`REPLACES` metadata)."""
-    try:
-        meta = loc.read_schema().metadata or {}
-    except (pa.ArrowException, OSError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise GwrayInputError(f"pair results file {loc}: unreadable Parquet ({msg})") from None
+    meta = _read_or_fail(loc, loc.read_schema).metadata or {}
     return json.loads(meta.get(REPLACES, b"[]"))
 
 
@@ -318,6 +324,21 @@ def _long(names_i: list[str], names_j: list[str], gw: np.ndarray, lb: np.ndarray
             "gw": pa.array(gw.ravel()), "lower_bound": pa.array(lb.ravel())}
 
 
+def matrix_files(plan: Sequence[PairTask]) -> dict[str, tuple[str, object]]:
+    """The ``.npy`` files :func:`assemble_matrices` writes for ``plan``: path under ``OUT`` →
+    ``(kind, key)``: ``("cross", (a, b))``, ``("gw", checkpoint)`` or ``("stack", None)`` for
+    ``gw_matrix.npy`` (one checkpoint, or checkpoints of equal depth)."""
+    plan = as_plan(plan)
+    files: dict[str, tuple[str, object]] = {f"cross/{_safe(b.a)}__{_safe(b.b)}.npy": ("cross", (b.a, b.b))
+                                            for b in plan.blocks if not b.within}
+    depths = {len(names) for names in plan.layers.values()}
+    if len(depths) == 1:
+        files["gw_matrix.npy"] = ("stack", None)
+    if len(plan.layers) > 1:
+        files.update({f"gw/{_safe(c)}.npy": ("gw", c) for c in plan.layers})
+    return files
+
+
 def assemble_matrices(out: Location | str, plan: Sequence[PairTask]) -> dict:
     """Build the GW matrices of a finished run and write them next to ``OUT/pairs/``.
 
@@ -371,20 +392,18 @@ def assemble_matrices(out: Location | str, plan: Sequence[PairTask]) -> dict:
                                          "checkpoint_b": pa.array([block.b] * gw.size, pa.string()),
                                          **_long(layers[block.a], layers[block.b], gw, lb)},
                                         schema=CROSS_SCHEMA))
-    for (a, b), mats in result["cross"].items():
-        out.child("cross", f"{_safe(a)}__{_safe(b)}.npy").write_bytes(_npy_bytes(mats["gw"]))
+    files = matrix_files(plan)
+    for name, (kind, key) in files.items():
+        if kind == "cross":
+            array = result["cross"][key]["gw"]
+        else:
+            mats = list(result["gw"].values())
+            array = result["gw"][key] if kind == "gw" else mats[0] if len(mats) == 1 else np.stack(mats)
+        out.child(*name.split("/")).write_bytes(_npy_bytes(array))
+    if "gw_matrix.npy" not in files:  # models of different depths: a stale stack from an earlier run goes
+        out.child("gw_matrix.npy").remove()
     out.child("gw_matrix.parquet").write_table(pa.concat_tables(long_parts) if long_parts
                                                else MATRIX_SCHEMA.empty_table())
-    mats = list(result["gw"].values())
-    if len(mats) == 1:
-        out.child("gw_matrix.npy").write_bytes(_npy_bytes(mats[0]))
-    elif mats and len({m.shape for m in mats}) == 1:
-        out.child("gw_matrix.npy").write_bytes(_npy_bytes(np.stack(mats)))
-    else:  # models of different depths: no stack exists; a stale one from an earlier run goes
-        out.child("gw_matrix.npy").remove()
-    if len(mats) > 1:
-        for c, gw in result["gw"].items():
-            out.child("gw", f"{_safe(c)}.npy").write_bytes(_npy_bytes(gw))
     if cross_parts:
         out.child("cross", "gw_matrix.parquet").write_table(pa.concat_tables(cross_parts))
     return result
