@@ -198,7 +198,7 @@ def test_s3_transient_failures_are_retried_and_the_run_finishes(undisturbed, con
         return None
 
     flaky_s3.fault = a_handful
-    result = run(config, out=_s3_run(flaky_s3, "transient"), progress=False)
+    result = run(config, out=_s3_run(flaky_s3, "faults-transient"), progress=False)
     assert len(flaky_s3.failed) == len(failing) < seen[0]
     np.testing.assert_array_equal(result.matrix, matrix)
 
@@ -207,12 +207,12 @@ def test_s3_persistent_failure_stops_named_and_the_rerun_resumes(s3_bucket, undi
                                                                  fast_retries):
     client, _, _ = s3_bucket
     _, matrix = undisturbed
-    loc = _s3_run(flaky_s3, "persistent")
+    loc = _s3_run(flaky_s3, "faults-persistent")
     flaky_s3.fail("503", "PUT", prefix=f"{loc.path}/pairs/part-")  # the store fails once pairs are written
     with pytest.raises(GwrayStorageError, match=rf"^storage failed writing s3://{loc.path}/pairs/part-\w+"
                                                 r"\.parquet after \d+ tries \(.*HTTP status 503"):
         run(config, out=loc, progress=False)
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket="gwray-runs", Prefix="persistent/")["Contents"]]
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket="gwray-runs", Prefix="faults-persistent/")["Contents"]]
     assert not [k for k in keys if "/pairs/part-" in k]  # no pair file, half or whole
     flaky_s3.heal()
     result = run(config, out=loc)
