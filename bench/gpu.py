@@ -43,13 +43,13 @@ from gwray.gw import batched, device_assignment, device_portfolio
 from gwray.gw.batched import batched_gw, device_costs, plan_batch
 from gwray.gw.solver import gromov_wasserstein
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_model import Counters, extrapolate  # noqa: E402
+
 # Dense TF32 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets.
 PEAK_TF32 = {"H200": 494.7, "H100 SXM": 494.7, "H100 PCIe": 378.0, "H100": 494.7, "A100": 156.0,
              "L40S": 183.0, "A10": 62.5, "L4": 60.0}
-# The CPU mode's model of an H200: seconds per dispatched operation (the issue's calibration of
-# the old engine: 472k ops in 7.3 s at n = 1,024), per auction bid on a problem's critical path
-# (assumed until measured), concurrent auction programs, and the TF32 bmm rate reached.
-MODEL = {"op_s": 15e-6, "bid_s": 1.5e-6, "programs": 264, "matmul_flops": 300e12}
+H200_MEMORY = 141e9  # bytes: the device batches the model assumes (plan_batch on a bare H200)
 
 
 def layer_activations(n: int, layers: int, device, width: int = 256, seed: int = 0):
@@ -73,44 +73,6 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-class Counters:
-    """While active: FLOPs of every torch.bmm / torch.baddbmm, and per auction launch the most
-    bids of one problem and the problems solved (the launch's critical path)."""
-
-    def __init__(self):
-        self.flops, self.launches = 0, []
-        self._bmm, self._baddbmm, self._run = torch.bmm, torch.baddbmm, device_assignment._run
-
-    def __enter__(self):
-        def bmm(a, b, **kw):
-            self.flops += 2 * a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]
-            return self._bmm(a, b, **kw)
-
-        def baddbmm(c, a, b, **kw):
-            self.flops += 2 * a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]
-            return self._baddbmm(c, a, b, **kw)
-
-        def run(*args):
-            bids, done = self._run(*args)
-            self.launches.append((bids, args[6]))
-            return bids, done
-
-        torch.bmm, torch.baddbmm, device_assignment._run = bmm, baddbmm, run
-        return self
-
-    def __exit__(self, *exc):
-        torch.bmm, torch.baddbmm, device_assignment._run = self._bmm, self._baddbmm, self._run
-
-    def critical_bids(self) -> float:
-        """Σ over launches of (most bids of a problem) × waves of concurrent programs."""
-        return float(sum(int(b.max()) * math.ceil(int(a.sum()) / MODEL["programs"])
-                         for b, a in self.launches if int(a.sum())))
-
-
-def model_seconds(ops: int, c: Counters) -> float:
-    return ops * MODEL["op_s"] + c.critical_bids() * MODEL["bid_s"] + c.flops / MODEL["matmul_flops"]
-
-
 def solve(stack, pairs, device, batch=None):
     """All ``pairs`` of the layer stack in device batches; (results, wall s, Counters, reads)."""
     reads = batched.HOST_READS["count"]
@@ -124,7 +86,9 @@ def solve(stack, pairs, device, batch=None):
 
 
 def matmul_rate(n: int, B: int, device) -> float:
-    """TFLOP/s of a plain float32 (TF32) batched matmul of the engine's shape, measured now."""
+    """TFLOP/s of a plain float32 (TF32, as the engine's search) batched matmul of the engine's
+    shape, measured now."""
+    torch.backends.cuda.matmul.allow_tf32 = True
     a = torch.randn(B, n, n, device=device)
     torch.bmm(a, a)
     sync(device)
@@ -172,7 +136,7 @@ def step_sizes(device, sizes, args, report: dict, peak) -> None:
             torch.cuda.reset_peak_memory_stats(device)
         res, wall, c, reads = solve(stack, pairs, device, len(pairs))
         mem = torch.cuda.max_memory_allocated(device) / 2 ** 30 if gpu else float("nan")
-        tflops = c.flops / wall / 1e12
+        tflops = c.total_flops / wall / 1e12
         mm = matmul_rate(n, min(len(pairs), 16), device)
         steps = np.mean([r.linear_steps for r in res])
         bids = np.mean([r.rounds for r in res])
@@ -184,7 +148,7 @@ def step_sizes(device, sizes, args, report: dict, peak) -> None:
         line = (f"{n:>6} {len(pairs):>6} {wall:8.2f} {len(pairs) / wall:8.2f} {tflops:8.2f} {of_peak} "
                 f"{tflops / mm:7.1%} {mem:6.2f} {reads:>6} {steps:6.1f} {bids:8.0f} {ops:>7}")
         if not gpu:
-            row["model_s"] = model_seconds(ops, c)
+            row["parts"], row["model_s"], row["launches"] = c.parts(), c.seconds(), c.launches()
             line += f" {row['model_s']:8.2f} {len(pairs) / row['model_s']:9.1f}"
         print(line, flush=True)
         report.setdefault("sizes", []).append(row)
@@ -200,6 +164,37 @@ def step_sizes(device, sizes, args, report: dict, peak) -> None:
                   flush=True)
             report["check"] = {"n": n, "ratios": ratios, "bound_ok": ok}
         del stack
+
+
+def step_ops(device, sizes, report: dict) -> None:
+    """Dispatched device operations per batch (torch ops, a kernel launch counting as one) for
+    B = 1, 8 and 64 pairs (the bench's first B): they should not grow with B."""
+    for n in sizes:
+        stack = device_costs(layer_activations(n, 12, device), device)
+        ops = {}
+        for B in (1, 8, 64):
+            res, wall, _, _ = solve(stack, (pair_list(12) * 2)[:B], device, B)
+            ops[B] = res[0].device_ops
+        print(f"  ops per batch at n={n}: B=1 {ops[1]}, B=8 {ops[8]}, B=64 {ops[64]} "
+              f"(B=64 / B=1 = {ops[64] / ops[1]:.2f})", flush=True)
+        report.setdefault("ops", {})[n] = ops
+
+
+def step_model(report: dict, sizes, layers: int) -> None:
+    """The CPU mode's modelled H200 time for all pairs of ``layers`` layers at each n of
+    ``sizes`` (from the two largest sizes of step 1; bench/gpu_model.py says what is counted and
+    assumed)."""
+    pairs = layers * (layers - 1) // 2
+    for n in sizes:
+        batch = plan_batch(n, n, "cuda", budget_bytes=int(0.7 * H200_MEMORY) - (2 << 30))
+        est = extrapolate(report["sizes"], n, pairs, batch, layers)
+        total = sum(v for k, v in est.items() if not k.endswith("exponent"))
+        parts = ", ".join(f"{k} {v:.1f} s" for k, v in est.items() if not k.endswith("exponent"))
+        print(f"== modelled H200 time, {pairs} pairs of {layers} layers at n={n} (device batches of "
+              f"{batch}): {total:.1f} s, {pairs / total:.0f} pairs/s ({parts}; bids per pair grow as "
+              f"n^{est['bids exponent']:.2f}, the longest problem's as n^{est['longest problem exponent']:.2f} "
+              f"here)", flush=True)
+        report.setdefault("model", {})[n] = {"pairs": pairs, "batch": batch, "seconds": total, **est}
 
 
 def step_phases(device, n: int, B: int, report: dict) -> None:
@@ -297,7 +292,7 @@ def step_layers(device, L: int, n: int, budget: float, report: dict) -> None:
         s = time.perf_counter() - t0
         print(f"  {done:5d}/{len(pairs)} pairs, {s:7.1f} s, {done / s:7.1f} pairs/s, "
               f"all at this rate {len(pairs) / (done / s):7.1f} s", flush=True)
-        if s > budget and done < len(pairs):
+        if s > budget and done < len(pairs):  # noqa: SIM102
             print("  budget spent: stopping (the rate above is the figure)")
             break
     s = time.perf_counter() - t0
@@ -324,9 +319,8 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
-    sizes = args.sizes or ([1024, 2048, 4096] if gpu else [128, 256])
+    sizes = args.sizes or ([1024, 2048, 4096] if gpu else [256, 512])
     args.check = args.check if args.check is not None else (3 if gpu else 2)
-    args.pairs = args.pairs or (None if gpu else 8)
     if not gpu:
         torch.set_num_threads(1)
     name = torch.cuda.get_device_name(device) if gpu else "cpu"
@@ -344,6 +338,9 @@ def main() -> None:
                                             args.full_n, args.budget, report))]
     if gpu:
         steps.insert(0, ("warps", lambda: step_warps(device, 2048, report)))
+    else:
+        steps[1:1] = [("model", lambda: step_model(report, [1024, 2048, 4096], args.layers or 80)),
+                      ("ops", lambda: step_ops(device, [sizes[0]], report))]
     for label, fn in steps:
         if label == "layers" and not (args.layers if args.layers is not None else gpu):
             continue
