@@ -23,9 +23,19 @@ from gwray.graph.stability import resamples_for
 #: Rates a user may pass (``--rate NAME=VALUE``), measured on the hardware the run will use.
 RATE_NAMES = {"forward_flops": "FLOP/s of one model replica or shard in the forward pass",
               "gw_pair_s": "seconds one GW worker takes for one pair at this run's n",
+              "gpu_pair_s": "seconds one GPU worker takes per pair at this run's n (the device engine "
+                            "on large calls; runs with resources.gpus_per_worker > 0)",
               "figure_s": "seconds the driver takes to draw one L x L figure of the report"}
 _SOLVER_ARRAYS = 6  # n x n float64 arrays one GW solve holds (costs, coupling, gradient, ...)
 _CAL_N = 160        # samples of the calibration GW pair (the time scales as n^3)
+_DEVICE_BYTES = 36  # bytes per (i, j) and pair of the device engine at its peak (gw.batched.plan_batch)
+
+#: The device engine's pairs per second on one GPU by n, for ``gwray plan`` when no rate is given.
+#: Not yet measured on a GPU: these are bench/gpu.py's CPU mode's modelled H200 figures for all
+#: pairs of 80 layers (2026-12-04; bench/gpu_model.py states the assumptions); the first run of
+#: bench/gpu.py on an H100/H200 replaces them.
+GPU_PAIRS_PER_S = {1024: 1773.0, 2048: 286.0, 4096: 37.0}
+GPU_RATE_SOURCE = "modelled H200, bench/gpu.py --device cpu; not measured on a GPU yet"
 
 
 @dataclass
@@ -206,6 +216,18 @@ def _gw_pair_seconds(n: int, cfg: RunConfig) -> float:
     return (time.perf_counter() - t0) * (n / m) ** 3
 
 
+def _gpu_pair_seconds(n: int, cfg: RunConfig) -> float:
+    """Seconds per pair of one GPU worker at ``n``: :data:`GPU_PAIRS_PER_S` interpolated (and
+    extrapolated) as a power of n between its nearest sizes, for the worker's share of a GPU
+    (a whole one when the config asks for none)."""
+    sizes = sorted(GPU_PAIRS_PER_S)
+    lo = max([s for s in sizes[:-1] if s <= n] or sizes[:1])
+    hi = sizes[sizes.index(lo) + 1]
+    slope = np.log(GPU_PAIRS_PER_S[hi] / GPU_PAIRS_PER_S[lo]) / np.log(hi / lo)
+    rate = GPU_PAIRS_PER_S[lo] * (n / lo) ** slope
+    return 1.0 / (rate * min(1.0, cfg.resources.gpus_per_worker or 1.0))
+
+
 def _figure_seconds(n_layers: int) -> float:
     """One report heatmap of ``n_layers`` layers."""
     from gwray.report.figures import heatmap
@@ -220,7 +242,7 @@ def calibrate(names, n: int, n_layers: int, cfg: RunConfig) -> dict:
     """This machine's rates of ``names`` (keys of ``RATE_NAMES``) for ``n`` samples and
     ``n_layers`` layers: under a second each."""
     measure = {"forward_flops": _matmul_flops, "gw_pair_s": lambda: _gw_pair_seconds(n, cfg),
-               "figure_s": lambda: _figure_seconds(n_layers)}
+               "gpu_pair_s": lambda: _gpu_pair_seconds(n, cfg), "figure_s": lambda: _figure_seconds(n_layers)}
     return {name: measure[name]() for name in names}
 
 
@@ -289,9 +311,10 @@ def size_run(cfg: RunConfig, rates: dict | None = None, calibrate_here: bool = T
     in_flight = 2 * cfg.model.shards if cfg.model.shards > 1 else 1
     # hidden states of the micro-batches in flight, plus one block's temporaries (~4 more), float32
     micro = (in_flight + 4) * cfg.probe.batch_size * cfg.probe.max_tokens * hidden_max * 4
-    solve = _SOLVER_ARRAYS * rows * rows * 8
-    batch = cfg.resources.batch_pairs if cfg.resources.gpus_per_worker > 0 else 1
-    worker = min(2 << 30, cost_bytes) + batch * solve  # cache cap of gwray.scheduler.workers
+    if cfg.resources.gpus_per_worker > 0:  # the device engine on a call: its costs and work arrays
+        worker = cost_bytes + min(cfg.resources.gpu_batch_pairs, len(plan)) * _DEVICE_BYTES * rows * rows
+    else:
+        worker = min(2 << 30, cost_bytes) + _SOLVER_ARRAYS * rows * rows * 8  # cache cap of the workers
     size = RunSize(layers, dims, cfg.layers.select != "all" or loaded.kind != "hf", n, per_sample, within,
                    len(plan) - within, act_bytes, cost_bytes,
                    sum(p.numel() for p in loaded.module.parameters()) * itemsize,
@@ -299,11 +322,13 @@ def size_run(cfg: RunConfig, rates: dict | None = None, calibrate_here: bool = T
                    [p * itemsize + micro for p in shard_params], worker)
     given = dict(rates or {})
     longest = max(len(v) for v in layers.values())
-    missing = [name for name in RATE_NAMES if name not in given]
+    needed = [name for name in RATE_NAMES if name != "gpu_pair_s" or cfg.resources.gpus_per_worker > 0]
+    missing = [name for name in needed if name not in given]
     measured = calibrate(missing, rows, longest, cfg) if calibrate_here else {}
-    size.rates = {name: (given[name], "given") if name in given else (measured[name], "calibrated")
-                  for name in RATE_NAMES if name in given or name in measured}
-    if len(size.rates) == len(RATE_NAMES):
+    how = {"gpu_pair_s": GPU_RATE_SOURCE}
+    size.rates = {name: (given[name], "given") if name in given else (measured[name], how.get(name, "calibrated"))
+                  for name in needed if name in given or name in measured}
+    if len(size.rates) == len(needed):
         size.seconds = _stage_seconds(cfg, size, _forward_tokens(cfg, probe, loaded.tokenizer),
                                       {k: v for k, (v, _) in size.rates.items()})
     return size
@@ -319,8 +344,9 @@ def _stage_seconds(cfg: RunConfig, size: RunSize, tokens: int, rates: dict) -> d
     extract = n_ckpt * 2 * size.forward_params * tokens / rates["forward_flops"] / replicas
     widths = [d for dims in size.dims.values() for d in dims]
     costs = sum(2 * rows * rows * d for d in widths) / rates["forward_flops"] / workers
-    pair = rates["gw_pair_s"]  # per pair and worker; a batched GPU worker's rate is measured as such
-    pairs = costs + (size.pairs_within + size.pairs_cross) * pair / workers
+    pair = rates["gw_pair_s"]  # the serial solver's: CPU workers, and the resamples below
+    worker_pair = rates["gpu_pair_s"] if res.gpus_per_worker > 0 else pair
+    pairs = costs + (size.pairs_within + size.pairs_cross) * worker_pair / workers
     sub = cfg.stability.fraction ** 3  # a resample solves the within pairs at fraction * n
     groups = 0.0  # resamples run in process, one checkpoint after another
     for names in size.layers.values():

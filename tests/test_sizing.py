@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
 from gwray import cli
 from gwray.activations.extract import extract
 from gwray.config import load_config
 from gwray.errors import GwrayInputError
-from gwray.sizing import RATE_NAMES, size_run
+from gwray.sizing import GPU_PAIRS_PER_S, GPU_RATE_SOURCE, RATE_NAMES, size_run
 
 TEXTS = ["The cat sat.", "A rather longer sentence about the weather in the hills today.", "Short one",
          "Gromov and Wasserstein walk into a bar, and the bartender says nothing at all."]
@@ -70,7 +71,8 @@ def test_plan_reads_no_weight_and_splits_shards_as_the_run(tiny_hf_model, probe,
     weights = block_weights(base, family)
     held = [sum(weights[a:b]) * 4 for a, b in plan_blocks(weights, 2)]
     assert [b - held[k] for k, b in enumerate(size.shard_bytes)] == [size.shard_bytes[0] - held[0]] * 2
-    assert size.index_bytes and {k: how for k, (_, how) in size.rates.items()} == dict.fromkeys(RATE_NAMES, "given")
+    cpu_rates = [k for k in RATE_NAMES if k != "gpu_pair_s"]  # CPU workers: no GPU rate asked for
+    assert size.index_bytes and {k: how for k, (_, how) in size.rates.items()} == dict.fromkeys(cpu_rates, "given")
     # 10 GW pairs at 0.5 s on 2 workers, after the cost matrices; heatmap, gap view, dendrogram
     assert 10 * 0.5 / 2 <= size.seconds["pairs"] < 10 * 0.5 / 2 + 1 and size.seconds["report"] == 3 * 0.25
 
@@ -116,6 +118,11 @@ def test_plan_sizes_the_large_llm_template_from_config_and_index_alone(minilm_di
                       [f"model.path={model}", "probe.source=builtin:english", "probe.n_samples=512"])
     size = size_run(cfg, {"forward_flops": 4e14, "gw_pair_s": 0.3, "figure_s": 1.0})
     assert len(size.layers["main"]) == 81 and size.pairs_within == 81 * 80 // 2 == 3240
+    # GPU workers: the device engine's rate, saying where it comes from (two workers per GPU)
+    rate, how = size.rates["gpu_pair_s"]
+    assert how == GPU_RATE_SOURCE and rate == pytest.approx(2 / (GPU_PAIRS_PER_S[1024] * (512 / 1024) ** (
+        np.log(GPU_PAIRS_PER_S[2048] / GPU_PAIRS_PER_S[1024]) / np.log(2))))
+    assert size.seconds["pairs"] >= 3240 * rate / 16
     assert size.weight_bytes == pytest.approx(141.1e9, rel=0.01)  # bf16, the index's total_size
     assert len(size.shard_bytes) == 8 and max(size.shard_bytes) < 1.2 * size.weight_bytes / 8  # + embeddings
     assert size.activation_bytes == pytest.approx(81 * 512 * 8192 * 2, rel=0.15)  # float16 + Parquet list levels
