@@ -156,7 +156,7 @@ class State:
         """The float64 plans (P, n, m): T itself, or the start plan and its steps composed."""
         if self.T is not None:
             return self.T.double()
-        P, n = self.A.shape[0], self.A.shape[1]
+        P, n = self.kind.shape[0], p.shape[1]
         T = torch.where((self.kind == MIXED)[:, None, None], 0.5, 1.0) * (p[:, :, None] * q[:, None, :])
         T = torch.where((self.kind == PERMUTATION)[:, None, None], 0.0, T)
         T.diagonal(dim1=1, dim2=2).add_(torch.where(self.kind == MIXED, 0.5, 0.0)[:, None] * p)

@@ -51,9 +51,8 @@ def exact_ends(P: Pairs, S: State, names) -> End:
     is_perm = S.is_perm if P.lap else torch.zeros_like(S.is_perm)
     if P.lap and P.read(is_perm.any()):
         value = torch.where(is_perm, permutation_value(P.Ca, P.Cb, P.ia[pair], P.ib[pair], S.perm), value)
-    dense = {}
-    if P.read((~is_perm).any()):
-        idx = P.read((~is_perm).nonzero()[:, 0]).tolist()
+    dense, idx = {}, P.read((~is_perm).nonzero()[:, 0]).tolist()
+    if idx:
         sel = torch.as_tensor(idx, device=S.A.device)
         v, e, T = _dense_value(P, _dense_of(P, S, sel), pair[sel])
         value[sel], err[sel] = v.clamp_min(0.0), e
@@ -71,7 +70,7 @@ def _dense_of(P: Pairs, S: State, sel: torch.Tensor) -> torch.Tensor:
     if S.T is not None:
         return S.T[sel].double()
     sub = State.__new__(State)
-    sub.T, sub.A, sub.kind, sub.perm0 = None, S.A[sel], S.kind[sel], S.perm0[sel]
+    sub.T, sub.kind, sub.perm0 = None, S.kind[sel], S.perm0[sel]
     sub.steps = [(c[sel], a[sel]) for c, a in S.steps]
     return sub.dense(P.p[pair], P.q[pair])
 
@@ -162,10 +161,9 @@ def _polish_best(P: Pairs, ends, best, max_iter, tol, swap_rounds) -> End:
         cols, changed = swap_search(P, S.perm, eligible, swap_rounds)
         if not P.read(changed.any()):
             break
-        A = P.times_c(cols)
-        keep = ~changed
-        S.A = torch.where(keep[:, None, None], S.A, A)
-        S.tA = torch.where(changed, A.gather(2, cols[:, :, None]).sum(dim=(1, 2), dtype=torch.float64) / n, S.tA)
+        S.A = P.times_c(cols)  # only the changed pairs' A is read again (by their CG)
+        S.tA = torch.where(changed, S.A.gather(2, cols[:, :, None]).sum(dim=(1, 2), dtype=torch.float64) / n,
+                           S.tA)
         S.perm = torch.where(changed[:, None], cols, S.perm)
         S.perm0 = torch.where(changed[:, None], cols, S.perm0)
         S.steps = [(c, torch.where(changed, 0.0, a)) for c, a in S.steps]
