@@ -294,12 +294,11 @@ def test_swap_round_matches_the_serial_search():
     C1, C2, cols, C2s, W = _swap_case(n)
     gain, partner = torch.empty(2, n, dtype=W.dtype), torch.empty(2, n, dtype=torch.long)
     best_swaps(torch.from_numpy(C1), W, C2s, gain, partner)
-    order = gain.argsort(dim=1, descending=True, stable=True)
     ia = torch.arange(2)
     Q = exact_q(torch.from_numpy(C1), torch.from_numpy(C2), ia, ia, cols)
     new, Q_new = cols.clone(), Q.clone()
     active, changed = np.ones(2, np.int32), np.zeros(2, np.int32)
-    swap_round(order.numpy(), gain.numpy(), partner.numpy(), n // 8, C1, C2, ia.numpy(), ia.numpy(),
+    swap_round(gain.numpy(), partner.numpy(), n // 8, C1, C2, ia.numpy(), ia.numpy(),
                new.numpy(), Q_new.numpy(), active, changed)
     for b in range(2):
         part, g = serial_best_swaps(C1[b], W[b].numpy(), C2s[b].numpy())
@@ -315,6 +314,33 @@ def test_swap_round_matches_the_serial_search():
     full = exact_q(torch.from_numpy(C1), torch.from_numpy(C2), ia, ia, new)
     np.testing.assert_allclose(Q_new.numpy(), full.numpy(), rtol=1e-12)
     assert bool((Q_new > Q).all())
+
+
+def test_swap_search_matches_the_serial_search_pair_by_pair():
+    """The whole device search (rounds, pairs stopping at different rounds and leaving the batch)
+    against the serial search run on each pair alone: the same final permutations; a pair not
+    asked to search is left as it was."""
+    from gwray.gw.device_cg import Pairs
+    from gwray.gw.device_local_search import swap_search
+    from gwray.gw.local_search import swap_search as serial
+
+    rng, n, B = np.random.default_rng(3), 48, 12
+    C = np.stack([cost_matrix(rng.normal(size=(n, 2 + k % 5))) for k in range(B + 1)])
+    Ct = torch.from_numpy(C)
+    ia, ib = torch.arange(B), torch.arange(1, B + 1)
+    u = torch.full((B, n), 1.0 / n, dtype=torch.float64)
+    P = Pairs(Ct.float(), Ct.float(), Ct, Ct, ia, ib, u, u, True, True, batched.host_read)
+    start = torch.stack([torch.from_numpy(rng.permutation(n)) for _ in range(B)])
+    active = torch.ones(B, dtype=torch.bool)
+    active[4] = False
+    for rounds in (5, 30):  # most pairs still moving at the end; most stopped before it
+        cols, changed = swap_search(P, start, active, rounds)
+        for b in range(B):
+            want, moved, _ = serial(C[b].astype(np.float32), C[b + 1].astype(np.float32), start[b].numpy(), rounds)
+            if b == 4:
+                assert torch.equal(cols[b], start[b]) and not changed[b]
+            else:
+                assert np.array_equal(cols[b].numpy(), want) and bool(changed[b]) == moved, (rounds, b)
 
 
 def test_device_costs_and_memory_planner(toy_costs):
@@ -398,17 +424,20 @@ def test_kernels_equal_their_twins(toy_costs):
     for c1, c2, cs, c2s, w in ((C1, C2, perm, C2s, W), (torch.from_numpy(C1r), torch.from_numpy(C2r), cols_r,
                                                          C2s_r.float(), torch.bmm(torch.from_numpy(C1r).float(), C2s_r.float()))):
         g, p = swap_gains(c1.float(), w, c2s).max(dim=2)
-        order = g.argsort(dim=1, descending=True, stable=True)
         Q = exact_q(c1, c2, ia, ia, cs)
         twin = [cs.clone(), Q.clone(), torch.ones(2, dtype=torch.int32), torch.zeros(2, dtype=torch.int32)]
         kern = [t.clone().to(dev) for t in twin]
-        swap_twin.swap_round(order.numpy(), g.numpy(), p.numpy(), N // 8, c1.numpy(), c2.numpy(), ia.numpy(),
+        swap_twin.swap_round(g.numpy(), p.numpy(), N // 8, c1.numpy(), c2.numpy(), ia.numpy(),
                              ia.numpy(), *(t.numpy() for t in twin))
-        swap_kernels.swap_round(*(t.to(dev) for t in (order, g, p)), N // 8,
+        swap_kernels.swap_round(*(t.to(dev) for t in (g, p)), N // 8,
                                 *(t.to(dev) for t in (c1, c2, ia, ia)), *kern, torch.empty_like(kern[0]))
         assert torch.equal(twin[0], kern[0].cpu()) and torch.equal(twin[2], kern[2].cpu())
         assert torch.equal(twin[3], kern[3].cpu()) and bool(twin[3].any())
         np.testing.assert_allclose(kern[1].cpu().numpy(), twin[1].numpy(), rtol=1e-12)
+    # the gather of C2[σ][:, σ] from a layer stack (n not a multiple of the tiles)
+    out = torch.empty(2, N, N, dtype=torch.float64, device=dev)
+    swap_kernels.permuted(C2.to(dev), ia.to(dev), perm.to(dev), out)
+    assert torch.equal(out.cpu(), permuted(C2, ia, perm))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")

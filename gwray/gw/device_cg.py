@@ -180,7 +180,7 @@ def cg(P: Pairs, S: State, active: torch.Tensor, max_iter: int, tol: float, cuto
     and the auction's bids per problem in ``S.linear`` and ``S.bids``.
 
     Every ``check_every`` iterations the host reads which problems are still active; once half
-    of them have converged the run continues on the others alone (their rows copied out of ``S``
+    of them (and 8 at least) have converged the run continues on the others alone (their rows copied out of ``S``
     and what they carry written back), so the matmuls and auctions shrink with the batch instead
     of running for the slowest pair, at O(log P) compactions."""
     Ptot, n = S.A.shape[0], P.n
@@ -191,10 +191,11 @@ def cg(P: Pairs, S: State, active: torch.Tensor, max_iter: int, tol: float, cuto
     active = active.clone()
     for it in range(max_iter):
         if it % check_every == 0:
-            keep = P.read(active.nonzero()[:, 0])
+            keep = P.read(active.nonzero())[:, 0]
             if keep.size == 0:
                 break
-            if 2 * keep.size <= active.shape[0]:  # compact once half the problems converged
+            # compact once half the problems converged, 8 at least (smaller sets are not worth it)
+            if 2 * keep.size <= active.shape[0] and active.shape[0] - keep.size >= 8:
                 keep = torch.as_tensor(keep, device=S.A.device)
                 if work is not S:
                     S.put(where, work)

@@ -75,7 +75,18 @@ def best_swaps(C1: torch.Tensor, W: torch.Tensor, C2s: torch.Tensor, gain: torch
             torch.max(swap_gains(C1, W, C2s), dim=2, out=(gain, partner))
 
 
-def swap_round(P, order, gain, partner, k: int, cols, Q, active, changed) -> None:
+def permuted_into(C: torch.Tensor, layer: torch.Tensor, cols: torch.Tensor, out: torch.Tensor) -> None:
+    """:func:`permuted` into ``out`` (B, n, n): one kernel launch on CUDA, the torch gather
+    elsewhere."""
+    kern = triton_kernels(cols, "swap_kernels")
+    with kernel_launch():
+        if kern is not None:
+            kern.permuted(C, layer, cols, out)
+        else:
+            out.copy_(permuted(C, layer, cols))
+
+
+def swap_round(P, gain, partner, k: int, cols, Q, active, changed) -> None:
     """One round of the swap search (:func:`gwray.gw.swap_twin.swap_round`: the greedy swap set,
     its exact gain and the single swap's, the move) for every active pair of ``P``, in place on
     ``cols`` (long), ``Q`` (float64), ``active`` and ``changed`` (int32); one kernel launch (its
@@ -83,19 +94,19 @@ def swap_round(P, order, gain, partner, k: int, cols, Q, active, changed) -> Non
     kern = triton_kernels(cols, "swap_kernels")
     with kernel_launch():
         if kern is not None:
-            kern.swap_round(order, gain, partner, k, P.Ca, P.Cb, P.ia, P.ib, cols, Q, active, changed,
+            kern.swap_round(gain, partner, k, P.Ca, P.Cb, P.ia, P.ib, cols, Q, active, changed,
                             torch.empty_like(cols))
         else:
             out = (cols, Q, active, changed)
-            host = device_assignment.host_arrays(order, gain, partner, P.Ca, P.Cb, P.ia, P.ib, *out)
-            swap_twin.swap_round(*host[:3], k, *host[3:])
+            host = device_assignment.host_arrays(gain, partner, P.Ca, P.Cb, P.ia, P.ib, *out)
+            swap_twin.swap_round(*host[:2], k, *host[2:])
             if cols.device.type != "cpu":  # copies: write the results back
-                for t, h in zip(out, host[7:]):
+                for t, h in zip(out, host[6:]):
                     t.copy_(torch.from_numpy(h))
 
 
 def swap_search(P, cols: torch.Tensor, active: torch.Tensor, max_rounds: int,
-                check_every: int = 2):
+                check_every: int = 4):
     """Improve the permutations i → cols[b, i] of the ``active`` pairs of ``P``
     (:class:`gwray.gw.device_cg.Pairs`) by rounds of swaps, as the serial search.
 
@@ -128,21 +139,22 @@ def swap_search(P, cols: torch.Tensor, active: torch.Tensor, max_rounds: int,
         if n < 2:
             break
         if r % check_every == 0:
-            keep = P.read(live.nonzero()[:, 0])
+            keep = P.read(live.nonzero())[:, 0]
             if keep.size == 0:
                 break
-            if r == 0 or 2 * keep.size <= live.shape[0]:  # the stopped pairs leave, by halves
+            # the stopped pairs leave: all at first, then by halves of at least 8 (a compaction
+            # costs ~16 small ops; smaller sets are not worth it)
+            if r == 0 or 2 * keep.size <= live.shape[0] and live.shape[0] - keep.size >= 8:
                 out_cols[where], out_changed[where] = cols, changed
                 keep = torch.as_tensor(keep, device=cols.device)
                 where, work = where[keep], work.subset(keep)
                 cols, Q, live, changed = cols[keep], Q[keep], live[keep], changed[keep]
                 C2s, W = C2s[keep], W[keep]
                 gain = torch.empty(keep.shape[0], n, dtype=W.dtype, device=W.device)
-                partner, layer = torch.empty_like(cols), work.ib.view(-1, 1, 1)
+                partner = torch.empty_like(cols)
         best_swaps(work.C1, W, C2s, gain, partner)
-        order = gain.argsort(dim=1, descending=True, stable=True)
-        swap_round(work, order, gain, partner, max(1, n // 8), cols, Q, live, changed)
-        C2s = permuted(work.Xb, layer, cols)
+        swap_round(work, gain, partner, max(1, n // 8), cols, Q, live, changed)
+        permuted_into(work.Xb, work.ib, cols, C2s)
         torch.bmm(work.C1, C2s, out=W)
     out_cols[where], out_changed[where] = cols, changed
     return out_cols, out_changed.bool()

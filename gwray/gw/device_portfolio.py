@@ -51,7 +51,7 @@ def exact_ends(P: Pairs, S: State, names) -> End:
     is_perm = S.is_perm if P.lap else torch.zeros_like(S.is_perm)
     if P.lap and P.read(is_perm.any()):
         value = torch.where(is_perm, permutation_value(P.Ca, P.Cb, P.ia[pair], P.ib[pair], S.perm), value)
-    dense, idx = {}, P.read((~is_perm).nonzero()[:, 0]).tolist()
+    dense, idx = {}, P.read((~is_perm).nonzero())[:, 0].tolist()
     if idx:
         sel = torch.as_tensor(idx, device=S.A.device)
         v, e, T = _dense_value(P, _dense_of(P, S, sel), pair[sel])

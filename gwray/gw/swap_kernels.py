@@ -5,9 +5,11 @@ host twins and algorithms are in :mod:`gwray.gw.swap_twin` and
 * :func:`best_swaps`: every position's best swap gain and partner, G read off W, W^T, C1 and
   C2[σ][:, σ] tile by tile and reduced in registers: four reads of n² values per pair, where the
   torch expression makes ~15 passes and five n² temporaries.
-* :func:`swap_round`: the rest of a round, one program per problem: the greedy disjoint swap set
-  (its k = n/8 candidates in order, the taken marks in registers), the exact (float64) ΔQ of the
-  set and of the single best swap over the moved rows only, and the move.
+* :func:`swap_round`: the rest of a round, one program per problem: the positions sorted by gain,
+  the greedy disjoint swap set (its k = n/8 candidates in order, the taken marks in registers),
+  the exact (float64) ΔQ of the set and of the single best swap over the moved rows only, and the
+  move.
+* :func:`permuted`: C2[σ][:, σ] gathered from the layer stack into a buffer, tile by tile.
 
 Imported only where torch sees CUDA and Triton is installed.
 """
@@ -64,13 +66,19 @@ def best_swaps(C1, W, C2s, gain, partner) -> None:
 
 
 @triton.jit
-def _swap_round(order, gain, partner, K, Ca, Cb, ia, ib, cols, Q, active, changed, moved_rows, N,
+def _swap_round(gain, partner, K, Ca, Cb, ia, ib, cols, Q, active, changed, moved_rows, N,
                 BLOCK: tl.constexpr):
     b = tl.program_id(0)
     if tl.load(active + b) != 0:
         row = b * N
         offs = tl.arange(0, BLOCK)
         inb = offs < N
+        # positions by gain, largest first, lowest index first among ties: sort keys of the
+        # order-preserving bits of −gain above the index (padding sorts last)
+        neg = -tl.load(gain + row + offs, mask=inb, other=float("-inf"))
+        bits = neg.to(tl.int32, bitcast=True)
+        ordered = tl.where(bits < 0, ~bits, bits | -2147483648).to(tl.int64) & 0xFFFFFFFF
+        order = tl.sort((ordered << 31) | offs.to(tl.int64)) & 0x7FFFFFFF
         q = tl.load(Q + b)
         thresh = 1e-12 * tl.maximum(tl.abs(q), 1e-300)
         sig = tl.load(cols + row + offs, mask=inb, other=0)
@@ -78,7 +86,7 @@ def _swap_round(order, gain, partner, K, Ca, Cb, ia, ib, cols, Q, active, change
         taken = tl.zeros([BLOCK], tl.int32)
         moved = 0
         for t in range(0, K):  # the greedy disjoint set, taken marks in registers
-            i = tl.load(order + row + t)
+            i = tl.sum(tl.where(offs == t, order, 0), axis=0)
             j = tl.load(partner + row + i)
             busy = tl.sum(tl.where((offs == i) | (offs == j), taken, 0), axis=0)
             if (tl.load(gain + row + i) > thresh) & (busy == 0):
@@ -102,7 +110,7 @@ def _swap_round(order, gain, partner, K, Ca, Cb, ia, ib, cols, Q, active, change
             gain_old = tl.load(C2 + tl.load(cols + row + i) * N + sig, mask=inb, other=0.0)
             acc += c1 * (gain_new - gain_old) * weight
         d_set = tl.sum(acc, axis=0)
-        i0 = tl.load(order + row)
+        i0 = tl.sum(tl.where(offs == 0, order, 0), axis=0)
         j0 = tl.load(partner + row + i0)
         si0 = tl.load(cols + row + i0)
         sj0 = tl.load(cols + row + j0)
@@ -125,9 +133,30 @@ def _swap_round(order, gain, partner, K, Ca, Cb, ia, ib, cols, Q, active, change
             tl.store(active + b, 0)
 
 
-def swap_round(order, gain, partner, k: int, Ca, Cb, ia, ib, cols, Q, active, changed,
+def swap_round(gain, partner, k: int, Ca, Cb, ia, ib, cols, Q, active, changed,
                moved_rows) -> None:
     """:func:`gwray.gw.swap_twin.swap_round` on CUDA tensors, plus a (B, n) int64 scratch array."""
     B, n = cols.shape
-    _swap_round[(B,)](order, gain, partner, int(k), Ca, Cb, ia, ib, cols, Q, active, changed,
+    _swap_round[(B,)](gain, partner, int(k), Ca, Cb, ia, ib, cols, Q, active, changed,
                       moved_rows, n, BLOCK=triton.next_power_of_2(n), num_warps=4)
+
+
+@triton.jit
+def _permuted(C, layer, cols, out, N, R: tl.constexpr, BJ: tl.constexpr):
+    b = tl.program_id(0)
+    rows = tl.program_id(1) * R + tl.arange(0, R)
+    js = tl.program_id(2) * BJ + tl.arange(0, BJ)
+    rin, jin = rows < N, js < N
+    src_r = tl.load(cols + b * N + rows, mask=rin, other=0)
+    src_c = tl.load(cols + b * N + js, mask=jin, other=0)
+    base = tl.load(layer + b) * N * N
+    m = rin[:, None] & jin[None, :]
+    values = tl.load(C + base + src_r[:, None] * N + src_c[None, :], mask=m, other=0.0)
+    tl.store(out + b.to(tl.int64) * N * N + rows[:, None] * N + js[None, :], values, mask=m)
+
+
+def permuted(C, layer, cols, out) -> None:
+    """out[b] = C[layer[b]][cols[b]][:, cols[b]] for contiguous CUDA tensors (one launch)."""
+    B, n = cols.shape
+    R, BJ = 16, min(256, triton.next_power_of_2(n))
+    _permuted[(B, triton.cdiv(n, R), triton.cdiv(n, BJ))](C, layer, cols, out, n, R=R, BJ=BJ, num_warps=4)

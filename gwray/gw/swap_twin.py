@@ -2,10 +2,10 @@
 in numba, run where there is no CUDA (CPU tests and CI); with CUDA a test checks the kernel
 against it.
 
-One round for each active problem b, given every position's best swap (gain, partner) and the
-positions ordered by gain:
+One round for each active problem b, given every position's best swap (gain, partner):
 
-1. the serial search's disjoint swap set (:func:`gwray.gw.local_search.swap_search`'s greedy
+1. the positions ordered by gain, largest first (the lowest index first among equal gains);
+   the serial search's disjoint swap set (:func:`gwray.gw.local_search.swap_search`'s greedy
    loop): of the first k = n/8 positions in that order, each improving one (gain > 1e-12 |Q|)
    takes its best partner unless either is already taken;
 2. its exact gain in float64, from the float64 costs: with M the moved positions and
@@ -35,7 +35,7 @@ def _delta(C1, C2, sig, new, moved, rows):
 
 
 @njit
-def _round(order, gain, partner, k, Ca, Cb, ia, ib, cols, Q, active, changed):
+def _round(gain, partner, k, Ca, Cb, ia, ib, cols, Q, active, changed):
     B, n = gain.shape
     taken = np.zeros(n, np.bool_)
     single = np.zeros(n, np.bool_)
@@ -43,12 +43,13 @@ def _round(order, gain, partner, k, Ca, Cb, ia, ib, cols, Q, active, changed):
         if not active[b]:
             continue
         thresh = 1e-12 * max(abs(Q[b]), 1e-300)
+        order = np.argsort(-gain[b], kind="mergesort")
         sig, C1, C2 = cols[b], Ca[ia[b]], Cb[ib[b]]
         new = sig.copy()
         taken[:] = False
         rows = []
         for t in range(k):
-            i = order[b, t]
+            i = order[t]
             j = partner[b, i]
             if gain[b, i] > thresh and not taken[i] and not taken[j]:
                 taken[i] = True
@@ -57,7 +58,7 @@ def _round(order, gain, partner, k, Ca, Cb, ia, ib, cols, Q, active, changed):
                 rows.append(i)
                 rows.append(j)
         d_set = _delta(C1, C2, sig, new, taken, np.array(rows, np.int64)) if len(rows) else 0.0
-        i0 = order[b, 0]
+        i0 = order[0]
         j0 = partner[b, i0]
         one = sig.copy()
         one[i0], one[j0] = sig[j0], sig[i0]
@@ -76,16 +77,16 @@ def _round(order, gain, partner, k, Ca, Cb, ia, ib, cols, Q, active, changed):
             active[b] = 0
 
 
-def swap_round(order, gain, partner, k: int, Ca, Cb, ia, ib, cols, Q, active, changed) -> None:
+def swap_round(gain, partner, k: int, Ca, Cb, ia, ib, cols, Q, active, changed) -> None:
     """One swap-search round for every active problem, in place on ``cols``, ``Q``, ``active``
     and ``changed``.
 
     Parameters
     ----------
-    order : (B, n) int64, positions by gain, largest first; gain : (B, n) float32, each
-    position's best swap gain; partner : (B, n) int64, its best partner; k : int, positions tried.
+    gain : (B, n) float32, each position's best swap gain; partner : (B, n) int64, its best
+    partner; k : int, positions tried.
     Ca, Cb : (La, n, n), (Lb, n, n) float64 stacks; ia, ib : (B,) int64 layers of each pair.
     cols : (B, n) int64 permutations; Q : (B,) float64, Q(cols) (both updated by a move).
     active : (B,) int32 (cleared where nothing improves); changed : (B,) int32 (set by a move).
     """
-    _round(order, gain, partner, int(k), Ca, Cb, ia, ib, cols, Q, active, changed)
+    _round(gain, partner, int(k), Ca, Cb, ia, ib, cols, Q, active, changed)
