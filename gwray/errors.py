@@ -1,10 +1,11 @@
 """The exception types the CLI turns into exit code 2 (one line on stderr).
 
 Anything the user can fix (a path, a config key, a layer name, a malformed array, a damaged
-file) raises ``GwrayInputError`` with a one-line message that names the thing at fault. Storage
-that fails under a run (a full disk, an object store that stays unreachable) raises its subclass
-``GwrayStorageError``, naming the file and saying that a rerun resumes. Every other exception is
-an internal failure (exit code 1).
+file) raises ``GwrayInputError`` with a one-line message that names the thing at fault. Its
+subclasses name faults met during a run: storage that fails (``GwrayStorageError``), a worker or
+shard that dies for good (``GwrayComputeError``), a damaged piece of the run directory
+(``GwrayDamagedError``); their messages say that a rerun resumes. Every other exception is an
+internal failure (exit code 1).
 """
 
 
@@ -17,6 +18,12 @@ class GwrayStorageError(GwrayInputError):
 
     Not an ``OSError``, so that code reading a damaged file (which catches ``OSError``) never
     mistakes a storage outage for damage."""
+
+
+class GwrayComputeError(GwrayInputError):
+    """A worker or shard process died and the work could not go on without it: a shard (its
+    blocks are not held anywhere else), or a GW batch whose worker died on every attempt. The
+    message names it and the likely cause (memory); a rerun resumes from what was finished."""
 
 
 class GwrayDamagedError(GwrayInputError):

@@ -248,13 +248,14 @@ def fast_retries(monkeypatch):
 
 @pytest.fixture(scope="session")
 def full_disk():
-    """``full_disk(free)`` → ``(fs, disk)``: a pyarrow filesystem over the local disk with ``free``
-    bytes left; the write that passes them writes what fits and fails with ``ENOSPC``, as a full
-    disk does (set ``disk.free`` to make room)."""
+    """``full_disk(free, error=errno.ENOSPC)`` → ``(fs, disk)``: a pyarrow filesystem over the
+    local disk with ``free`` bytes left; the write that passes them writes what fits and fails
+    with ``error``, as a full disk does (``EROFS``: a filesystem remounted read-only; set
+    ``disk.free`` to make room)."""
     return _full_disk
 
 
-def _full_disk(free: int):
+def _full_disk(free: int, error: int | None = None):
     import errno
 
     import pyarrow.fs as pafs
@@ -272,7 +273,8 @@ def _full_disk(free: int):
                     if len(data) > disk.free:
                         write(bytes(data[:disk.free]))
                         disk.free = 0
-                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                        code = errno.ENOSPC if error is None else error
+                        raise OSError(code, os.strerror(code))
                     disk.free -= len(data)
                     return write(data)
 

@@ -69,10 +69,10 @@ def _flip_part_and_drop_pairs(out: Path) -> None:
 
 
 DAMAGE = {  # id: (damage, what gwray says, the stages that run again)
-    "activation-part-missing": (lambda o: _part(o).unlink(), f"activations of main: layer {LAYER} holds 1 of its 2 parts",
-                                {"activations"}),
-    "activation-part-cut-short": (lambda o: _cut(_part(o)), f"activations of main: layer {LAYER} holds 2 of its 2 parts,",
-                                  {"activations"}),
+    "activation-part-missing": (lambda o: _part(o).unlink(),
+                                f"activations of main: layer {LAYER} holds 1 of its 2 parts", {"activations"}),
+    "activation-part-cut-short": (lambda o: _cut(_part(o)),
+                                  f"activations of main: layer {LAYER} holds 2 of its 2 parts,", {"activations"}),
     "activation-part-corrupted-found-while-solving": (
         _flip_part_and_drop_pairs, "unreadable (could not verify page integrity, CRC checksum verification "
                                    "failed for page_ordinal 0): extracting checkpoint main again",
@@ -95,6 +95,7 @@ DAMAGE = {  # id: (damage, what gwray says, the stages that run again)
                               "pairs: gw_matrix.npy is missing or damaged, every pair is in pairs/", {"pairs"}),
     "communities-damaged": (lambda o: _cut(o / "communities.json"), "communities: communities.json is damaged",
                             {"communities"}),
+    "report-missing": (lambda o: (o / "report.html").unlink(), "report: its output is missing", {"report"}),
 }
 
 
@@ -116,6 +117,47 @@ def test_a_damaged_or_missing_piece_is_recomputed(undisturbed, config, tmp_path,
                                                           if fault.startswith("pair-file-c") else [])
     again = run(config, out=out, progress=False)  # and the next run has nothing to redo
     assert set(again.stages.values()) == {"skipped"}
+
+
+@pytest.mark.parametrize("name, said", [("communities.json", "communities.json: damaged, not JSON ("),
+                                        ("gw_matrix.parquet", "gw_matrix.parquet: unreadable (")])
+def test_reading_a_damaged_run_names_the_file(undisturbed, tmp_path, capsys, name, said):
+    from gwray.cli import main
+
+    src, _ = undisturbed
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    _cut(out / name)
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"gwray: error: {out}/{said}") and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("fault", ["weights-cut-short", "probe-line-in-latin-1"])
+def test_on_the_command_line_a_fault_is_one_named_line_exit_2_and_leaves_nothing(config, tmp_path, capsys,
+                                                                               fault):
+    import yaml
+
+    from gwray.cli import main
+
+    model, probe, out = tmp_path / "model", tmp_path / "probe.txt", tmp_path / "run"
+    shutil.copytree(config["model"]["path"], model)
+    probe.write_text("".join(f"sentence number {i}\n" for i in range(20)))
+    if fault == "weights-cut-short":
+        _cut(model / "model.safetensors")
+        named = f"model weights {model / 'model.safetensors'}: damaged, "
+    else:
+        probe.write_bytes(probe.read_bytes() + "café au lait\n".encode("latin-1"))
+        named = f"probe file {probe}: line 21 is not UTF-8"
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({**config, "model": {"path": str(model)},
+                                   "probe": {**config["probe"], "source": str(probe)}}))
+    capsys.readouterr()
+    code = main(["run", str(cfg), "--out", str(out), "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith(f"gwray: error: {named}") and len(err.splitlines()) == 1, err
+    assert not out.exists()
 
 
 def test_without_run_json_another_models_activations_are_not_replaced(undisturbed, config, tiny_hf_model,
@@ -218,3 +260,15 @@ def test_s3_persistent_failure_stops_named_and_the_rerun_resumes(s3_bucket, undi
     result = run(config, out=loc)
     assert result.stages["activations"] == "skipped" and result.stages["pairs"] == "ran"
     np.testing.assert_array_equal(result.matrix, matrix)
+
+
+def test_every_test_the_fault_inventory_names_exists():
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "faults.md").read_text()
+    named = re.findall(r"`(test_\w+\.py)::(test_\w+)", text)
+    assert len(named) > 30
+    missing = [f"{f}::{t}" for f, t in named
+               if not re.search(rf"^def {t}\(", (root / "tests" / f).read_text(), re.MULTILINE)]
+    assert missing == []

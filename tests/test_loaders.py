@@ -139,9 +139,12 @@ SHARDED = "model-00002-of-00002.safetensors"
      r"{d}/config.json gives \(192,\)"),
     (False, lambda d: _to_ints(d / "model.safetensors"),
      r"model weights {d}/model.safetensors: tensor transformer.h.0.attn.c_attn.bias holds I32, not floating"),
+    (False, lambda d: _cut(d / "tokenizer.json", lambda n: n // 2),
+     r"model directory {d}: unreadable tokenizer files \(Expecting .*\); copy them again"),
+    (False, lambda d: _cut(d / "config.json", lambda n: n // 2), r"model directory {d}: unreadable config \("),
 ], ids=["truncated", "header-cut", "lfs-pointer", "index-names-missing-file", "truncated-shard",
-        "index-names-absent-tensor", "shape-vs-config", "int-dtype"])
-def test_damaged_weights_are_named_before_any_weight_is_read(tmp_path, tiny_hf_model, sharded, damage, message):
+        "index-names-absent-tensor", "shape-vs-config", "int-dtype", "tokenizer-cut", "config-cut"])
+def test_damaged_model_files_are_named_before_any_weight_is_read(tmp_path, tiny_hf_model, sharded, damage, message):
     src = tiny_hf_model("gpt2", layers=2, hidden=32, max_shard_size="200KB" if sharded else None)
     d = tmp_path / "model"
     shutil.copytree(src, d)

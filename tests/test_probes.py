@@ -112,11 +112,16 @@ def test_a_line_that_is_not_utf8_is_named(tmp_path, suffix):
     assert probe.texts[0] == "sentence number 0" and probe.texts[4] == "café au lait"
 
 
-def test_a_damaged_parquet_probe_is_named(tmp_path):
-    path = tmp_path / "p.parquet"
-    pq.write_table(pa.table({"text": [f"row {i}" for i in range(50)]}), path)
+@pytest.mark.parametrize("suffix", [".parquet", ".npy"])
+def test_a_damaged_parquet_or_npy_probe_is_named(tmp_path, suffix):
+    path = tmp_path / f"p{suffix}"
+    if suffix == ".parquet":
+        pq.write_table(pa.table({"text": [f"row {i}" for i in range(50)]}), path)
+    else:
+        np.save(path, np.ones((50, 8), np.float32))
     path.write_bytes(path.read_bytes()[:-40])  # an interrupted copy
-    _error(ProbeConfig(source=str(path)), f"probe file {path}: unreadable Parquet", "copy it again")
+    _error(ProbeConfig(source=str(path)), f"probe file {path}: ",
+           "unreadable Parquet" if suffix == ".parquet" else "not a plain .npy array")
 
 
 def test_empty_texts_are_skipped_keeping_positions(tmp_path):

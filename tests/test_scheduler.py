@@ -161,6 +161,35 @@ def test_duplicate_or_missing_pair_is_an_error(tmp_path):
     assert len(pairs_dir(out).files()) == 2
 
 
+def test_a_worker_that_keeps_dying_is_a_named_error_and_the_rerun_resumes(finished, tmp_path):
+    """A GW worker process that dies on every batch, as one out of memory does: the run stops
+    after MAX_ATTEMPTS tries with an error naming the batch; with workers that live, the same
+    call finishes with the undisturbed matrices."""
+    import os
+    import shutil
+
+    from gwray.errors import GwrayComputeError
+    from gwray.scheduler.pool import MAX_ATTEMPTS
+
+    src, _, _ = finished
+    out = tmp_path / "run"
+    shutil.copytree(src / "activations", out / "activations")
+    shutil.copytree(src / "activation_manifests", out / "activation_manifests")
+
+    class Dying(ActivationStore):  # defined here: Ray ships it by value to the workers
+        def read_layer(self, *args, **kwargs):
+            os._exit(1)
+
+    with pytest.raises(GwrayComputeError, match=rf"^GW batch \d+ \(\d+ pairs from \w+/block\d/\w+/block\d, "
+                                                rf"n = {N}\): its worker died {MAX_ATTEMPTS} times \(out of memory\? "
+                                                r".* then rerun: the solved pairs are kept$"):
+        run_pairs(_cfg(workers=1), Dying(out), out, progress=False)
+    assert not (out / "gw_matrix.parquet").exists()
+    again = run_pairs(_cfg(workers=1), ActivationStore(out), out, progress=False)
+    assert again.num_rows == 45
+    np.testing.assert_allclose(np.load(out / "gw_matrix.npy"), np.load(src / "gw_matrix.npy"), rtol=1e-12)
+
+
 def test_batched_path_on_cpu(finished):
     """The GPU worker path (batched_gw) runs on the CPU too and returns full records; it builds
     its costs itself (CPU tensors here) equal to the host's cost_matrix."""

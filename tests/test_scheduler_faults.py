@@ -185,3 +185,4 @@ def test_dead_node_batches_resubmitted(cluster, reference, tmp_path):
     assert int(table.schema.metadata[b"solved"]) == TOTAL
     assert _rows(out) == TOTAL
     np.testing.assert_allclose(np.load(out / "gw_matrix.npy"), reference, rtol=1e-9, atol=1e-15)
+

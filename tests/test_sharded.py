@@ -15,7 +15,7 @@ import torch
 
 from gwray.activations.capture import Pooler
 from gwray.activations.store import ActivationStore, ActivationWriter
-from gwray.errors import GwrayInputError
+from gwray.errors import GwrayComputeError, GwrayInputError
 from gwray.models import families, sharded, weights
 from gwray.models.shard_plan import plan_blocks
 
@@ -210,7 +210,7 @@ def test_shard_killed_mid_run_names_it_and_leaves_nothing(pool, tiny_hf_model, t
     names = ["embeddings"] + [f"block{i}" for i in range(LAYERS)]
     writer = ActivationWriter(tmp_path, "c", names)
     infos = sharded.load_shards(pool, path)  # shard 1 sits in the middle: shard 2 waits on it
-    with pytest.raises(sharded.ShardFailure) as err:
+    with pytest.raises(GwrayComputeError) as err:  # exit 2: a fault with a named cause
         sharded.run_pipeline(pool, _batches(path, batch_size=2), DyingPooler("mean"), writer, names)
     assert pool.group is None, "a failed run must stop every shard"
     start, stop = infos[1]["blocks"]

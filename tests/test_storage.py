@@ -1,3 +1,4 @@
+import errno
 import os
 
 import pyarrow as pa
@@ -54,14 +55,17 @@ def test_s3_writes_are_whole_and_leave_no_temporary(s3_bucket):
     assert root.child("pairs", "a.parquet").read_table().column("x").to_pylist() == [1, 2]
 
 
-def test_disk_full_is_named_and_leaves_the_old_file(tmp_path, full_disk):
-    fs, disk = full_disk(1000)
+@pytest.mark.parametrize("error, named, advice", [(errno.ENOSPC, "disk full", "make room"),
+                                                  (errno.EDQUOT, "disk quota exceeded", "make room"),
+                                                  (errno.EROFS, "read-only filesystem", "make it writable")])
+def test_disk_full_is_named_and_leaves_the_old_file(tmp_path, full_disk, error, named, advice):
+    fs, disk = full_disk(1000, error)
     loc = Location(fs, str(tmp_path / "run" / "pairs" / "part-1.parquet"))
     loc.write_bytes(b"old" * 100)
     with pytest.raises(GwrayStorageError) as err:
         loc.write_bytes(b"new" * 1000)
     msg = str(err.value)
-    assert msg.startswith(f"disk full writing {loc} (") and "make room" in msg and "\n" not in msg
+    assert msg.startswith(f"{named} writing {loc} (") and advice in msg and "\n" not in msg
     assert os.listdir(tmp_path / "run" / "pairs") == ["part-1.parquet"]  # no temporary left
     assert loc.read_bytes() == b"old" * 100
     disk.free = 10**6  # room again: the same write goes through

@@ -154,7 +154,13 @@ def _load_hf(cfg, path: str, device: torch.device, meta: bool) -> LoadedModel:
     blocks = [f"{prefix}.{b}" if prefix else b for b in _find_blocks(base, n_layers, str(p))]
     tokenizer = None
     if any((p / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
-        tokenizer = tf.AutoTokenizer.from_pretrained(p, trust_remote_code=cfg.trust_remote_code, local_files_only=True)
+        try:
+            tokenizer = tf.AutoTokenizer.from_pretrained(p, trust_remote_code=cfg.trust_remote_code,
+                                                         local_files_only=True)
+        except Exception as exc:  # noqa: BLE001 - the tokenizers library raises bare Exceptions
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise GwrayInputError(f"model directory {p}: unreadable tokenizer files ({first}); copy "
+                                  "them again") from None
         if tokenizer.pad_token is None:  # GPT-style tokenizers: padding is masked out anyway
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if not meta:

@@ -22,14 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gwray.errors import GwrayInputError
+from gwray.errors import GwrayComputeError, GwrayInputError
 from gwray.models import families
 from gwray.models.shard_plan import block_weights, plan_blocks
 from gwray.models.weights import check_weights
 
 
 class ShardFailure(RuntimeError):
-    """A shard actor died or failed mid-run; the message names the shard and its blocks."""
+    """A shard failed mid-run (an error inside it); the message names the shard and its blocks.
+    A shard that *died* raises :class:`~gwray.errors.GwrayComputeError` instead (exit 2)."""
 
 
 def _peak_rss() -> int:
@@ -238,7 +239,8 @@ def _gather(pool: ShardPool, refs: list) -> list:
         where = f"shard {k} ({pool.names[k]})" if k is not None else "a shard actor"
         if k is not None and pool.infos:
             where += ", blocks {}-{}".format(pool.infos[k]["blocks"][0], pool.infos[k]["blocks"][1] - 1)
-        raise ShardFailure(f"{where} died mid-run (out of memory or killed?)") from None
+        raise GwrayComputeError(f"{where} died mid-run (out of memory or killed?); give shards more memory "
+                                "or use more of them, then rerun: finished checkpoints are kept") from None
 
 
 def run_pipeline(pool: ShardPool, batches, pooler, writer, layer_names: list[str], in_flight: int | None = None,
@@ -262,7 +264,8 @@ def run_pipeline(pool: ShardPool, batches, pooler, writer, layer_names: list[str
     -------
     int
         Number of samples processed. On any failure the writer is aborted (no partial layer is
-        left) and :class:`ShardFailure` / :class:`GwrayInputError` names the shard.
+        left) and :class:`ShardFailure`, :class:`~gwray.errors.GwrayComputeError` (a shard died)
+        or :class:`~gwray.errors.GwrayInputError` names the shard.
     """
     import ray
 
@@ -329,8 +332,8 @@ def extract_sharded(cfg, out, checkpoint: str, checkpoint_path: str | None, pool
     GwrayInputError
         Not an HF text model, a selection other than ``blocks``, an unsupported architecture,
         more shards than blocks, a missing safetensors file, unplaceable shards.
-    ShardFailure
-        A shard died or failed mid-run (named); no part of this checkpoint is left on disk.
+    GwrayComputeError, ShardFailure
+        A shard died / failed mid-run (named); no part of this checkpoint is left on disk.
     """
     from gwray.models.loaders import load_model
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import ray
 
+from gwray.errors import GwrayComputeError
 from gwray.scheduler.plan import Batch, LayerKey
 from gwray.scheduler.workers import LOST, CostUnavailable, GWWorker
 
@@ -116,8 +117,8 @@ class WorkerPool:
 
         Raises
         ------
-        RuntimeError
-            A batch failed :data:`MAX_ATTEMPTS` times.
+        GwrayComputeError
+            A batch's worker died :data:`MAX_ATTEMPTS` times.
         Exception
             A solver error inside a worker (bad input is not retried).
         """
@@ -191,7 +192,11 @@ class WorkerPool:
             self._failed(idx)
         attempts[batch.index] += 1
         if attempts[batch.index] >= MAX_ATTEMPTS:
-            raise RuntimeError(f"batch {batch.index} failed {MAX_ATTEMPTS} times; giving up")
+            first = "/".join(batch.tasks[0].key)
+            raise GwrayComputeError(
+                f"GW batch {batch.index} ({len(batch.tasks)} pairs from {first}, n = {batch.n[0]}): its "
+                f"worker died {MAX_ATTEMPTS} times (out of memory? lower resources.batch_pairs or give "
+                "workers more memory), then rerun: the solved pairs are kept")
         return None
 
     def shutdown(self) -> None:
