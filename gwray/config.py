@@ -93,6 +93,7 @@ class ResourcesConfig(_Section):
     gpus_per_worker: float = Field(0, ge=0)
     batch_pairs: int = Field(8, ge=1)
     gpu_batch_pairs: int = Field(512, ge=1)
+    pair_file_rows: int = Field(5000, ge=0)
     extract_actors: int = Field(1, ge=1)
     gpus_per_extract_actor: float = Field(0, ge=0)
     gpus_per_shard: float = Field(0, ge=0)

@@ -167,6 +167,7 @@ class _Run:
 
     def pairs(self, store) -> None:
         from gwray.scheduler import plan_for, run_pairs
+        from gwray.scheduler.compaction import PairSink
         from gwray.scheduler.results import assemble_matrices, done_pairs
 
         acts = self.info["stages"]["activations"]  # gw.baselines: no GW, the communities stage
@@ -189,12 +190,13 @@ class _Run:
         # This run's ids in training order: by name, checkpoint-1000 would pair with -200, and
         # checkpoints an earlier config left in OUT would be planned too.
         plan = plan_for(store, self.cfg.compare.cross, ids)
-        done, _ = done_pairs(self.loc, plan)  # a damaged file: GwrayDamagedError, recovered in run()
+        done, files = done_pairs(self.loc, plan)  # a damaged file: GwrayDamagedError, recovered in run()
         if done.all():  # nothing to solve: the matrices are checked, or assembled without Ray
             damage = matrices_damage(self.loc, self.info["layers"], plan)
             if prev == key and damage is None:
                 return self.done("pairs", key, False)
             self.say(f"pairs: {damage if prev == key else why}, every pair is in pairs/: assembling the matrices")
+            PairSink(self.loc, files, self.cfg.resources.pair_file_rows).close()  # parts a kill left
             assemble_matrices(self.loc, plan)
             return self.done("pairs", key, True)
         if prev == key:
@@ -207,7 +209,8 @@ class _Run:
             "activations", {}), **acts} if kept else acts})
         self.ray()
         self.say(f"pairs: GW of every layer pair on {self.cfg.resources.workers} workers")
-        run_pairs(self.cfg, store, self.loc, progress=self.say.enabled, checkpoints=ids, records=False)
+        run_pairs(self.cfg, store, self.loc, progress=self.say.enabled, checkpoints=ids, records=False,
+                  on_disk=(done, files))
         self.done("pairs", key, True)
 
     def communities(self, store) -> None:

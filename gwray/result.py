@@ -28,9 +28,12 @@ class RunResult:
     cross : dict
         ``(checkpoint_a, checkpoint_b)`` → (L_a, L_b) float64 GW, rows = layers of a
         (rectangular when depths differ).
-    communities, pairs : dict, pyarrow.Table
+    communities : dict
         ``communities.json`` (groups per checkpoint and method, boundaries, movement,
-        stability); every pair record of ``OUT/pairs`` (DESIGN.md schema).
+        stability).
+    pairs : pyarrow.Table
+        Every pair record of ``OUT/pairs`` (DESIGN.md schema, plus ``file``), read when first
+        asked for: a sweep's million records cost nothing until then.
     stages : dict
         Stage → ``"ran"`` or ``"skipped"`` (empty when read back by :func:`load_run`).
     """
@@ -43,9 +46,18 @@ class RunResult:
     lower_bound: dict
     cross: dict
     communities: dict
-    pairs: object
     report: str | None = None
     stages: dict = field(default_factory=dict)
+    where: Location | None = field(default=None, repr=False)  # ``out`` with its filesystem options
+    _pairs: object = field(default=None, repr=False)
+
+    @property
+    def pairs(self):
+        if self._pairs is None:
+            from gwray.scheduler.results import load_records
+
+            self._pairs = load_records(self.where or self.out)
+        return self._pairs
 
     @property
     def matrix(self) -> np.ndarray:
@@ -174,8 +186,6 @@ def _read_cross(loc: Location, layers: dict) -> dict:
 def load_run(out) -> RunResult:
     """Read a finished run back (config, layer names, matrices, groups, pair records) from the
     run directory or URI ``out``; GwrayInputError when ``out`` holds no finished run."""
-    from gwray.scheduler.results import load_records
-
     loc = Location.parse(out)
     for name in ("run.json", "gw_matrix.parquet", "communities.json"):
         if not loc.child(name).exists():
@@ -186,5 +196,5 @@ def load_run(out) -> RunResult:
     html = loc.child("report.html")  # absent while a rerun rebuilds it
     return RunResult(out=str(loc), config=RunConfig.model_validate(info["config"]),
                      checkpoints=list(layers), layers=layers, gw=gw, lower_bound=lb, cross=cross,
-                     communities=loc.child("communities.json").read_json(), pairs=load_records(loc),
-                     report=str(html) if html.exists() else None)
+                     communities=loc.child("communities.json").read_json(),
+                     report=str(html) if html.exists() else None, where=loc)

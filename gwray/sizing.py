@@ -36,6 +36,12 @@ _DEVICE_BYTES = 36  # bytes per (i, j) and pair of the device engine at its peak
 #: bench/gpu.py on an H100/H200 replaces them.
 GPU_PAIRS_PER_S = {1024: 1773.0, 2048: 286.0, 4096: 37.0}
 GPU_RATE_SOURCE = "modelled H200, bench/gpu.py --device cpu; not measured on a GPU yet"
+ORCHESTRATION_S = 1.0e-3
+"""Worker-seconds a pair beyond solving (scheduling, Ray, reads, writes): 2 × the pairs stage's
+wall beyond solver-seconds / workers a pair that ``bench/sweep_scale.py`` measures (100
+checkpoints × 80 layers on 2 workers)."""
+DRIVER_S = 0.15e-3
+"""The driver's CPU-seconds a pair (same measurement): the most pairs a second one driver hands out."""
 
 
 @dataclass
@@ -69,6 +75,11 @@ class RunSize:
         micro-batch activations.
     worker_bytes : int
         Peak memory per GW worker: its cost-matrix cache plus the solves in flight.
+    pairs_bytes, pair_files : int
+        ``OUT/pairs/`` once finished (measured on synthetic records of this run's names) and
+        its file count after compaction (None without: ``resources.pair_file_rows: 0``).
+    matrix_bytes : int
+        ``gw_matrix.parquet``, ``cross/gw_matrix.parquet`` and the ``.npy`` matrices.
     seconds : dict
         Stage → estimated seconds (activations, pairs, communities, report).
     rates : dict
@@ -89,6 +100,9 @@ class RunSize:
     index_bytes: int | None
     shard_bytes: list
     worker_bytes: int
+    pairs_bytes: int = 0
+    pair_files: int | None = 0
+    matrix_bytes: int = 0
     seconds: dict = field(default_factory=dict)
     rates: dict = field(default_factory=dict)
 
@@ -126,6 +140,22 @@ def _layers_and_dims(cfg: RunConfig, path, probe) -> tuple[list[str], list[int],
     return [s.name for s in specs], dims, loaded
 
 
+def _architecture(cfg: RunConfig, path) -> str | None:
+    """What decides a checkpoint's layers and widths, as text: an HF ``config.json``, a toy's
+    ``toy.json`` less its step; None when unknown (a factory: each checkpoint is sized)."""
+    from gwray.models.loaders import resolve_model_path
+    from gwray.models.toy import read_meta
+
+    try:
+        if cfg.model.source == "toy":
+            return json.dumps({k: v for k, v in read_meta(path).items() if k != "step"}, sort_keys=True)
+        if cfg.model.source == "hf":
+            return (resolve_model_path(path or cfg.model.path) / "config.json").read_text()
+    except (GwrayInputError, OSError):
+        pass  # sized, and the error raised, by _layers_and_dims
+    return None
+
+
 def _parquet_part_bytes(rows: int, width: int, dtype: str) -> int:
     """Bytes of one activation part as the store writes it (random values: floats barely compress)."""
     import pyarrow as pa
@@ -151,6 +181,55 @@ def _activation_bytes(dims: list[int], rows: int, batch_rows: int, dtype: str) -
                     sizes[r, d] = _parquet_part_bytes(r, d, dtype)
                 total += count * sizes[r, d]
     return total
+
+
+def _output_bytes(cfg: RunConfig, plan, rows: int) -> tuple[int, int]:
+    """Bytes of ``OUT/pairs/`` and of the GW matrices, from Parquet written in memory: up to
+    5,000 pair records of the plan's own names with random values (the solver state too with
+    ``gw.warm_start``), and one checkpoint's long matrix."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gwray.scheduler.results import MATRIX_SCHEMA, records_table
+
+    def parquet_bytes(table) -> int:
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        return len(buf.getvalue())
+
+    rng, sample = np.random.default_rng(0), plan[:5000]
+    state = {"plan": rng.permutation(rows).astype(np.int32), "duals": rng.standard_normal(rows),
+             "bound_duals": rng.standard_normal(rows), "start_ends": {"identity": 1.01}} if cfg.gw.warm_start else {}
+    records = [{"checkpoint_a": t.checkpoint_a, "layer_a": t.layer_a, "checkpoint_b": t.checkpoint_b,
+                "layer_b": t.layer_b, "gw": g, "lower_bound": 0.9 * g, "init": cfg.gw.starts[0],
+                "iterations": int(k % 50), "marginal_error": 0.0, "seconds": 1e-3 * g, "n": rows,
+                "solver": "cg-lap", **state} for k, (t, g) in enumerate(zip(sample, rng.uniform(size=len(sample))))]
+    per_pair = parquet_bytes(records_table(records)) / max(len(sample), 1)
+    names = next(iter(plan.layers.values()))
+    cells = len(names) ** 2
+    i, j = np.divmod(np.arange(cells), len(names))
+    one = pa.table({"checkpoint": [next(iter(plan.layers))] * cells, "layer_i": np.take(names, i),
+                    "layer_j": np.take(names, j), "gw": rng.uniform(size=cells),
+                    "lower_bound": rng.uniform(size=cells)}, schema=MATRIX_SCHEMA)
+    within = sum(len(v) ** 2 for v in plan.layers.values())
+    crossed = sum(b.size for b in plan.blocks if not b.within)
+    # long Parquet per cell, plus float64 .npy: per checkpoint and stacked, per cross pair
+    matrix = parquet_bytes(one) / cells * (within + crossed) + 8 * (2 * within + crossed)
+    return int(per_pair * len(plan)), int(matrix)
+
+
+def pairs_seconds(cfg: RunConfig, size: "RunSize", workers: int) -> float | None:
+    """Seconds of the pairs stage on ``workers`` GW workers: the cost matrices and the pairs, at
+    the workers' rate (``gpu_pair_s`` for GPU workers, else ``gw_pair_s``) plus
+    :data:`ORCHESTRATION_S` each, shared out, and never faster than the driver can hand pairs
+    out (:data:`DRIVER_S` a pair). None without the rates."""
+    rate = "gpu_pair_s" if cfg.resources.gpus_per_worker > 0 else "gw_pair_s"
+    if rate not in size.rates or "forward_flops" not in size.rates:
+        return None
+    pairs, rows = size.pairs_within + size.pairs_cross, size.n_samples * size.rows_per_sample
+    widths = [d for dims in size.dims.values() for d in dims]
+    costs = sum(2 * rows * rows * d for d in widths) / size.rates["forward_flops"][0]
+    return max((costs + pairs * (size.rates[rate][0] + ORCHESTRATION_S)) / workers, pairs * DRIVER_S)
 
 
 def _index_bytes(path) -> int | None:
@@ -210,10 +289,12 @@ def _gw_pair_seconds(n: int, cfg: RunConfig) -> float:
              for v in (x, x @ rng.standard_normal((32, 32)) + 0.3 * rng.standard_normal((m, 32)))]
     solve = functools.partial(gromov_wasserstein, aligned=True, starts=tuple(cfg.gw.starts),
                               max_iter=cfg.gw.max_iter, tol=cfg.gw.tol)
-    solve(costs[0][:8, :8], costs[1][:8, :8])  # compiles the numba kernels outside the timing
-    t0 = time.perf_counter()
-    solve(*costs)
-    return (time.perf_counter() - t0) * (n / m) ** 3
+    solve(*costs)  # compiles the numba kernels, warms the caches outside the timing
+    t0, reps = time.perf_counter(), 0
+    while not reps or time.perf_counter() - t0 < 0.3:  # a tiny n solves in milliseconds
+        solve(*costs)
+        reps += 1
+    return (time.perf_counter() - t0) / reps * (n / m) ** 3
 
 
 def _gpu_pair_seconds(n: int, cfg: RunConfig) -> float:
@@ -229,12 +310,14 @@ def _gpu_pair_seconds(n: int, cfg: RunConfig) -> float:
 
 
 def _figure_seconds(n_layers: int) -> float:
-    """One report heatmap of ``n_layers`` layers."""
+    """One report heatmap of ``n_layers`` layers (after a first one: fonts, caches)."""
     from gwray.report.figures import heatmap
 
+    draw = functools.partial(heatmap, np.random.default_rng(0).uniform(size=(n_layers, n_layers)),
+                             [f"layer {i}" for i in range(n_layers)], np.arange(n_layers) // 3)
+    draw()
     t0 = time.perf_counter()
-    heatmap(np.random.default_rng(0).uniform(size=(n_layers, n_layers)), [f"layer {i}" for i in range(n_layers)],
-            np.arange(n_layers) // 3)
+    draw()
     return time.perf_counter() - t0
 
 
@@ -289,9 +372,12 @@ def size_run(cfg: RunConfig, rates: dict | None = None, calibrate_here: bool = T
     if unknown:
         raise GwrayInputError(f"rate {sorted(unknown)[0]!r}: expected one of {', '.join(RATE_NAMES)}")
     checkpoints, probe = check_inputs(cfg)
-    layers, dims, first = {}, {}, None
+    layers, dims, first, seen = {}, {}, None, {}
     for ckpt, path in checkpoints:
-        layers[ckpt], dims[ckpt], loaded = _layers_and_dims(cfg, path, probe)
+        arch = _architecture(cfg, path)  # a sweep's checkpoints share one: it is sized once
+        if arch is None or arch not in seen:
+            seen[arch] = _layers_and_dims(cfg, path, probe)
+        layers[ckpt], dims[ckpt], loaded = seen[arch]
         check_layer_count(cfg, ckpt, layers[ckpt])
         first = first or (path, loaded)  # checkpoints of one training run share their shapes
     path, loaded = first
@@ -320,6 +406,9 @@ def size_run(cfg: RunConfig, rates: dict | None = None, calibrate_here: bool = T
                    sum(p.numel() for p in loaded.module.parameters()) * itemsize,
                    _forward_params(loaded), _index_bytes(path or cfg.model.path) if loaded.kind == "hf" else None,
                    [p * itemsize + micro for p in shard_params], worker)
+    size.pairs_bytes, size.matrix_bytes = _output_bytes(cfg, plan, rows)
+    per_file = cfg.resources.pair_file_rows
+    size.pair_files = len(plan) // per_file + 1 if per_file else None  # full files and the rest
     given = dict(rates or {})
     longest = max(len(v) for v in layers.values())
     needed = [name for name in RATE_NAMES if name != "gpu_pair_s" or cfg.resources.gpus_per_worker > 0]
@@ -336,22 +425,23 @@ def size_run(cfg: RunConfig, rates: dict | None = None, calibrate_here: bool = T
 
 def _stage_seconds(cfg: RunConfig, size: RunSize, tokens: int, rates: dict) -> dict:
     """Seconds per stage: forward passes at 2 FLOPs per parameter and token (shards and model
-    actors run in parallel), cost matrices at 2 n^2 d FLOPs, pairs spread over the workers,
-    stability resamples as within pairs at ``fraction * n``, the report as its figures."""
-    res, workers = cfg.resources, cfg.resources.workers
+    actors run in parallel), the pairs stage as :func:`pairs_seconds`, stability resamples as
+    within pairs at ``fraction * n``, the report as its figures (3 per full checkpoint section,
+    the timeline, the cross-checkpoint matrices it draws)."""
+    res = cfg.resources
     replicas = cfg.model.shards if cfg.model.shards > 1 else res.extract_actors
     n_ckpt, rows = len(size.layers), size.n_samples * size.rows_per_sample
     extract = n_ckpt * 2 * size.forward_params * tokens / rates["forward_flops"] / replicas
-    widths = [d for dims in size.dims.values() for d in dims]
-    costs = sum(2 * rows * rows * d for d in widths) / rates["forward_flops"] / workers
     pair = rates["gw_pair_s"]  # the serial solver's: CPU workers, and the resamples below
-    worker_pair = rates["gpu_pair_s"] if res.gpus_per_worker > 0 else pair
-    pairs = costs + (size.pairs_within + size.pairs_cross) * worker_pair / workers
+    pairs = pairs_seconds(cfg, size, res.workers)
     sub = cfg.stability.fraction ** 3  # a resample solves the within pairs at fraction * n
     groups = 0.0  # resamples run in process, one checkpoint after another
     for names in size.layers.values():
         L = len(names)
         resamples = resamples_for(cfg.stability.resamples, L, rows, cfg.stability.fraction)
         groups += resamples * L * (L - 1) / 2 * pair * sub
-    figures = 3 * n_ckpt + (n_ckpt > 1) * (1 + min(size.pairs_cross, 1) * (n_ckpt - 1))  # + timeline, cross
+    from gwray.report.build import MAX_CROSS, MAX_SECTIONS
+
+    sections = n_ckpt if n_ckpt <= MAX_SECTIONS else 1  # beyond, the last checkpoint's alone
+    figures = 3 * sections + (n_ckpt > 1) + (min(MAX_CROSS, n_ckpt - 1) if size.pairs_cross else 0)
     return {"activations": extract, "pairs": pairs, "communities": groups, "report": figures * rates["figure_s"]}

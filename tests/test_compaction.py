@@ -26,7 +26,7 @@ def _names(out):
 
 def test_parts_are_merged_into_few_files_with_every_pair_once(tmp_path):
     tasks = list(PLAN)  # 15 + 36 + 15 = 66 pairs
-    sink = PairSink(tmp_path, compact_rows=20, flush_seconds=0)
+    sink = PairSink(tmp_path, (), compact_rows=20, flush_seconds=0)
     for k in range(0, len(tasks), 4):
         sink.add(_records(tasks[k:k + 4]))
     # 3 compactions of 5 parts (20 rows each) so far, 1 part of 6 rows left
@@ -44,13 +44,13 @@ def test_a_kill_between_compacted_write_and_part_removal_loses_and_duplicates_no
     class Killed(BaseException):
         pass
 
-    def stop(point, written=0):
-        if point == "compaction":
-            raise Killed
+    def stop():
+        raise Killed
 
     tasks = list(PLAN)
-    monkeypatch.setattr(compaction, "_kill_point", stop)
-    sink = PairSink(tmp_path, compact_rows=20, flush_seconds=0)
+    monkeypatch.setenv(compaction.KILL_HOOK, "compaction")
+    monkeypatch.setattr(compaction, "_kill", stop)
+    sink = PairSink(tmp_path, (), compact_rows=20, flush_seconds=0)
     with pytest.raises(Killed):
         for k in range(0, len(tasks), 4):
             sink.add(_records(tasks[k:k + 4]))
@@ -72,7 +72,7 @@ def test_a_kill_between_compacted_write_and_part_removal_loses_and_duplicates_no
 def test_resumed_parts_join_the_next_compaction(tmp_path):
     """Part files a killed run left are merged with the new ones; compact_rows=0 keeps parts."""
     tasks = list(PLAN)
-    first = PairSink(tmp_path, compact_rows=0, flush_seconds=0)
+    first = PairSink(tmp_path, (), compact_rows=0, flush_seconds=0)
     for k in range(0, 30, 3):
         first.add(_records(tasks[k:k + 3]))
     first.close()

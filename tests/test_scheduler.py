@@ -109,8 +109,8 @@ def test_compacted_run_equals_an_uncompacted_one(finished, tmp_path):
     assert [loc.name.split("-")[0] for loc in pairs_dir(out).files()] == ["compacted"]
     other = tmp_path / "parts"
     _write_run(other)
-    parts = run_pairs(_cfg(), ActivationStore(other), other, progress=False, compact_rows=0,
-                      flush_seconds=0)
+    cfg = _cfg(pair_file_rows=0)
+    parts = run_pairs(cfg, ActivationStore(other), other, progress=False, flush_seconds=0)
     assert len(pairs_dir(other).files()) == 15
     np.testing.assert_array_equal(np.load(out / "gw_matrix.npy"), np.load(other / "gw_matrix.npy"))
     gw = lambda t: dict(zip(row_keys(t), t.column("gw").to_pylist()))  # noqa: E731
@@ -330,3 +330,33 @@ def test_gpu_workers_take_large_calls():
     cpu = RunConfig.model_validate({"resources": {"batch_pairs": 3}})
     gpu = RunConfig.model_validate({"resources": {"batch_pairs": 3, "gpus_per_worker": 0.5}})
     assert worker_batch_pairs(cpu) == 3 and worker_batch_pairs(gpu) == 512
+
+
+def test_cost_matrices_are_released_once_no_pair_needs_them(finished):
+    """A checkpoint's cost references go when its last pair is done (the object store frees them),
+    not at the end of the sweep; none is computed twice."""
+    from gwray.scheduler.plan import plan_batches
+    from gwray.scheduler.pool import WorkerPool
+
+    out, _, _ = finished
+    store = ActivationStore(out)
+    plan = plan_for(store, "none")  # early's 10 pairs, then late's 10
+    todo = np.ones(len(plan), dtype=bool)
+    needs = {"early": 10, "late": 10}
+    seen = []
+
+    def on_result(batch, records):
+        held = {k[0] for k in pool.costs}
+        seen.append((dict(needs), held))
+        assert not any(needs[c] == 0 and c in held for c in needs), (needs, held)
+
+    pool = WorkerPool(1, 1, 0, store=store, metric="euclidean", normalize="mean",  # batches in order
+                      starts=["identity"], max_iter=50, tol=1e-9, aligned=[("early", "early"), ("late", "late")])
+    try:
+        pool.run(plan_batches(plan, todo, {k: N for t in plan for k in t.cost_keys}, 3), on_result,
+                 needs=needs)
+    finally:
+        pool.shutdown()
+    assert needs == {"early": 0, "late": 0} and not pool.costs
+    assert any(n["early"] == 0 and "late" in held for n, held in seen)  # released mid-sweep
+    assert pool.cost_tasks == 2 * LAYERS  # each cost matrix computed once

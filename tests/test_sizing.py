@@ -134,3 +134,38 @@ def test_calibration_measures_every_rate_here():
     rates = calibrate(list(RATE_NAMES), 40, 5, load_config({}))
     assert set(rates) == set(RATE_NAMES) and all(0 < v < float("inf") for v in rates.values())
     assert rates["forward_flops"] > 1e8  # any CPU multiplies faster than 0.1 GFLOP/s
+
+
+def test_plan_of_a_sweep_sizes_each_architecture_once(tmp_path, monkeypatch, capsys):
+    """Checkpoints of one training run are sized once and listed once; the plan gives pair-record
+    and matrix storage, the file count after compaction, and the pairs stage on N workers."""
+    import numpy as np
+
+    from gwray import sizing
+    from gwray.models.toy import build_model, default_meta, save_toy
+
+    meta = default_meta("digits", depth=7, width=8, hidden=8)
+    for step in range(3):
+        save_toy(build_model(meta), {**meta, "step": step}, tmp_path / f"step-{step:06d}")
+    np.save(tmp_path / "probe.npy", np.random.default_rng(0).standard_normal((12, 64)).astype(np.float32))
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text(f"model: {{source: toy, checkpoints: '{tmp_path}/step-*'}}\n"
+                   f"probe: {{source: {tmp_path / 'probe.npy'}}}\nlayers: {{pooling: flatten}}\n"
+                   "resources: {pair_file_rows: 100}\n")
+    calls = []
+    real = sizing._layers_and_dims
+    monkeypatch.setattr(sizing, "_layers_and_dims", lambda *a: calls.append(a) or real(*a))
+    rates = ["--rate", "forward_flops=1e10", "--rate", "gw_pair_s=0.01", "--rate", "figure_s=0.1"]
+    assert cli.main(["plan", str(cfg), *rates, "--workers", "8"]) == 0
+    out = capsys.readouterr().out
+    assert len(calls) == 1
+    pairs = 3 * 28 + 2 * 64
+    for needle in ("checkpoints step-000000 … step-000002 (3): 8 layers each",
+                   "pairs: 84 within checkpoints, 128 across", f"in {pairs // 100 + 1} files",
+                   "GW matrices", "pairs stage on 2 workers: "):
+        assert needle in out, (needle, out)
+    size = size_run(load_config(str(cfg)), {"forward_flops": 1e10, "gw_pair_s": 0.01, "figure_s": 0.1})
+    costs = 3 * 8 * 2 * 12 * 12 * 8 / 1e10  # 2 n² d FLOPs: 8 layers of width 8 per checkpoint
+    assert sizing.pairs_seconds(load_config(str(cfg)), size, 4) == pytest.approx((costs + pairs * (0.01 + sizing.ORCHESTRATION_S)) / 4)
+    assert sizing.pairs_seconds(load_config(str(cfg)), size, 10**6) == pytest.approx(pairs * sizing.DRIVER_S)  # the driver's pace
+    assert 20 * pairs < size.pairs_bytes < 200 * pairs and size.matrix_bytes > 8 * 3 * 64

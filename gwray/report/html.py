@@ -17,6 +17,9 @@ from gwray.report.interactive import sweep_section
 from gwray.report.rundir import RunData, solver_quality
 from gwray.report.summary import headline
 
+SUMMARY_LINES = 4
+"""Checkpoints whose one-line summary is listed; earlier ones are folded away (and named)."""
+
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;
 color:#222;line-height:1.45;padding:0 1em}
@@ -147,6 +150,27 @@ def _summary_line(data: RunData, ckpt: str) -> str:
     return f"<li><b>{escape(ckpt)}</b>: {line}{flag}</li>"
 
 
+def _span(ids: list[str]) -> str:
+    """'a' or 'a, b' or 'first – last' for consecutive checkpoint ids in training order."""
+    return ", ".join(map(escape, ids)) if len(ids) <= 2 else f"{escape(ids[0])} – {escape(ids[-1])}"
+
+
+def _folding(data: RunData, shown: list[str]) -> str:
+    """What the summary and the sections leave out with many checkpoints, named (nothing for few)."""
+    ids = data.checkpoints
+    if len(ids) <= SUMMARY_LINES and len(shown) == len(ids):
+        return ""
+    lines, sections = ids[-SUMMARY_LINES:], [c for c in ids if c not in shown]
+    text = (f"{len(ids)} checkpoints. Listed here: the last {len(lines)} ({_span(lines)}); the "
+            f"{len(ids) - len(lines)} before them ({_span(ids[:-len(lines)])}) are folded below the "
+            "list." if len(ids) > len(lines) else f"{len(ids)} checkpoints.")
+    if sections:
+        text += (f" Full sections (heatmap, groups, stability, solver certainty): "
+                 f"{_span(shown)}; the {len(sections)} others ({_span(sections)}) are in the slider "
+                 "and the timeline.")
+    return f"<p class='meta'>{text}</p>"
+
+
 def _certainty_sentence(q: dict) -> str:
     """What the solver's gap means for reading the matrix, in one sentence."""
     gap = q.get("max_gap")
@@ -180,16 +204,19 @@ def render_html(data: RunData, images: dict, color) -> str:
     """
     info, method = data.info, data.method
     name = escape(str(info.get("name") or data.loc.name))
+    shown = [c for c in data.checkpoints if c in images]  # checkpoints with a full section
     out = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>gwray report: {name}"
            f"</title><style>{CSS}</style></head><body>",
            f"<h1>Sub-networks of {name}</h1>",
            f"<p class='meta'>gwray {escape(str(info.get('gwray_version', '?')))} · probe hash "
            f"{escape(str(info.get('probe_hash', '?')))} · {len(data.checkpoints)} checkpoint(s) · "
            f"grouping method <b>{escape(method)}</b> · groups from {escape(data.communities_source)}</p>",
-           "<h2>Summary</h2><ul>", *(_summary_line(data, c) for c in data.checkpoints[-4:]), "</ul>"]
-    if len(data.checkpoints) > 4:  # the latest first; a long list would push the slider off screen
-        out += [f"<details><summary>the other {len(data.checkpoints) - 4} checkpoints</summary><ul>",
-                *(_summary_line(data, c) for c in data.checkpoints[:-4]), "</ul></details>"]
+           "<h2>Summary</h2>", _folding(data, shown), "<ul>",
+           *(_summary_line(data, c) for c in data.checkpoints[-SUMMARY_LINES:]), "</ul>"]
+    if len(data.checkpoints) > SUMMARY_LINES:  # the latest first; a long list would push the slider off screen
+        out += [f"<details><summary>the other {len(data.checkpoints) - SUMMARY_LINES} checkpoints"
+                "</summary><ul>", *(_summary_line(data, c) for c in data.checkpoints[:-SUMMARY_LINES]),
+                "</ul></details>"]
     if len(data.checkpoints) > 1:
         out.append(sweep_section(data.checkpoints, data.steps, data.layers, data.gw,
                                  {c: data.result(c)["labels"] for c in data.checkpoints}))
@@ -207,10 +234,6 @@ def render_html(data: RunData, images: dict, color) -> str:
             out.append(_img(png, f"cross-checkpoint GW matrix {a} to {b}"))
             if data.layers[a] != data.layers[b]:  # different models: say which layer matches which
                 out.append(_correspondence(data, a, b))
-    shown = [c for c in data.checkpoints if c in images]
-    if len(shown) < len(data.checkpoints):
-        out.append(f"<p class='meta'>{len(data.checkpoints)} checkpoints: the full section below is "
-                   f"the last one's; the slider above shows every checkpoint.</p>")
     for ckpt in shown:
         entry, imgs = data.communities["checkpoints"][ckpt], images[ckpt]
         out += [f"<h2 id='ckpt-{escape(ckpt)}'>Checkpoint {escape(ckpt)}</h2>",

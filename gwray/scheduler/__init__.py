@@ -9,6 +9,7 @@ driver and running the same command again resumes; Ray must already be initialis
 """
 from __future__ import annotations
 
+import collections
 import logging
 import sys
 import time
@@ -16,7 +17,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from gwray.scheduler.compaction import COMPACT_ROWS, FLUSH_SECONDS, PairSink
+from gwray.scheduler.compaction import FLUSH_SECONDS, PairSink
 from gwray.scheduler.plan import Plan, PairTask, plan_batches, plan_pairs, warm_sources
 from gwray.scheduler.results import (assemble_matrices, done_pairs, key_positions, load_records,
                                      load_states, pairs_dir, RECORD_SCHEMA, warm_state)
@@ -114,7 +115,7 @@ def worker_batch_pairs(cfg) -> int:
 
 def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
               checkpoints: list[str] | None = None, records: bool = True,
-              compact_rows: int = COMPACT_ROWS, flush_seconds: float = FLUSH_SECONDS) -> pa.Table:
+              flush_seconds: float = FLUSH_SECONDS, on_disk: tuple | None = None) -> pa.Table:
     """Solve every planned GW pair of a run on Ray workers, resuming from ``OUT/pairs/``.
 
     Parameters
@@ -126,7 +127,8 @@ def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
         starts :func:`gwray.gw.warm.warm_gw`'s rule keeps), ``compare.cross`` and
         ``resources`` (workers, cpus_per_worker, gpus_per_worker, batch_pairs; with
         ``gpus_per_worker > 0`` the workers use the device engine on calls of
-        ``gpu_batch_pairs``).
+        ``gpu_batch_pairs``; pair_file_rows: the records per compacted file of ``pairs/``, 0 for
+        none).
     store : ActivationStore
         The activation dataset: ``checkpoints()``, ``layer_names(c)``, ``sample_ids(c)`` (n,)
         and ``read_layer(c, layer)`` (n, d); it is shipped to the workers, which read the layers.
@@ -140,12 +142,12 @@ def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
     records : bool
         Return the pair records; False returns an empty table with the same metadata (a
         pipeline that does not need the records does not read them back).
-    compact_rows : int
-        Pairs per compacted file of ``pairs/`` (:data:`~gwray.scheduler.compaction.COMPACT_ROWS`);
-        0 leaves the part files as they were written.
     flush_seconds : float
         Finished records wait at most this long before they are written as a part file
         (:data:`~gwray.scheduler.compaction.FLUSH_SECONDS`); 0: one part file per batch.
+    on_disk : tuple, optional
+        :func:`~gwray.scheduler.results.done_pairs` of this plan, when the caller has just read
+        it (``pairs/`` is not listed and read twice).
 
     Returns
     -------
@@ -169,18 +171,18 @@ def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
 
     from gwray.scheduler.pool import WorkerPool
 
-    if not ray.is_initialized():
-        raise RuntimeError("run_pairs needs Ray to be initialised (pipeline.py / jobs do it)")
     out, t0 = Location.parse(out), time.perf_counter()
     plan = plan_for(store, cfg.compare.cross, checkpoints)
-    done, files = done_pairs(out, plan)
+    done, files = on_disk or done_pairs(out, plan)
     todo = ~done
     left = int(todo.sum())
     stats = {"solved": 0, "resumed": len(plan) - left, "cost_matrices": 0, "solver_seconds": 0.0,
              "plan_seconds": time.perf_counter() - t0, "startup_seconds": 0.0, "wall_seconds": 0.0,
              "assembly_seconds": 0.0, "warm_starts": 0, "warm_won": 0, "starts_pruned": 0}
     workers = 0
-    sink = PairSink(out, files, compact_rows=compact_rows, flush_seconds=flush_seconds)
+    sink = PairSink(out, files, compact_rows=cfg.resources.pair_file_rows, flush_seconds=flush_seconds)
+    if left and not ray.is_initialized():  # every pair on disk: the matrices need no Ray
+        raise RuntimeError("run_pairs needs Ray to be initialised (pipeline.py / jobs do it)")
     if left:
         ids = {c: np.asarray(store.sample_ids(c)) for c in plan.layers}
         sizes = {(c, layer): len(ids[c]) for c, names in plan.layers.items() for layer in names}
@@ -191,6 +193,11 @@ def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
         warm = _Warm(plan, todo, ids, out) if cfg.gw.warm_start else None
         bar = tqdm(total=len(plan), initial=len(plan) - left, unit="pair", desc="GW pairs",
                    disable=not progress, file=sys.stderr, smoothing=0.1)
+
+        needs = collections.Counter()  # pairs left per checkpoint
+        for b in plan.blocks:
+            for c in {b.a, b.b}:
+                needs[c] += int(todo[b.offset:b.offset + b.size].sum())
 
         def on_result(batch, records):
             if not stats["solved"]:  # actor start-up, first reads and costs: before any solving
@@ -218,7 +225,7 @@ def run_pairs(cfg, store, out: Location | str, *, progress: bool = True,
         try:
             pool.run(plan_batches(plan, todo, sizes, batch_pairs), on_result,
                      ready=warm and warm.ready, payload=warm and warm.payload,
-                     on_idle=on_idle, idle_seconds=max(flush_seconds, 0.1))
+                     on_idle=on_idle, idle_seconds=max(flush_seconds, 0.1), needs=needs)
         finally:
             try:
                 sink.flush()  # what was solved is kept, also when a worker error stops the run

@@ -2,12 +2,12 @@
 
 Records are buffered for up to :data:`FLUSH_SECONDS` and written as one ``part-*.parquet`` file
 (atomically), so a killed driver loses at most those seconds of solving. Once the part files hold
-:data:`COMPACT_ROWS` pairs they are merged into one ``compacted-*.parquet`` file whose metadata
-lists the parts it replaced (:data:`~gwray.scheduler.results.REPLACES`); the parts are removed
-only after it is written. A kill between the two leaves every pair twice on disk, and the next
-reader (:func:`~gwray.scheduler.results.pair_files`) finishes the removal first. At the end of a
-run the parts and the compacted files smaller than :data:`COMPACT_ROWS` are merged into one, so a
-finished sweep of P pairs has at most ``⌊P / COMPACT_ROWS⌋ + 1`` files.
+R = ``resources.pair_file_rows`` pairs they are merged into one ``compacted-*.parquet`` file whose
+metadata lists the parts it replaced (:data:`~gwray.scheduler.results.REPLACES`); the parts are
+removed only after it is written. A kill between the two leaves every pair twice on disk, and the
+next reader (:func:`~gwray.scheduler.results.pair_files`) finishes the removal first. At the end
+of a run the parts and the compacted files smaller than R are merged into one, so a finished sweep
+of P pairs has at most ``⌊P / R⌋ + 1`` files.
 """
 from __future__ import annotations
 
@@ -24,20 +24,22 @@ from gwray.scheduler.results import (COMPACTED_PREFIX, PART_PREFIX, REPLACES, pa
                                      records_table)
 from gwray.storage import Location
 
-COMPACT_ROWS = 5000
-"""Pairs per compacted file (a sweep of 950,000 pairs: ~190 files of ~0.4 MB)."""
 FLUSH_SECONDS = 2.0
 """Finished records wait at most this long (plus one batch) in the driver before a part file."""
 KILL_HOOK = "GWRAY_TEST_KILL"
 """Test hook: when this environment variable is ``compaction`` the driver SIGKILLs itself between
-writing a compacted file and removing the files it replaced; ``pairs:N``, right after the part
-file that brings this run's written pairs to N or more. For tests and ``bench/sweep_scale.py``."""
+writing a compacted file and removing the files it replaced; ``pairs:N``, once this run has solved
+N pairs or more (their part file written first). For tests and ``bench/sweep_scale.py``."""
 
 
-def _kill_point(point: str, written: int = 0) -> None:
+def _hooked(point: str, solved: int = 0) -> bool:
+    """True when the :data:`KILL_HOOK` asks for the driver to die at ``point``."""
     want = os.environ.get(KILL_HOOK, "")
-    if want == point or (point == "pairs" and want.startswith("pairs:") and written >= int(want[6:])):
-        os.kill(os.getpid(), signal.SIGKILL)
+    return want == point or (point == "pairs" and want.startswith("pairs:") and solved >= int(want[6:]))
+
+
+def _kill() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class PairSink:
@@ -52,13 +54,14 @@ class PairSink:
         (:func:`~gwray.scheduler.results.done_pairs`): parts of a killed run are compacted with
         the new ones, small compacted files merged at :meth:`close`.
     compact_rows : int
-        :data:`COMPACT_ROWS`; 0 never compacts (every flush stays its own part file).
+        Pairs per compacted file (``resources.pair_file_rows``: 5,000 makes a sweep of 950,000
+        pairs ~190 files of ~0.15 MB); 0 never compacts (every flush stays its own part file).
     flush_seconds : float
         :data:`FLUSH_SECONDS`; 0 writes every :meth:`add` at once.
     """
 
-    def __init__(self, out: Location | str, files: Sequence[tuple[Location, int]] = (),
-                 compact_rows: int = COMPACT_ROWS, flush_seconds: float = FLUSH_SECONDS):
+    def __init__(self, out: Location | str, files: Sequence[tuple[Location, int]], compact_rows: int,
+                 flush_seconds: float = FLUSH_SECONDS):
         self.dir = pairs_dir(out)
         self.compact_rows, self.flush_seconds = compact_rows, flush_seconds
         self.buffer: list[dict] = []
@@ -71,6 +74,9 @@ class PairSink:
     def add(self, records: list[dict]) -> None:
         """Buffer one batch's records; write them (and compact) when :meth:`due`."""
         self.buffer += records
+        if _hooked("pairs", self.written + len(self.buffer)):
+            self.flush()
+            _kill()
         if self.due():
             self.flush()
 
@@ -89,7 +95,6 @@ class PairSink:
             self.parts.append((loc, table, table.num_rows))
             self.buffer = []
             self.written += table.num_rows
-            _kill_point("pairs", self.written)
         if self.compact_rows and sum(rows for _, _, rows in self.parts) >= self.compact_rows:
             self._merge(self.parts)
             self.parts = []
@@ -109,6 +114,7 @@ class PairSink:
         names = [loc.name for loc, _, _ in sources]
         target = self.dir.child(f"{COMPACTED_PREFIX}{uuid.uuid4().hex}.parquet")
         target.write_table(merged.replace_schema_metadata({REPLACES: json.dumps(names).encode()}))
-        _kill_point("compaction")
+        if _hooked("compaction"):
+            _kill()
         for loc, _, _ in sources:
             loc.remove()

@@ -77,7 +77,7 @@ class WorkerPool:
         if self.batched:  # a GPU worker builds the costs it does not hold from the activations
             self.cost_tasks += len(batch.cost_keys - slot.held)
         else:
-            for key in sorted(batch.cost_keys - set(self.costs)):
+            for key in sorted(k for k in batch.cost_keys if k not in self.costs):
                 ref = slot.actor.cost.remote(*key)
                 self.costs[key], self.waiting[ref] = (ref, idx), key
                 self.cost_tasks += 1
@@ -85,6 +85,16 @@ class WorkerPool:
         slot.held |= batch.cost_keys
         slot.running += 1
         return slot.actor.solve.remote(batch, refs, extra)
+
+    def _finished(self, batch: Batch, needs: dict[str, int] | None) -> None:
+        """Count the batch's pairs off ``needs``; release the cost matrices no pair needs now."""
+        if needs is None:
+            return
+        for t in batch.tasks:
+            for c in {t.checkpoint_a, t.checkpoint_b}:
+                needs[c] -= 1
+                if not needs[c]:
+                    self._forget([k for k in self.costs if k[0] == c])
 
     def _forget(self, keys: Iterable[LayerKey]) -> None:
         for k in keys:
@@ -105,7 +115,8 @@ class WorkerPool:
     def run(self, batches: Iterable[Batch], on_result: Callable[[Batch, list[dict]], None],
             ready: Callable[[Batch], bool] | None = None,
             payload: Callable[[Batch], dict] | None = None,
-            on_idle: Callable[[], None] | None = None, idle_seconds: float = 1.0) -> None:
+            on_idle: Callable[[], None] | None = None, idle_seconds: float = 1.0,
+            needs: dict[str, int] | None = None) -> None:
         """Solve every batch; call ``on_result(batch, records)`` in the driver as each finishes.
 
         ``batches`` is consumed as work is handed out (a generator never has to exist as a list):
@@ -113,7 +124,10 @@ class WorkerPool:
         False (e.g. until the plans it starts from are solved; when no batch is ready and none
         runs, the first pending one goes anyway), and ``payload(batch)``, called as it is handed
         out, is passed to ``GWWorker.solve`` as ``warm``. ``on_idle()`` is called whenever
-        ``idle_seconds`` pass without any batch finishing.
+        ``idle_seconds`` pass without any batch finishing. ``needs`` counts the pairs of
+        ``batches`` that involve each checkpoint (updated here as batches finish): at 0 the
+        driver drops its references to that checkpoint's cost matrices and the object store
+        frees them, so a sweep holds the costs of the few checkpoints in progress, not all.
 
         Raises
         ------
@@ -167,6 +181,7 @@ class WorkerPool:
                     pending.insert(0, batch)
                 else:
                     del attempts[batch.index]
+                    self._finished(batch, needs)
                     on_result(batch, records)
 
     def _pinged(self, idx: int, ref) -> None:
