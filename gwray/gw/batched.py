@@ -30,7 +30,7 @@ from gwray.gw.device_assignment import KERNEL_LAUNCHES
 from gwray.gw.device_bounds import LayerData
 from gwray.gw.device_cg import Pairs
 from gwray.gw.device_portfolio import solve_batch
-from gwray.gw.device_starts import ALIGNED_ONLY, STARTS
+from gwray.gw.device_starts import start_names
 from gwray.gw.solver import GWResult
 
 __all__ = ["batched_gw", "plan_batch", "device_costs", "host_read", "HOST_READS"]
@@ -112,10 +112,11 @@ def plan_batch(n: int, m: int, device, budget_bytes: int | None = None, starts: 
 
     Per pair the engine holds one search-precision copy of C1 (the left factor of its matmuls;
     the other costs stay in per-layer stacks) and, per start, the gradient A and the matmul's
-    result, plus one start's gathered C2 rows: 4 (2 + 2 ``starts``) bytes per (i, j) in float32
-    (at least 36, the polish's and the bound's peak); ``dense`` plans (other weights, n ≠ m) add
-    the plan and Sinkhorn's work arrays, 12 bytes per start. Exact values and the bound's
-    float64 passes work in chunks of at most 1 GiB.
+    result, plus one start's gathered C2 rows: 4 (2 + 2 ``starts``) bytes per (i, j) in float32;
+    the polish of every end holds per end a copy of C1 and, in its CG, A, the gathered rows and
+    the matmul's result (16 bytes per start); the bound 36 at most; ``dense`` plans (other
+    weights, n ≠ m) add the plan and Sinkhorn's work arrays, 12 bytes per start. Exact values and
+    the bound's float64 passes work in chunks of at most 1 GiB.
 
     Parameters
     ----------
@@ -135,7 +136,7 @@ def plan_batch(n: int, m: int, device, budget_bytes: int | None = None, starts: 
             budget_bytes = int(0.7 * torch.cuda.mem_get_info(device)[0]) - (2 << 30)
         else:
             budget_bytes = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
-    per_pair = max(4 * (2 + 2 * starts) + (12 * starts if dense else 0), 36) * n * m
+    per_pair = max(4 * (2 + 2 * starts) + (12 * starts if dense else 0), 16 * starts, 36) * n * m
     return max(1, int(budget_bytes // per_pair))
 
 
@@ -158,11 +159,12 @@ def device_costs(layers, device, metric: str = "euclidean", normalize: str = "me
                                     name=f"layer {k}") for k, X in enumerate(layers)])
 
 
-def batched_gw(C1, C2, *, pairs=None, p=None, q=None, aligned: bool = True, starts=STARTS,
+def batched_gw(C1, C2, *, pairs=None, p=None, q=None, aligned: bool = True,
+               starts=("identity", "mixed", "product", "entropic", "random:auto"),
                max_iter: int = 200, tol: float = 1e-9, swap_rounds: int = 30, bound: bool = True,
                keep_coupling: bool = True, device=None, dtype=torch.float32, tf32: bool = True,
                batch_size: int | None = None, assignment_eps: float = 1e-5,
-               prune: float | None = None, layer_data=None) -> list[GWResult]:
+               prune: float | None = None, layer_data=None, seed: int = 0) -> list[GWResult]:
     """Square-loss GW for B pairs of equal sizes at once, every step on the device.
 
     Parameters
@@ -203,6 +205,8 @@ def batched_gw(C1, C2, *, pairs=None, p=None, q=None, aligned: bool = True, star
     assignment_eps : float
         The auction's final ε relative to the gradient's range / n (see
         :func:`gwray.gw.device_assignment.final_epsilon`).
+    seed : int
+        Seed of the random starts (the serial solver's: the same permutations for a pair).
     layer_data : (LayerData, LayerData), optional
         :class:`gwray.gw.device_bounds.LayerData` of C1's and C2's stacks, when the caller keeps
         it per layer (the bounds' sorted rows and spectra); computed here otherwise.
@@ -258,16 +262,9 @@ def batched_gw(C1, C2, *, pairs=None, p=None, q=None, aligned: bool = True, star
     p64, q64 = _weights(p, "p", B, n, device), _weights(q, "q", B, m, device)
     if aligned and (n != m or host_read((p64 - q64).abs().amax() > 1e-12)):
         raise GwrayInputError("aligned: the identity plan needs n == m and p == q; pass aligned=False")
-    starts = [starts] if isinstance(starts, str) else list(starts)
-    unknown = [s for s in starts if s not in STARTS]
-    if unknown or not starts:
-        raise GwrayInputError(f"starts: {unknown or starts!r} not a non-empty list of "
-                              "'identity', 'mixed' and 'product'")
-    # as the serial solver: identity first (it prunes the rest); identity and mixed are no
-    # couplings of unaligned samples
-    names = [s for s in STARTS if s in starts and (aligned or s not in ALIGNED_ONLY)] or ["product"]
     uniform = host_read(((p64 - 1.0 / n).abs().amax() <= 1e-12) & ((q64 - 1.0 / m).abs().amax() <= 1e-12))
     lap = uniform and n == m
+    names = start_names(starts, aligned, n, lap)
     size = batch_size or plan_batch(n, m, device, starts=len(names), dense=not lap)
     tf32_before = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32 and device.type == "cuda"
@@ -287,7 +284,7 @@ def batched_gw(C1, C2, *, pairs=None, p=None, q=None, aligned: bool = True, star
                 P = Pairs(*stacks, ia[sl], ib[sl], p64[sl], q64[sl], uniform, lap, host_read,
                           assignment_eps)
                 best, lb, ends = solve_batch(P, names, max_iter, tol, swap_rounds, bound, prune,
-                                             layer_data)
+                                             layer_data, seed)
                 n_ops = ops.count + KERNEL_LAUNCHES["count"] - before + (setup if lo == 0 else 0)
                 results += _results(best, lb, ends, lap, P, keep_coupling,
                                     time.perf_counter() - t1 + (t1 - t0 if lo == 0 else 0.0), n_ops)
@@ -322,7 +319,6 @@ def _results(best, lb, ends, lap, P, keep_coupling, seconds, n_ops) -> list[GWRe
     """GWResults from one batch's device tensors (each end read back once)."""
     B, n, m = P.B, P.n, P.m
     best_h, lb_h = host_read(best), host_read(lb)
-    names = [name for e in ends if isinstance(e.names, list) for name in e.names]
     winner, values, iters = [None] * B, [{} for _ in range(B)], [{} for _ in range(B)]
     linear, bids = np.zeros(B, np.int64), np.zeros(B, np.int64)
     won = np.full(B, np.inf)
@@ -331,15 +327,12 @@ def _results(best, lb, ends, lap, P, keep_coupling, seconds, n_ops) -> list[GWRe
         linear += host_read(e.linear).reshape(-1, B).sum(0)
         bids += host_read(e.bids).reshape(-1, B).sum(0)
         perm_h = host_read(e.perm) if lap else None
-        polish = not isinstance(e.names, list)
-        source = host_read(e.names) if polish else None
         for k in range(value_h.shape[0]):
-            b = k % B
-            if not np.isfinite(value_h[k]):  # a polish that found nothing lower, a screened start
+            b, name = k % B, e.names[k // B]
+            if not np.isfinite(value_h[k]):  # a screened start
                 continue
-            name = names[source[b]] if polish else e.names[k // B]
             values[b][name], iters[b][name] = float(value_h[k]), int(its_h[k])
-            if value_h[k] < won[b]:
+            if value_h[k] < won[b]:  # the first start wins ties, as the serial solver's
                 won[b] = value_h[k]
                 T, cols = None, perm_h[k].astype(np.int32) if perm_ok[k] else None
                 if keep_coupling and cols is not None:

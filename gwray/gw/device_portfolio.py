@@ -76,7 +76,7 @@ def _dense_of(P: Pairs, S: State, sel: torch.Tensor) -> torch.Tensor:
 
 
 def solve_batch(P: Pairs, names, max_iter: int, tol: float, swap_rounds: int, bound: bool,
-                prune: float | None, layer_data=None):
+                prune: float | None, layer_data=None, seed: int = 0):
     """The portfolio for the B pairs of ``P``.
 
     Returns
@@ -91,7 +91,7 @@ def solve_batch(P: Pairs, names, max_iter: int, tol: float, swap_rounds: int, bo
     ends = []
     for stage in stages:
         K = len(stage)
-        S = start_state(P, stage)
+        S = start_state(P, stage, seed)
         active = torch.ones(K * B, dtype=torch.bool, device=dev)
         cutoff = None
         if stage is not stages[0]:  # the O(n²) screen against the identity's end
@@ -111,8 +111,8 @@ def solve_batch(P: Pairs, names, max_iter: int, tol: float, swap_rounds: int, bo
         best = torch.minimum(best, end.value.view(K, B).amin(0))
         ends.append(end)
     if P.lap and swap_rounds > 0 and max_iter > 0:
-        ends.append(_polish_best(P, ends, best, max_iter, tol, swap_rounds))
-        best = torch.minimum(best, ends[-1].value)
+        _polish(P, ends, max_iter, tol, swap_rounds)
+        best = torch.stack([e.value.view(-1, B).amin(0) for e in ends]).amin(0)
     lb = torch.full((B,), math.nan, dtype=torch.float64, device=dev)
     if bound:
         lb = _lower_bound(P, layer_data).minimum(best)
@@ -133,49 +133,69 @@ def _lower_bound(P: Pairs, layer_data) -> torch.Tensor:
     return certified_tlb(C1, C2, P.p, P.q, dtype=P.dt) if uniform else slb(C1, C2, P.p, P.q)
 
 
-def _polish_best(P: Pairs, ends, best, max_iter, tol, swap_rounds) -> End:
-    """Swap search + CG from each pair's best end (when it is a permutation), alternated while
-    either improves (the serial ``_polish``); an end whose exact value is not lower is reported as
-    +inf, so it never wins. Its ``names`` hold each pair's winning start index (into the
-    concatenated names of the passes)."""
+def _polish(P: Pairs, ends, max_iter: int, tol: float, swap_rounds: int) -> None:
+    """Every end that is a permutation, polished (the serial solver's ``_polish``, for all of them
+    at once): swap search, then CG from the new permutation, repeated until the swap search finds
+    nothing (a CG that moves goes on from its permutation; one that does not, after a swap
+    search cut by its round limit, lets the search go on; one that leaves the permutations ends
+    the polish with its dense plan). A polished plan replaces its end in ``ends`` where its exact
+    value is lower, as the serial solver keeps the better plan by its exact value."""
     B, n, dev = P.B, P.n, P.C1.device
-    values = torch.cat([e.value.view(-1, B) for e in ends])  # (K_total, B)
-    k = values.argmin(0)  # the first start wins ties, as the serial solver's sort
-    flat = lambda name: torch.cat([getattr(e, name).view(-1, B) for e in ends])  # noqa: E731
-    pick = lambda t: t.gather(0, k[None]).squeeze(0)  # noqa: E731
-    is_perm = pick(flat("is_perm"))
-    perms = torch.cat([e.perm.view(-1, B, n) for e in ends])
-    perm = perms.gather(0, k[None, :, None].expand(1, B, n))[0]
-    perm = torch.where(is_perm[:, None], perm, torch.arange(n, device=dev))
-    S = State(P.times_c(perm), torch.full((B,), PERMUTATION, device=dev), perm0=perm)
-    # the winning end's auction prices warm-start the polish's CG (NaN: that end had none)
-    prices = torch.cat([e.prices.view(-1, B, n) for e in ends]).gather(0, k[None, :, None].expand(1, B, n))[0]
-    S.priced = ~prices.isnan().any(dim=1)
-    S.prices = torch.nan_to_num(prices, nan=0.0)
-    S.tA = S.A.gather(2, perm[:, :, None]).sum(dim=(1, 2), dtype=torch.float64) / n
-    eligible = is_perm.clone()
-    total_iters = torch.zeros(B, dtype=torch.long, device=dev)
-    for _ in range(20):  # the serial solver's alternations at most
-        if not P.read(eligible.any()):
+    flat = lambda name: torch.cat([getattr(e, name) for e in ends])  # noqa: E731
+    value, cur, prices = flat("value"), flat("perm").clone(), flat("prices")
+    pair = torch.arange(value.shape[0], device=dev) % B
+    eligible = flat("is_perm") & torch.isfinite(value)
+    touched = torch.zeros_like(eligible)
+    iters, linear, bids = (torch.zeros(value.shape[0], dtype=torch.long, device=dev) for _ in range(3))
+    dense = {}  # problem → (value, error, plan) of a polish that left the permutations
+    while True:
+        sel = P.read(eligible.nonzero())[:, 0]
+        if sel.size == 0:
             break
-        cols, changed = swap_search(P, S.perm, eligible, swap_rounds)
-        if not P.read(changed.any()):
+        sel = torch.as_tensor(sel, device=dev)
+        Q = P.subset(pair[sel])
+        cols, changed = swap_search(Q, cur[sel], torch.ones_like(sel, dtype=torch.bool), swap_rounds)
+        moved = P.read(changed.nonzero())[:, 0]
+        eligible.zero_()
+        if moved.size == 0:
             break
-        S.A = P.times_c(cols)  # only the changed pairs' A is read again (by their CG)
-        S.tA = torch.where(changed, S.A.gather(2, cols[:, :, None]).sum(dim=(1, 2), dtype=torch.float64) / n,
-                           S.tA)
-        S.perm = torch.where(changed[:, None], cols, S.perm)
-        S.perm0 = torch.where(changed[:, None], cols, S.perm0)
-        S.steps = [(c, torch.where(changed, 0.0, a)) for c, a in S.steps]
-        S.is_perm = S.is_perm | changed
-        S.last = S.perm
-        S.iters = torch.zeros_like(S.iters)
-        S = cg(P, S, changed, max_iter, tol)
-        total_iters += S.iters
-        # a pair polishes again only when CG moved it to another permutation
-        eligible = changed & S.is_perm & (S.perm != cols).any(dim=1)
-    end = exact_ends(P, S, ["polish"])
-    end.value = torch.where(is_perm & (end.value < best), end.value, math.inf)
-    end.names = k  # the start each pair's polish came from
-    end.iters = pick(flat("iters")) + total_iters
-    return end
+        moved = torch.as_tensor(moved, device=dev)
+        idx, Qm, start = sel[moved], Q.subset(moved), cols[moved]
+        del Q
+        S = State(Qm.times_c(start), torch.full((idx.shape[0],), PERMUTATION, device=dev), perm0=start)
+        S.tA = S.A.gather(2, start[:, :, None]).sum(dim=(1, 2), dtype=torch.float64) / n
+        S.priced = ~prices[idx].isnan().any(dim=1)  # the end's auction prices warm-start its CG
+        S.prices = torch.nan_to_num(prices[idx], nan=0.0)
+        S = cg(Qm, S, torch.ones_like(S.priced), max_iter, tol)
+        iters[idx] += S.iters
+        linear[idx] += S.linear
+        bids[idx] += S.bids
+        touched[idx] = True
+        cur[idx] = torch.where(S.is_perm[:, None], S.perm, start)
+        eligible[idx] = S.is_perm
+        prices[idx] = torch.where(S.priced[:, None], S.prices, prices[idx])
+        left = P.read((~S.is_perm).nonzero())[:, 0]
+        if left.size:  # CG left the permutations: the polish ends at its dense plan
+            lsel = torch.as_tensor(left, device=dev)
+            v, e, T = _dense_value(Qm, _dense_of(Qm, S, lsel), lsel)
+            dense |= {int(idx[k]): (v[j], e[j], T[j]) for j, k in enumerate(left)}
+    polished = torch.full_like(value, math.inf)
+    if P.read(touched.any()):
+        polished = torch.where(touched, permutation_value(P.Ca, P.Cb, P.ia[pair], P.ib[pair], cur), polished)
+    for k, (v, _, _) in dense.items():
+        polished[k] = v
+    better = polished < value
+    better_h = P.read(better) if dense else None
+    lo = 0
+    for e in ends:  # each end keeps the better of its CG end and its polish
+        hi = lo + e.value.shape[0]
+        b = better[lo:hi]
+        e.value = torch.where(b, polished[lo:hi], e.value)
+        e.perm = torch.where(b[:, None], cur[lo:hi], e.perm)
+        e.iters = e.iters + torch.where(b, iters[lo:hi], 0)
+        e.linear, e.bids = e.linear + linear[lo:hi], e.bids + bids[lo:hi]
+        e.err = torch.where(b, 0.0, e.err)
+        for k, (_, err, T) in dense.items():
+            if lo <= k < hi and better_h[k]:  # a polish that ended at a dense plan
+                e.is_perm[k - lo], e.err[k - lo], e.dense[k - lo] = False, err, T
+        lo = hi

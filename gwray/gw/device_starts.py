@@ -3,22 +3,79 @@ plans for every pair of a batch, one block of problems per start, and the O(n²)
 screen of :func:`gwray.gw.problem.cg`."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from gwray.gw.device_assignment import auction, round_plan
 from gwray.gw.device_cg import MIXED, PERMUTATION, PRODUCT, Pairs, State, line_search
+from gwray.gw.device_entropic import entropic_plans
 
-STARTS = ("identity", "mixed", "product")
+STARTS = ("identity", "mixed", "product", "entropic", "random:K", "random:auto")
 ALIGNED_ONLY = ("identity", "mixed")
+# the serial entropic start's schedule (ε from 5e-3 to 1.25e-4 of s = (pᵀC1p)(qᵀC2q) in 30
+# geometric steps, 5 more at the last, ≤ 30 Sinkhorn sweeps a step) and random:auto's count
+ENTROPIC = {"eps_range": (5e-3, 1.25e-4), "steps": 30, "tail": 5, "iters": 30}
 
 
-def start_state(P: Pairs, names) -> State:
+def auto_random(n: int) -> int:
+    """How many random starts "random:auto" runs at n: 24 up to n = 256, then 24 (256/n)³."""
+    return 24 if n <= 256 else int(round(24 * (256 / n) ** 3))
+
+
+def start_names(starts, aligned: bool, n: int, lap: bool) -> list[str]:
+    """The device batch's starts in the serial solver's order (the identity first, then as
+    given), "random:K" / "random:auto" expanded to "random:0" … (permutation problems only: the
+    serial solver's random vertices of a general transport polytope need an exact EMD); the
+    identity and mixed starts only for aligned samples, the product standing in for none.
+
+    Raises
+    ------
+    GwrayInputError
+        A start that is none of :data:`STARTS` (one line naming it).
+    """
+    from gwray.errors import GwrayInputError
+
+    names = []
+    for s in [starts] if isinstance(starts, str) else list(starts):
+        k = s.split(":", 1)[1] if isinstance(s, str) and s.startswith("random:") else None
+        if k is not None and (k == "auto" or (k.isdigit() and int(k) >= 1)):
+            names += [f"random:{r}" for r in range(auto_random(n) if k == "auto" else int(k))] if lap else []
+        elif s in ("identity", "mixed", "product", "entropic"):
+            names += [] if s in names or (s in ALIGNED_ONLY and not aligned) else [s]
+        else:
+            raise GwrayInputError(f"starts: {s!r} is not one of 'identity', 'mixed', 'product', "
+                                  "'entropic', 'random:K', 'random:auto'")
+    names.sort(key=lambda s: s != "identity")
+    return names or ["product"]
+
+
+def _permutation_starts(P: Pairs, names, seed: int, entropic: dict | None) -> dict:
+    """The starts of ``names`` that are permutations given up front, {name: (B, n) long}: the
+    entropic plan's nearest vertex (the auction maximising ⟨T, P_σ⟩: by the last steps the plan is
+    nearly one, as the serial start's exact assignment), and "random:r", the r-th
+    ``numpy.random.default_rng(seed).permutation(n)`` of every pair — the serial solver's draws."""
+    out, dev = {}, P.C1.device
+    if "entropic" in names:
+        out["entropic"] = auction(entropic_plans(P, **entropic), P.rel)[0]
+    randoms = [s for s in names if s.startswith("random:")]
+    if randoms:
+        rng = np.random.default_rng(seed)
+        draws = torch.as_tensor(np.stack([rng.permutation(P.n) for _ in randoms]), device=dev)
+        out |= {name: draws[r].expand(P.B, P.n) for r, name in enumerate(randoms)}
+    return out
+
+
+def start_state(P: Pairs, names, seed: int = 0, entropic: dict = ENTROPIC) -> State:
     """One state holding the plans of the starts ``names`` (in that order) for every pair: problem
     s·B + b is start ``names[s]`` of pair b, with A = C1 T C2.
 
     "identity" is diag(p) (the permutation plan of the identity when uniform, n = m); "mixed" is
     ½ diag(p) + ½ p qᵀ (its A is half the identity's plus a rank-one term: no second matmul);
     "product" is p qᵀ, whose gradient is rank one, so its first vertex (the two eccentricity
-    orders paired) is known without an assignment."""
+    orders paired) is known without an assignment; "entropic" the entropic-GW plan
+    (:mod:`gwray.gw.device_entropic`, parameters ``entropic``) — its nearest vertex for
+    permutation problems, rounded to a coupling otherwise; "random:r" a random permutation
+    (permutation problems only)."""
     B, n, dt, dev = P.B, P.n, P.dt, P.C1.device
     K = len(names)
     p, q = P.p.to(dt), P.q.to(dt)
@@ -28,8 +85,12 @@ def start_state(P: Pairs, names) -> State:
     if any(s in ALIGNED_ONLY for s in names):
         ident = (P.times_c(torch.arange(n, device=dev).expand(B, n)) if P.lap
                  else torch.bmm(P.C1 * p[:, None, :], P.Xb[P.ib]))
+    given = _permutation_starts(P, names, seed, entropic) if P.lap else {}
+    dense = ({"entropic": round_plan(entropic_plans(P, **entropic), P.p, P.q).to(dt)}
+             if not P.lap and "entropic" in names else {})
     A = torch.empty(K * B, n, P.m, dtype=dt, device=dev)
     kind = torch.empty(K * B, dtype=torch.long, device=dev)
+    perm0 = torch.arange(n, device=dev).repeat(K, 1).repeat_interleave(B, 0) if P.lap else None
     for s, name in enumerate(names):
         blk = slice(s * B, (s + 1) * B)
         if name == "identity":
@@ -37,6 +98,11 @@ def start_state(P: Pairs, names) -> State:
         elif name == "mixed":  # in place: no n² temporaries
             A[blk].copy_(ident).mul_(0.5).addcmul_(u[:, :, None], v[:, None, :], value=0.5)
             kind[blk] = MIXED
+        elif name in given:
+            perm0[blk] = given[name]
+            A[blk], kind[blk] = P.times_c(given[name]), PERMUTATION
+        elif name in dense:
+            A[blk], kind[blk] = P.times_dense(dense[name]), PRODUCT  # (kind: only read for permutations)
         else:
             torch.mul(u[:, :, None], v[:, None, :], out=A[blk])
             kind[blk] = PRODUCT
@@ -44,31 +110,34 @@ def start_state(P: Pairs, names) -> State:
         T = torch.empty_like(A)
         for s, name in enumerate(names):
             blk = T[s * B:(s + 1) * B]
+            if name in dense:
+                blk.copy_(dense[name])
+                continue
             torch.mul(p[:, :, None], q[:, None, :], out=blk)
             if name in ALIGNED_ONLY:  # diag(p), or ½ diag(p) + ½ p qᵀ
                 half = 0.5 if name == "mixed" else 0.0
                 blk.mul_(half).diagonal(dim1=1, dim2=2).add_((1.0 - half) * p)
         S = State(A, kind, T=T)
     else:
-        ar = torch.arange(n, device=dev).expand(K * B, n)
         first = torch.empty(K * B, n, dtype=torch.long, device=dev)
         has_first = kind == PRODUCT
         if "product" in names:
             s = list(names).index("product")
             first[s * B:(s + 1) * B].scatter_(1, u.argsort(dim=1), v.argsort(dim=1))
-        S = State(A, kind, perm0=ar.contiguous(), first=first, has_first=has_first)
-        S.last = torch.where(S.is_perm[:, None], ar, -1)
-    S.tA = (_start_inner(P, S, names) if P.lap else (S.T * A).sum(dim=(1, 2), dtype=torch.float64))
+        S = State(A, kind, perm0=perm0, first=first, has_first=has_first)
+        S.last = torch.where(S.is_perm[:, None], perm0, -1)
+    S.tA = (_start_inner(P, S) if P.lap else (S.T * A).sum(dim=(1, 2), dtype=torch.float64))
     return S
 
 
-def _start_inner(P: Pairs, S: State, names) -> torch.Tensor:
-    """⟨T, A⟩ of the implicit start plans (float64): the diagonal sum for the identity, A's total
-    for the product (T = 11ᵀ/n²), half of each for the mixed start."""
+def _start_inner(P: Pairs, S: State) -> torch.Tensor:
+    """⟨T, A⟩ of the implicit start plans (float64): A along the permutation for permutation
+    starts, A's total for the product (T = 11ᵀ/n²), half the identity's and half the product's
+    for the mixed start."""
     n = P.n
-    diag = S.A.diagonal(dim1=1, dim2=2).sum(1, dtype=torch.float64) / n
+    along = S.A.gather(2, S.perm0[:, :, None]).sum(dim=(1, 2), dtype=torch.float64) / n
     total = S.A.sum(dim=(1, 2), dtype=torch.float64) / n ** 2
-    return torch.where(S.kind == PERMUTATION, diag, torch.where(S.kind == MIXED, 0.5 * (diag + total), total))
+    return torch.where(S.kind == PERMUTATION, along, torch.where(S.kind == MIXED, 0.5 * (along + total), total))
 
 
 def first_step_value(P: Pairs, S: State) -> torch.Tensor:

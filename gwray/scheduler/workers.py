@@ -33,8 +33,8 @@ from gwray.scheduler.plan import Batch, LayerKey
 if TYPE_CHECKING:
     from gwray.gw.warm import WarmState
 
-# The starts batched_gw runs on the device; the others ("random:K", "entropic") are serial-only.
-BATCHED_STARTS = ("identity", "mixed", "product")
+# The starts batched_gw runs on the device (every named start; given plans are serial-only).
+BATCHED_STARTS = ("identity", "mixed", "product", "entropic")
 
 LOST = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError,
          ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError)
@@ -248,7 +248,7 @@ class GWWorker:
         at = {k: i for i, k in enumerate(keys)}
         stack = torch.stack([costs[k] for k in keys]).to(_device())
         data = LayerData.cat([self._layer_data(k, costs[k]) for k in keys])
-        starts = [s for s in self.starts if s in BATCHED_STARTS] or ["product"]
+        starts = [s for s in self.starts if s in BATCHED_STARTS or s.startswith("random:")] or ["product"]
         out = {}
         for al in (True, False):
             tasks = [t for t in batch.tasks if ((t.checkpoint_a, t.checkpoint_b) in self.aligned) == al]
