@@ -33,7 +33,6 @@ from gwray.storage import Location
 
 
 
-
 class _Say:
     """Progress lines on stderr, stamped with the seconds since the run started."""
 
@@ -205,8 +204,8 @@ class _Run:
             self.say(f"pairs: resuming ({why}), the pairs already solved are kept")
         elif not cleared:
             self.say(f"pairs: {why}")
-        pairs.child(MADE_WITH).write_json({"solve": solve, "activations": {**(made or {}).get(
-            "activations", {}), **acts} if kept else acts})
+        recorded = {**made["activations"], **acts} if kept else acts  # other checkpoints' pairs stay valid
+        pairs.child(MADE_WITH).write_json({"solve": solve, "activations": recorded})
         self.ray()
         self.say(f"pairs: GW of every layer pair on {self.cfg.resources.workers} workers")
         run_pairs(self.cfg, store, self.loc, progress=self.say.enabled, checkpoints=ids, records=False,
