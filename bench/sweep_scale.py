@@ -26,7 +26,7 @@ The runs of 3 and 4 find their groups without the null model (``graph.null_draws
 takes minutes for 100 checkpoints of 80 layers and is not what they measure).
 
 Usage: python bench/sweep_scale.py [--checkpoints 100] [--layers 80] [--n 16] [--workers 2]
-                                   [--batch-pairs 32] [--nodes 2] [--phases 1234] [--out DIR]
+                                   [--batch-pairs 8] [--nodes 2] [--phases 1234] [--out DIR]
                                    [--json FILE]
        python bench/sweep_scale.py --small     (6 × 12: what tests/test_sweep_scale.py runs)
 """
@@ -442,7 +442,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--layers", type=int, default=80)
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--batch-pairs", type=int, default=32)
+    ap.add_argument("--batch-pairs", type=int, default=8, help="resources.batch_pairs (its default)")
     ap.add_argument("--nodes", type=int, default=2, help="nodes of the simulated cluster")
     ap.add_argument("--phases", default="1234",
                     help="which of 1-4 to run (2-4 without 1 reuse the finished run in --out)")
