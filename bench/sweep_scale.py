@@ -5,12 +5,13 @@ layers; each checkpoint a small random step away from the previous one, as in tr
 n-row probe, then runs the real ``gwray compare`` (``compare.cross: consecutive``: K L (L − 1) / 2
 within pairs plus (K − 1) L² cross pairs) as a subprocess on the embedded Ray, watched from
 outside (its stderr, /proc). At tiny n the solver is cheap, so what is measured is everything
-around it. Prints:
+around it (at tiny n the cost matrices are small enough for Ray to pass inline, so the object
+store stays nearly empty; ``--n 128`` puts them in it). Prints:
 
 1. the pairs stage: wall, solver-seconds (the ``seconds`` of the pair records), wall beyond
    solver-seconds / workers a pair (target ≤ 1 ms), the driver's CPU-seconds a pair (it never
-   solves), driver peak RSS (VmHWM; target ≤ 2 GiB), object-store peak (the raylet's resident
-   shared memory), files in ``pairs/`` (target ≤ ⌊pairs / 5000⌋ + 1), every pair exactly once;
+   solves), driver peak RSS (VmHWM; target ≤ 2 GiB), object-store peak (Ray's plasma use,
+   sampled every 5 s in the driver), files in ``pairs/`` (target ≤ ⌊pairs / 5000⌋ + 1), every pair exactly once;
 2. a no-op rerun of the finished sweep (target ≤ 30 s), the assembly alone, the report's size
    (target ≤ 10 MiB) and the milliseconds until its slider moves the matrix in headless Chromium
    (target ≤ 2,000; Debian's ``chromium``); what ``gwray plan`` said about the storage;
@@ -85,27 +86,51 @@ def make_sweep(root: Path, checkpoints: int, layers: int, n: int, workers: int, 
     return root / "sweep.yaml"
 
 
+LAUNCH = """
+import os, re, sys, threading, time
+def sample(path):  # the object store's use, as Ray reports it, every 5 s; the peak to a file
+    import ray
+    from ray._private.internal_api import memory_summary
+    peak = -1
+    while True:
+        time.sleep(5)
+        try:
+            where = ray.is_initialized() and ray.get_runtime_context().gcs_address  # this run's Ray
+            m = where and re.search(r"Plasma memory usage (\\d+) MiB",
+                                    memory_summary(address=where, stats_only=True))
+        except Exception:
+            continue
+        if m and int(m[1]) > peak:
+            peak = int(m[1])
+            with open(path, "w") as f:
+                f.write(str(peak))
+threading.Thread(target=sample, args=(os.environ["GWRAY_BENCH_STORE"],), daemon=True).start()
+from gwray.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+"""The driver: ``gwray.cli`` itself, plus a thread that samples the object store (Ray's
+``memory_summary``; across all nodes on a cluster)."""
+
+
 class Driver:
     """``gwray compare`` as a subprocess in its own session (the embedded Ray's processes join
-    it), watched: stderr lines with their arrival times, and every 0.5 s the driver's peak RSS
-    (VmHWM), CPU-seconds and the session's Ray processes (raylet shared memory = object store
-    pages in use, their CPU-seconds)."""
+    it), watched: stderr lines with their arrival times, every 0.5 s the driver's peak RSS
+    (VmHWM) and CPU-seconds, and the object store's peak use (:data:`LAUNCH`)."""
 
     def __init__(self, config: Path, out: Path, env: dict | None = None, address: str | None = None,
-                 raylets: list[int] = (), sets: list[str] = ()):
-        cmd = [sys.executable, "-m", "gwray.cli", "compare", str(config), "--out", str(out),
+                 sets: list[str] = ()):
+        cmd = [sys.executable, "-c", LAUNCH, "compare", str(config), "--out", str(out),
                *(a for kv in sets for a in ("--set", kv))]
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
+        self.store_file = Path(tempfile.mkstemp(prefix="gwray-store-")[1])
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0",
+               "GWRAY_BENCH_STORE": str(self.store_file), **(env or {})}
         if address:
             env["RAY_ADDRESS"] = address
         self.t0 = time.perf_counter()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                                      start_new_session=True)
         self.lines: list[tuple] = []  # (seconds since start, line, driver CPU-s, driver peak RSS)
-        self.peak_rss = self.store_peak = 0
-        self.cpu = 0.0
-        self.others: dict[int, float] = {}  # pid → CPU-seconds of the session's other processes
-        self.raylets = list(raylets)  # a cluster's raylets, outside the driver's session
+        self.peak_rss, self.cpu = 0, 0.0
         self._readers = [threading.Thread(target=self._read, args=(s,), daemon=True)
                          for s in (self.proc.stderr, self.proc.stdout)]
         for r in self._readers:
@@ -128,25 +153,22 @@ class Driver:
             time.sleep(0.5)
 
     def _sample_once(self) -> None:
-        tick = os.sysconf("SC_CLK_TCK")
-        for pid in _session(self.proc.pid) + self.raylets:
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                comm = Path(f"/proc/{pid}/comm").read_text().strip()
-            except OSError:
-                continue
-            cpu = (int(stat[11]) + int(stat[12])) / tick
-            kib = {k: int(v.split()[0]) for k, v in re.findall(r"^(\w+):\s+(\d+ kB)", status, re.M)}
-            if pid == self.proc.pid:
-                self.peak_rss, self.cpu = max(self.peak_rss, kib.get("VmHWM", 0) * 1024), cpu
-            else:
-                self.others[pid] = cpu
-                if comm == "raylet":
-                    self.store_peak = max(self.store_peak, kib.get("RssShmem", 0) * 1024)
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+            stat = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return
+        self.cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+        hwm = re.search(r"VmHWM:\s+(\d+) kB", status)  # absent once the process has exited
+        self.peak_rss = max(self.peak_rss, int(hwm[1]) * 1024 if hwm else 0)
 
     def wait(self) -> int:
+        """The exit status, once the driver and what it left of its session are gone;
+        ``store_peak`` then holds the largest object-store use sampled, in bytes."""
         rc = self.proc.wait()
+        text = self.store_file.read_text().strip()
+        self.store_file.unlink()
+        self.store_peak = max(int(text), 0) * 2**20 if text else 0
         for r in self._readers:
             r.join(timeout=10)
         kill_session(self.proc.pid)
@@ -343,7 +365,7 @@ def phase_full(config: Path, root: Path) -> dict:
     print(f"   wall beyond solver-s / workers: {f['beyond_ms']:.3f} ms a pair (target <= 1)")
     print(f"   driver: {f['driver_cpu_ms']:.3f} CPU-ms a pair, peak RSS {_mib(st['driver_peak_pairs'])} "
           f"by the end of the pairs stage, {_mib(f['driver_peak_rss'])} in all (target <= 2048 MiB); "
-          f"object store peak (raylet shared memory) {_mib(f['store_peak'])}")
+          f"object store peak {_mib(f['store_peak'])}")
     print(f"   pairs/: {st['files']} files (target <= {f['file_bound']}); missing {f['missing']}, "
           f"twice {f['twice']}; whole command {f['total_wall']:.1f} s (stages, s: {f['stages']})",
           flush=True)
@@ -416,11 +438,9 @@ def phase_cluster(config: Path, root: Path, ref: dict, nodes: int, workers: int)
 
     cluster = start_cluster(nodes, workers)
     try:
-        raylets = [n.all_processes["raylet"][0].process.pid for n in cluster.list_all_nodes()]
         out = root / "cluster"
         copy_inputs(root / "full", out)
-        d = run_compare(config, out, address=cluster.address, raylets=raylets,
-                        sets=["resources.pair_file_rows=0", *LATER])
+        d = run_compare(config, out, address=cluster.address, sets=["resources.pair_file_rows=0", *LATER])
     finally:
         ray.shutdown()
         cluster.shutdown()

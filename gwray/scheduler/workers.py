@@ -150,7 +150,9 @@ class GWWorker:
             held |= {k: self._build_on_device(k) for k in missing}
         elif missing:
             try:
-                held |= dict(zip(missing, ray.get([refs[k] for k in missing])))
+                # copies: ray.get's arrays are views of the object store, and a cached view would
+                # pin the matrix there after the driver released it (a sweep's costs would pile up)
+                held |= {k: np.array(C) for k, C in zip(missing, ray.get([refs[k] for k in missing]))}
             except LOST as exc:
                 raise CostUnavailable(missing) from exc
         for k in missing:
