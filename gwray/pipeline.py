@@ -243,10 +243,11 @@ class _Run:
 
 def _find_groups(cfg: RunConfig, gw: dict, layers: dict, store, say: _Say) -> dict:
     """communities.json: groups per checkpoint and method (each tested against depth
-    drift, k = 1 when not significant), stability with boundary confidences and GW resampling
+    drift, k = 1 when not significant, with the jump the test would have detected), stability with boundary confidences and GW resampling
     intervals, baselines (CKA, RSA, ... as (L, L) lists, on the same activations), and how group
     boundaries move between checkpoints."""
     from gwray.graph.communities import find_subnetworks
+    from gwray.graph.power import POWER_DRAWS, detectable_jump
     from gwray.graph.stability import AUTO_BUDGET, resamples_for, stability
     from gwray.gw.baselines import baseline_matrices
 
@@ -282,6 +283,11 @@ def _find_groups(cfg: RunConfig, gw: dict, layers: dict, store, say: _Say) -> di
                 f"above {AUTO_BUDGET:,} pairs × samples²; set it to an integer to compute them)")
         out["checkpoints"][ckpt] = (found.to_dict() if method == "all" else
                                     {"methods": {method: found.to_dict()}, "agreement": {}})
+        entry = out["checkpoints"][ckpt]["methods"][main]
+        if entry["k"] == 1 and entry["candidate"] and (entry["test"] or {}).get("p_value") is not None:
+            # what the test could have seen: the jump across the candidate's boundaries it detects
+            entry["power"] = detectable_jump(D, entry["candidate"]["labels"], method=main, alpha=g.alpha,
+                                             n_null=min(g.null_draws, POWER_DRAWS))
     # Boundaries: the first layer of each group after the first, in depth order; movement: which
     # boundaries appear and disappear from one checkpoint to the next.
     bounds = {}

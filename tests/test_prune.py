@@ -133,6 +133,9 @@ def test_bi_and_angular_equal_their_definitions(minilm_dir):
     bi = [1 - cos(h[i][real], h[i + 1][real]).mean() for i in range(3)]
     np.testing.assert_allclose(got["bi"], bi, rtol=1e-6, atol=1e-12)
     assert got["bi"][1] == pytest.approx(0.0, abs=1e-12) and got["tokens"] == real.sum()
+    for i in range(4):  # mean pooling over each text's real tokens, of the raw stream
+        want = (h[i] * real[..., None]).sum(1) / real.sum(1)[:, None]
+        np.testing.assert_allclose(got["mean"][i], want, rtol=1e-6, atol=1e-9)
     rows = np.arange(len(TEXTS))
     for n in (1, 2, 3):
         want = [np.mean(np.arccos(np.clip(cos(h[l][rows, last], h[l + n][rows, last]), -1, 1))) / np.pi

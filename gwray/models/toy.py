@@ -7,7 +7,13 @@ Two tasks train on a CPU in minutes:
   (the composed target from step 0) and ``curriculum`` (the first part of training targets the
   inner operation (a + b) mod p, then the composed target; ``restart_schedule`` gives each stage
   its own optimiser and learning-rate schedule).
-- ``digits``: scikit-learn's bundled 8x8 digits images (offline), 10 classes.
+- ``digits``: scikit-learn's bundled 8x8 digits images (offline), 10 classes; ``arch="cnn"``
+  trains a residual CNN on them as 8x8 images instead of the MLP.
+
+``val_fraction`` carves a validation split out of the training split (for choosing
+hyper-parameters without touching the test split, which probes and reports use).
+:func:`planted_net` builds, without training, a net whose layers fall into two known regimes:
+the positive control of the block-structure test and the second net of ``gwray demo``.
 
 A checkpoint is a directory with ``toy.json`` (task, architecture, hyper-parameters, step, data
 split seed) and ``model.safetensors``. :func:`load_toy` rebuilds the module from it and returns
@@ -29,72 +35,11 @@ from torch import nn
 
 from gwray.errors import GwrayInputError
 from gwray.models.weights import open_weights
+from gwray.models.toy_nets import ResidualCNN, ResidualMLP, planted_net, planted_probe  # noqa: F401 - re-exported
 
 TASKS = ("modular", "digits")
 STRATEGIES = ("joint", "curriculum")
-
-
-class Embed(nn.Module):
-    """Maps raw inputs to the residual stream: token embeddings (modular) or a linear map (digits).
-
-    Input (n, 3) integer tokens or (n, n_features) floats; output (n, width).
-    """
-
-    def __init__(self, n_inputs: int, width: int, vocab: int | None):
-        super().__init__()
-        self.vocab = vocab
-        if vocab:
-            self.tokens = nn.Embedding(vocab, width)
-            self.position = nn.Parameter(torch.zeros(n_inputs, width))
-            self.proj = nn.Linear(n_inputs * width, width)
-        else:
-            self.proj = nn.Linear(n_inputs, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.vocab:
-            e = self.tokens(x.long()) + self.position
-            return self.proj(e.flatten(1))
-        return self.proj(x.to(self.proj.weight.dtype))
-
-
-class Block(nn.Module):
-    """Pre-norm residual MLP block: x + W2 gelu(W1 LN(x)); (n, width) -> (n, width)."""
-
-    def __init__(self, width: int, hidden: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(width)
-        self.fc1 = nn.Linear(width, hidden)
-        self.fc2 = nn.Linear(hidden, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm(x))))
-
-
-class ResidualMLP(nn.Module):
-    """Embed -> ``depth`` residual blocks -> LayerNorm + linear head; (n, ...) -> (n, n_classes) logits."""
-
-    def __init__(self, n_inputs: int, n_classes: int, width: int, depth: int, hidden: int,
-                 vocab: int | None = None):
-        super().__init__()
-        self.embed = Embed(n_inputs, width, vocab)
-        self.blocks = nn.ModuleList(Block(width, hidden) for _ in range(depth))
-        self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, n_classes))
-
-    @property
-    def layer_names(self) -> list[str]:
-        return ["embed"] + [f"blocks.{i}" for i in range(len(self.blocks))]
-
-    def hidden_states(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Residual stream after ``embed`` and after each block: depth + 1 tensors (n, width)."""
-        h = self.embed(x)
-        states = [h]
-        for block in self.blocks:
-            h = block(h)
-            states.append(h)
-        return states
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.hidden_states(x)[-1])
+ARCHS = ("mlp", "cnn")
 
 
 def task_data(meta: dict) -> dict:
@@ -104,7 +49,9 @@ def task_data(meta: dict) -> dict:
     -------
     dict
         ``x_train`` (N, 3) int64 or (N, 64) float32, ``y_train`` (N,) int64, ``x_test``, ``y_test``;
-        for ``modular`` also ``inner_train`` / ``inner_test`` = (a + b) mod p.
+        for ``modular`` also ``inner_train`` / ``inner_test`` = (a + b) mod p. With
+        ``meta["val_fraction"]`` > 0 (a share of all samples, taken from the training split) also
+        ``x_val``, ``y_val`` (and ``inner_val``); the test split does not change.
     """
     rng = np.random.default_rng(meta["data_seed"])
     if meta["task"] == "modular":
@@ -125,10 +72,15 @@ def task_data(meta: dict) -> dict:
         raise GwrayInputError(f"toy task {meta['task']!r}: unknown (expected one of {', '.join(TASKS)})")
     order = rng.permutation(len(y))
     n_train = int(round(meta["train_fraction"] * len(y)))
-    tr, te = order[:n_train], order[n_train:]
-    out = {"x_train": x[tr], "y_train": y[tr], "x_test": x[te], "y_test": y[te]}
-    for k, v in extra.items():
-        out[f"{k}_train"], out[f"{k}_test"] = v[tr], v[te]
+    n_val = int(round(meta.get("val_fraction", 0.0) * len(y)))
+    splits = {"train": order[:n_train - n_val], "test": order[n_train:]}
+    if n_val:
+        splits["val"] = order[n_train - n_val:n_train]
+    out = {}
+    for name, rows in splits.items():
+        out[f"x_{name}"], out[f"y_{name}"] = x[rows], y[rows]
+        for k, v in extra.items():
+            out[f"{k}_{name}"] = v[rows]
     return out
 
 
@@ -138,17 +90,24 @@ def default_meta(task: str, **overrides) -> dict:
         raise GwrayInputError(f"toy task {task!r}: unknown (expected one of {', '.join(TASKS)})")
     meta = {"task": task, "strategy": "joint", "depth": 12, "hidden": 256, "seed": 0, "data_seed": 0,
             "batch_size": 256, "lr": 1e-3, "weight_decay": 0.1, "curriculum_fraction": 0.3, "step": 0,
-            "restart_schedule": False}
+            "restart_schedule": False, "arch": "mlp", "val_fraction": 0.0}
     if task == "modular":
         meta.update(p=13, width=128, train_fraction=0.8, steps=3000, n_inputs=3, n_classes=13,
                     weight_decay=1.0)  # strong decay: held-out accuracy 0.87 -> 0.99 (joint)
     else:
         meta.update(width=64, hidden=128, train_fraction=0.7, steps=1500, n_inputs=64, n_classes=10,
                     weight_decay=0.01)
-    unknown = set(overrides) - set(meta) - {"p"}
+    unknown = set(overrides) - set(meta) - {"p", "stages", "stage_blocks"}
     if unknown:
         raise GwrayInputError(f"toy hyper-parameter {sorted(unknown)[0]!r}: unknown")
+    if overrides.get("arch") == "cnn":  # width = channels of the first stage; depth counts transitions
+        stages, per = overrides.get("stages", 2), overrides.get("stage_blocks", 4)
+        meta.update(stages=stages, stage_blocks=per, depth=stages * per + stages - 1, width=16, hidden=0)
     meta.update(overrides)
+    if meta["arch"] not in ARCHS or (meta["arch"] == "cnn" and task != "digits"):
+        raise GwrayInputError(f"toy arch {meta['arch']!r}: expected 'mlp', or 'cnn' for the digits task")
+    if not 0.0 <= meta["val_fraction"] < meta["train_fraction"]:
+        raise GwrayInputError(f"toy val_fraction {meta['val_fraction']!r}: must be in [0, train_fraction)")
     if meta["strategy"] not in STRATEGIES:
         raise GwrayInputError(f"toy strategy {meta['strategy']!r}: unknown (expected joint or curriculum)")
     if meta["strategy"] == "curriculum" and task != "modular":
@@ -158,9 +117,12 @@ def default_meta(task: str, **overrides) -> dict:
     return meta
 
 
-def build_model(meta: dict) -> ResidualMLP:
-    """An untrained :class:`ResidualMLP` for ``meta`` (seeded by ``meta['seed']``)."""
+def build_model(meta: dict) -> ResidualMLP | ResidualCNN:
+    """An untrained :class:`ResidualMLP` (or :class:`ResidualCNN`) for ``meta`` (seeded by ``meta['seed']``)."""
     torch.manual_seed(meta["seed"])
+    if meta.get("arch") == "cnn":
+        return ResidualCNN(int(round(meta["n_inputs"] ** 0.5)), meta["n_classes"], meta["width"],
+                           meta["stages"], meta["stage_blocks"])
     return ResidualMLP(meta["n_inputs"], meta["n_classes"], meta["width"], meta["depth"], meta["hidden"],
                        vocab=meta["p"] if meta["task"] == "modular" else None)
 
@@ -195,7 +157,7 @@ def read_meta(path) -> dict:
     return meta
 
 
-def load_toy(path, device=None) -> tuple[ResidualMLP, list[str]]:
+def load_toy(path, device=None) -> tuple[ResidualMLP | ResidualCNN, list[str]]:
     """Rebuild a toy checkpoint: ``(module in eval mode, [layer names])``.
 
     Parameters

@@ -78,11 +78,14 @@ def probe_scores(model: nn.Module, family: Family, tokenizer, texts: list[str], 
     dict
         ``bi``: (L,) float64 Block Influence over every real token (see :mod:`gwray.prune.scores`);
         ``last``: list of L + 1 (m, d) float64 arrays, each text's last real token;
-        ``tokens``: number of tokens the BI mean runs over.
+        ``mean``: list of L + 1 (m, d) float64 arrays, each text's mean over its real tokens
+        (gwray's ``pooling: mean`` of the same states); ``tokens``: number of tokens the BI mean
+        runs over.
     """
     base = base_model(model, family)
     n_blocks = family.n_blocks(base)
-    cos_sum, n_tok, last = np.zeros(n_blocks), 0, [[] for _ in range(n_blocks + 1)]
+    cos_sum, n_tok = np.zeros(n_blocks), 0
+    last, mean = [[] for _ in range(n_blocks + 1)], [[] for _ in range(n_blocks + 1)]
     device = next(model.parameters()).device
     for start in range(0, len(texts), batch_size):
         enc = tokenize(tokenizer, texts[start:start + batch_size], max_tokens)
@@ -92,14 +95,18 @@ def probe_scores(model: nn.Module, family: Family, tokenizer, texts: list[str], 
         rows = torch.arange(mask.shape[0], device=device)
         hidden = family.embed(base, ids, mask)
         ctx = family.context(base, hidden, mask)
+        weights = (mask / mask.sum(1, keepdim=True)).double()[..., None]
         last[0].append(hidden[rows, at].double().cpu().numpy())
+        mean[0].append((hidden.double() * weights).sum(1).cpu().numpy())
         for i in range(n_blocks):
             out = family.run_block(base, i, hidden, ctx)
             cos_sum[i] += cosine_rows(hidden[real].double().cpu().numpy(), out[real].double().cpu().numpy()).sum()
             last[i + 1].append(out[rows, at].double().cpu().numpy())
+            mean[i + 1].append((out.double() * weights).sum(1).cpu().numpy())
             hidden = out
         n_tok += int(real.sum())
-    return {"bi": 1.0 - cos_sum / n_tok, "last": [np.concatenate(x) for x in last], "tokens": n_tok}
+    return {"bi": 1.0 - cos_sum / n_tok, "last": [np.concatenate(x) for x in last],
+            "mean": [np.concatenate(x) for x in mean], "tokens": n_tok}
 
 
 def drop_blocks(model: nn.Module, family: Family, blocks) -> nn.Module:

@@ -15,7 +15,7 @@ import numpy as np
 from gwray.report.figures import MEANING, UNCERTAIN
 from gwray.report.interactive import sweep_section
 from gwray.report.rundir import RunData, solver_quality
-from gwray.report.summary import headline
+from gwray.report.summary import headline, power_sentence
 
 SUMMARY_LINES = 4
 """Checkpoints whose one-line summary is listed; earlier ones are folded away (and named)."""
@@ -114,14 +114,21 @@ def _boundaries_table(res: dict) -> str:
     return out
 
 
-def _stability(st: dict | None) -> str:
+def _stability(st: dict | None, res: dict) -> str:
     if not st:
         return ("<p class='meta'>Stability not computed (<code>stability.resamples: auto</code> "
                 "skips large runs; set an integer &gt; 0 to recompute the matrix on random subsets "
                 "of the probe).</p>")
-    return (f"<p>On {st.get('resamples')} random subsets of {_num(st.get('fraction'), '{:.0%}')} of the "
-            f"probe ({st.get('n_rows')} samples each), the grouping matched the full-data one with mean "
-            f"ARI <b>{_num(st.get('mean_ari'))}</b> (min {_num(st.get('min_ari'))}).</p>")
+    where = (f"On {st.get('resamples')} random subsets of {_num(st.get('fraction'), '{:.0%}')} of the probe "
+             f"({st.get('n_rows')} samples each)")
+    cand = res.get("candidate")
+    if res["k"] == 1 and cand:  # the resamples were compared with the partition the test rejected
+        return (f"<p>{where}, the <b>rejected candidate</b> ({cand['k']} groups) recurred with mean ARI "
+                f"<b>{_num(st.get('mean_ari'))}</b> (min {_num(st.get('min_ari'))}). This measures where the "
+                f"candidate would cut, not whether the cuts are real: the test above could not tell them "
+                f"from depth drift, so a high ARI here does not make them sub-networks.</p>")
+    return (f"<p>{where}, the grouping matched the full-data one with mean ARI "
+            f"<b>{_num(st.get('mean_ari'))}</b> (min {_num(st.get('min_ari'))}).</p>")
 
 
 def _baselines_key(kinds: list[str]) -> str:
@@ -146,6 +153,8 @@ def _summary_line(data: RunData, ckpt: str) -> str:
     line = escape(headline(r))
     if r["k"] > 1:
         line += ": " + "; ".join(describe_group(g, r["names"]) for g in r["groups"])
+    elif text := power_sentence(r):
+        line += ". " + escape(text[0].upper() + text[1:])
     flag = "" if r["contiguous"] else " <span class='warn'>— some groups are not contiguous in depth</span>"
     return f"<li><b>{escape(ckpt)}</b>: {line}{flag}</li>"
 
@@ -253,7 +262,7 @@ def render_html(data: RunData, images: dict, color) -> str:
                 out += [f"<details><summary>groups found by {escape(m)}</summary>",
                         _groups_table(r, color), "</details>"]
         st = (data.communities.get("stability") or {}).get(ckpt)
-        out += ["<h3>Stability</h3>", _stability(st)]
+        out += ["<h3>Stability</h3>", _stability(st, data.result(ckpt))]
         if imgs.get("coassignment"):
             out.append(_img(imgs["coassignment"], f"co-assignment of {ckpt}"))
         quality = solver_quality(data, ckpt)

@@ -51,6 +51,23 @@ def headline(res: dict) -> str:
     return f"{res['k']} groups ({verdict}), {_boundaries(res.get('boundaries') or [])}"
 
 
+def power_sentence(res: dict) -> str:
+    """What a k = 1 answer could have seen (its ``power`` entry, :func:`gwray.graph.power.detectable_jump`);
+    "" when there is none."""
+    pw = res.get("power")
+    if res.get("k") != 1 or not pw or not pw.get("tried"):
+        return ""
+    L = len(res["names"])
+    if pw["jump"] is None:
+        return (f"the test has little power here: even a jump of {pw['tried'][-1]:g}× the median "
+                f"layer-to-layer distance across the candidate's boundaries was not detected at this "
+                f"depth ({L} layers) and noise")
+    return (f"what the test could have seen: the candidate's boundaries, had each been a jump of "
+            f"≥ {pw['jump']:g}× the median layer-to-layer distance ({pw['jump'] * pw['unit']:.3g}), would "
+            f"have been detected at α = {pw['alpha']:g} at this depth ({L} layers) and noise; smaller "
+            f"steps between groups read as depth drift")
+
+
 def run_summary(result) -> dict:
     """The JSON summary of a finished run.
 
@@ -64,7 +81,8 @@ def run_summary(result) -> dict:
         ``run_directory``, ``report``, ``method`` and ``checkpoints``: [{``id``, ``layers`` (count),
         ``k``, ``significant``, ``p_value``, ``alpha``, ``groups`` (layer ranges as text),
         ``boundaries`` [{after, index, confidence}], ``candidate`` ({k, groups, boundaries} or
-        None), ``headline``}] in training order.
+        None), ``headline``, ``power`` (:func:`power_sentence` for k = 1, else None)}] in
+        training order; ``name`` is the run's name.
     """
     comm = result.communities
     method = comm["method"]
@@ -80,9 +98,9 @@ def run_summary(result) -> dict:
             "candidate": None if not cand else {
                 "k": cand["k"], "groups": [_group_range(g, res["names"]) for g in cand["groups"]],
                 "boundaries": cand["boundaries"]},
-            "headline": headline(res)})
-    return {"run_directory": str(result.out), "report": result.report, "method": method,
-            "checkpoints": out}
+            "headline": headline(res), "power": power_sentence(res) or None})
+    return {"name": result.config.name, "run_directory": str(result.out), "report": result.report,
+            "method": method, "checkpoints": out}
 
 
 def format_summary(summary: dict, as_json: bool = False) -> str:
@@ -94,6 +112,8 @@ def format_summary(summary: dict, as_json: bool = False) -> str:
         lines.append(f"{c['id']} ({c['layers']} layers, {summary['method']}): {c['headline']}")
         if c["k"] > 1:
             lines += [f"  group {g + 1}: {text}" for g, text in enumerate(c["groups"])]
+        if c.get("power"):
+            lines.append(f"  {c['power']}")
     lines.append(f"run directory: {summary['run_directory']}")
     if summary["report"] is not None:
         lines.append(f"report: {summary['report']}")
