@@ -375,7 +375,7 @@ def phase_full(config: Path, root: Path) -> dict:
 def phase_rerun(config: Path, root: Path, ref: dict) -> dict:
     """2. A no-op rerun, the assembly alone, the report, what `gwray plan` said."""
     from gwray.config import load_config
-    from gwray.scheduler.results import assemble_matrices
+    from gwray.scheduler.assembly import assemble_matrices
     from gwray.sizing import size_run
 
     done, fig = root / "full", {}

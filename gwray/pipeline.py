@@ -167,7 +167,8 @@ class _Run:
     def pairs(self, store) -> None:
         from gwray.scheduler import plan_for, run_pairs
         from gwray.scheduler.compaction import PairSink
-        from gwray.scheduler.results import assemble_matrices, done_pairs
+        from gwray.scheduler.assembly import assemble_matrices
+        from gwray.scheduler.results import done_pairs
 
         acts = self.info["stages"]["activations"]  # gw.baselines: no GW, the communities stage
         solve = _key(self.cfg.costs.model_dump(), self.cfg.gw.model_dump(exclude={"baselines"}))
@@ -246,6 +247,8 @@ def _find_groups(cfg: RunConfig, gw: dict, layers: dict, store, say: _Say) -> di
     drift, k = 1 when not significant, with the jump the test would have detected), stability with boundary confidences and GW resampling
     intervals, baselines (CKA, RSA, ... as (L, L) lists, on the same activations), and how group
     boundaries move between checkpoints."""
+    from tqdm.auto import tqdm
+
     from gwray.graph.communities import find_subnetworks
     from gwray.graph.power import POWER_DRAWS, detectable_jump
     from gwray.graph.stability import AUTO_BUDGET, resamples_for, stability
@@ -254,7 +257,9 @@ def _find_groups(cfg: RunConfig, gw: dict, layers: dict, store, say: _Say) -> di
     method, costs, g = cfg.graph.method, dict(metric=cfg.costs.metric, normalize=cfg.costs.normalize), cfg.graph
     main = "contiguous" if method == "all" else method  # whose boundaries the summary follows
     out: dict = {"method": main, "checkpoints": {}, "stability": {}, "baselines": {}}
-    for ckpt, D in gw.items():
+    # a sweep's 100 checkpoints of 80 layers take minutes (the test of each against depth drift)
+    for ckpt, D in tqdm(gw.items(), desc="groups", unit="checkpoint", file=sys.stderr,
+                        disable=not say.enabled or len(gw) < 2):
         n_rows = len(store.sample_ids(ckpt))
         found = find_subnetworks(D, method=method, k=g.k, names=layers[ckpt], alpha=g.alpha,
                                  n_null=g.null_draws, n_samples=n_rows)

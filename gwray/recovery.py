@@ -60,7 +60,7 @@ def matrices_damage(loc: Location, layers: dict, plan) -> str | None:
         Checkpoint id → layer names (run.json's ``layers``).
     plan : gwray.scheduler.plan.Plan
     """
-    from gwray.scheduler.results import matrix_files
+    from gwray.scheduler.assembly import matrix_files
 
     try:
         read_matrices(loc, layers)

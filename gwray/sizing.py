@@ -190,7 +190,8 @@ def _output_bytes(cfg: RunConfig, plan, rows: int) -> tuple[int, int]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from gwray.scheduler.results import MATRIX_SCHEMA, records_table
+    from gwray.scheduler.assembly import MATRIX_SCHEMA
+    from gwray.scheduler.results import records_table
 
     def parquet_bytes(table) -> int:
         buf = io.BytesIO()

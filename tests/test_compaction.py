@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 from gwray.scheduler import compaction
+from gwray.scheduler.assembly import assemble_matrices
 from gwray.scheduler.compaction import PairSink
 from gwray.scheduler.plan import plan_pairs
-from gwray.scheduler.results import (COMPACTED_PREFIX, PART_PREFIX, assemble_matrices, done_pairs,
+from gwray.scheduler.results import (COMPACTED_PREFIX, PART_PREFIX, done_pairs,
                                      load_records, pairs_dir, replaced_by, row_keys)
 
 PLAN = plan_pairs({"s0": [f"L{i}" for i in range(6)], "s1": [f"L{i}" for i in range(6)]}, "consecutive")
