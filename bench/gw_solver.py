@@ -23,9 +23,14 @@ aligned=True; each layer's bound data is charged once per layer). Targets: ours 
 variant on 100 % of pairs, total CPU time ≥ 3× below POT's mixed start, a lower bound on every
 pair. Activations are cached in --cache (default /tmp/gwray-bench-cache).
 
+``--wide`` (see ``bench/gw_wide.py``): per real pair, the default's gap to a wide search, the
+invariance of unaligned solves, then ``--large``'s table at ``--speed-sizes``.
+
 Usage: python bench/gw_solver.py [--quick] [--sizes 256 512 1024] [--layers 6] [--minilm-n 512]
                                  [--blas-threads 1]
        python bench/gw_solver.py --large [--sizes 2048 4096] [--pairs 2 1] [--cache DIR]
+       python bench/gw_solver.py --wide [--sizes 128 256 512] [--wide-pairs 21] [--random 30]
+                                 [--speed-sizes 2048 4096]
 """
 from __future__ import annotations
 
@@ -185,18 +190,30 @@ def real_layer_sets(n: int, cache: str) -> list[tuple[str, list[np.ndarray]]]:
             np.save(path, np.stack(layers))
     if path.exists():
         out.append((f"all-MiniLM-L6-v2 on english.txt, n={n}", list(np.load(path))))
-    path = Path(cache) / "toy-modular-p17.npy"  # all 4,913 inputs, held-out ones first
+    # all 4,913 inputs, held-out ones first
+    states = toy_states(Path(cache) / "toy-modular-p17.npy",
+                        toy.default_meta("modular", p=17, depth=8, steps=1500))
+    out.append((f"toy residual net (modular p=17, depth 8), n={n}",
+                [X[:n].astype(np.float64) for X in states]))
+    return out
+
+
+def toy_states(path, meta: dict) -> np.ndarray:
+    """Hidden states (L, N, width) of a toy net trained per ``meta`` on every input of its task,
+    held-out inputs first (cached at ``path``)."""
+    import torch
+
+    from gwray.models import toy
+
     if not path.exists():
-        meta = toy.default_meta("modular", p=17, depth=8, steps=1500)
+        torch.set_num_threads(1)
         data = toy.task_data(meta)
         model = toy.fit(toy.build_model(meta), data["x_train"], data["y_train"], steps=meta["steps"],
                         lr=meta["lr"], weight_decay=meta["weight_decay"], batch_size=meta["batch_size"])
         x = torch.as_tensor(np.concatenate([data["x_test"], data["x_train"]]))
         with torch.no_grad():
             np.save(path, np.stack([h.numpy() for h in model.hidden_states(x)]))
-    out.append((f"toy residual net (modular p=17, depth 8), n={n}",
-                [X[:n].astype(np.float64) for X in np.load(path)]))
-    return out
+    return np.load(path)
 
 
 def exact_gw(C1: np.ndarray, C2: np.ndarray, T: np.ndarray) -> float:
@@ -290,6 +307,8 @@ def run_large(args) -> None:
     sets = []
     for n, k in zip(args.sizes, args.pairs + [args.pairs[-1]] * len(args.sizes)):
         for title, layers in real_layer_sets(n, args.cache):
+            if args.set and args.set not in title:
+                continue
             L = len(layers)
             # neighbours, the most distant pair, then the rest of the chain: k of them
             pairs = [(L - 2, L - 1), (0, L - 1)] + [(a, a + 1) for a in range(L - 2)]
@@ -318,14 +337,32 @@ def main() -> None:
                     help="--large: POT entropic ε at full size (the tuning line shows smaller ε "
                          "cost 20-60x more at n=512 for values still far above ours)")
     ap.add_argument("--no-tuning", action="store_true", help="--large: skip the ε tuning line")
+    ap.add_argument("--set", default="", help="--large: only the layer sets whose title has this "
+                    "text (e.g. MiniLM, toy)")
     ap.add_argument("--cache", default="/tmp/gwray-bench-cache", help="--large: activation cache")
+    ap.add_argument("--wide", action="store_true",
+                    help="the default against a wide search on real pairs, invariance, speed table")
+    ap.add_argument("--wide-pairs", type=int, default=21, help="--wide: pairs per layer set")
+    ap.add_argument("--random", type=int, default=30, help="--wide: random starts per wide search")
+    ap.add_argument("--speed-sizes", type=int, nargs="*", default=[2048, 4096],
+                    help="--wide: then --large's table at these sizes (none: skip it)")
     args = ap.parse_args()
     from threadpoolctl import threadpool_limits
 
     if args.large and args.sizes == [256, 512, 1024]:
         args.sizes = [2048, 4096]
     with threadpool_limits(limits=args.blas_threads, user_api="blas"):
-        run_large(args) if args.large else run_all(args)
+        if args.wide:
+            from gw_wide import run_wide
+
+            if args.sizes == [256, 512, 1024]:
+                args.sizes = [128, 256, 512]
+            run_wide(args)
+            if args.speed_sizes:
+                args.sizes = args.speed_sizes
+                run_large(args)
+        else:
+            run_large(args) if args.large else run_all(args)
 
 
 def run_all(args) -> None:

@@ -73,7 +73,7 @@ class CostsConfig(_Section):
 
 
 class GWConfig(_Section):
-    starts: list[str] = ["identity", "mixed", "product"]
+    starts: list[str] = ["identity", "mixed", "product", "entropic", "random:auto"]
     max_iter: int = Field(200, ge=1)
     tol: float = Field(1e-9, ge=0)
     baselines: list[Literal["cka", "rsa", "identity"]] = []

@@ -46,6 +46,36 @@ def minilm_dir() -> Path:
     return Path(pkg.get_model_path())
 
 
+@pytest.fixture(scope="session")
+def minilm_costs_of(minilm_dir):
+    """Factory: ``minilm_costs_of(n)`` is the list of (n, n) Euclidean cost matrices (mean
+    normalised) of the 7 hidden states of the packaged all-MiniLM-L6-v2, mean-pooled over the
+    real tokens of the first n built-in sentences (``gwray/data/english.txt``); cached per n."""
+    import numpy as np
+    import torch
+    import transformers as tf
+
+    import gwray
+    from gwray.gw.costs import cost_matrix
+
+    cache: dict[int, list] = {}
+
+    def make(n: int) -> list:
+        if n not in cache:
+            text = (Path(gwray.__file__).parent / "data" / "english.txt").read_text().splitlines()
+            tok = tf.AutoTokenizer.from_pretrained(minilm_dir)
+            model = tf.AutoModel.from_pretrained(minilm_dir).eval()
+            enc = tok(text[:n], padding=True, truncation=True, max_length=48, return_tensors="pt")
+            with torch.no_grad():
+                states = model(**enc, output_hidden_states=True).hidden_states
+            mask = enc["attention_mask"][:, :, None].double()
+            cache[n] = [np.asarray(cost_matrix((h.double() * mask).sum(1) / mask.sum(1)))
+                        for h in states]
+        return cache[n]
+
+    return make
+
+
 def _tiny_config(family: str, layers: int, hidden: int, vocab: int):
     import transformers as tf
 

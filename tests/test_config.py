@@ -8,7 +8,8 @@ def test_three_line_config_gets_defaults(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("name: x\nmodel:\n  path: minilm\n")
     cfg = load_config(p)
-    assert cfg.gw.starts == ["identity", "mixed", "product"] and cfg.costs.normalize == "mean"
+    assert cfg.gw.starts == ["identity", "mixed", "product", "entropic", "random:auto"]
+    assert cfg.costs.normalize == "mean"
     assert cfg.probe.n_samples is None and cfg.graph.k == "auto"  # None: whole probe, at most 1024
 
 

@@ -135,23 +135,9 @@ def test_eigen_bound_beats_tlb_on_structured_pairs_and_refuses_n_ne_m():
 
 
 @pytest.fixture(scope="module")
-def minilm_costs(minilm_dir):
+def minilm_costs(minilm_costs_of):
     """Costs of the 7 hidden states of the packaged all-MiniLM-L6-v2 on 48 built-in sentences."""
-    from pathlib import Path
-
-    import torch
-    import transformers as tf
-
-    import gwray
-
-    text = (Path(gwray.__file__).parent / "data" / "english.txt").read_text().splitlines()[:48]
-    tok = tf.AutoTokenizer.from_pretrained(minilm_dir)
-    model = tf.AutoModel.from_pretrained(minilm_dir).eval()
-    enc = tok(text, padding=True, truncation=True, max_length=48, return_tensors="pt")
-    with torch.no_grad():
-        states = model(**enc, output_hidden_states=True).hidden_states
-    mask = enc["attention_mask"][:, :, None].double()
-    return [cost_matrix((h.double() * mask).sum(1) / mask.sum(1)) for h in states]
+    return minilm_costs_of(48)
 
 
 def test_bounds_below_values_on_real_minilm_pairs(minilm_costs):

@@ -214,7 +214,7 @@ def test_starts_and_result_fields():
     assert r.total_iterations >= r.iterations >= 0 and r.solver == "cg-lap"
     rec = r.record()
     assert set(rec) == {"gw", "lower_bound", "init", "iterations", "marginal_error", "seconds", "n",
-                        "solver"}
+                        "solver", "runner_up_gap"}
     assert rec["n"] == 25 and isinstance(rec["gw"], float) and isinstance(rec["init"], str)
     # an infeasible warm start (e.g. from an entropic solver) is rounded to an exact coupling
     T0 = torch.tensor(rng.random((25, 25)))

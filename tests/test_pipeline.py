@@ -76,6 +76,12 @@ def test_load_run_matches_pairwise_gw_on_stored_activations(tiny_run):
     ref = pairwise_gw(layers, metric=cfg.costs.metric, normalize=cfg.costs.normalize, aligned=True,
                       starts=tuple(cfg.gw.starts), max_iter=cfg.gw.max_iter, tol=cfg.gw.tol)
     np.testing.assert_allclose(back.matrix, np.asarray(ref), rtol=1e-6, atol=1e-10)
+    # the per-pair quality signal is stored in pairs/ and read back with the records
+    names = back.layers["main"]
+    stored = {(r["layer_a"], r["layer_b"]): r["runner_up_gap"] for r in back.pairs.to_pylist()}
+    solved = {(names[r["i"]], names[r["j"]]): r["runner_up_gap"] for r in ref.records}
+    assert stored.keys() == solved.keys()
+    np.testing.assert_allclose([stored[k] for k in solved], list(solved.values()), rtol=1e-6, atol=1e-9)
 
 
 def test_rerun_does_no_gw_work(tiny_run, monkeypatch):

@@ -6,6 +6,7 @@ import pytest
 from gwray.errors import GwrayInputError
 from gwray.gw.costs import cost_matrix
 from gwray.gw.solver import gromov_wasserstein
+from gwray.gw.starts import DEFAULT_STARTS
 
 
 def _layers(n=48, seed=0, moved=0.0):
@@ -97,12 +98,18 @@ def test_pruning_rule_skips_far_starts_until_the_pair_drifts():
     assert skipped == 1 and after.start_ends["product"] == pytest.approx(1.5 - 3.0 * 0.1)
     after.value = after.value / 1.1  # and again: 1.2 - 0.3 <= keep, so the product runs
     r, last, skipped = warm_gw(C1, C2, after, aligned=True, starts=["identity", "product"],
-                               keep=1.03, drift=3.0)
+                               keep=1.03, drift=3.0, polish=1)
     assert skipped == 0 and "product" in r.start_values
-    # its end was not polished (far above the best): credited the most a swap search gains
+    # with polish=1 (the warm plan's end and the best CG end) its end was not polished:
+    # credited the most a swap search gains
     assert "product" not in r.polished and "identity" in r.polished
     assert last.start_ends["product"] == pytest.approx(
         r.start_values["product"] / POLISH_GAIN / r.value)
+    # by default every end is polished: the product's ratio is its polished end's
+    r, last, _ = warm_gw(C1, C2, after, aligned=True, starts=["identity", "product"], keep=1.03,
+                         drift=3.0)
+    assert "product" in r.polished
+    assert last.start_ends["product"] == pytest.approx(r.start_values["product"] / r.value)
 
 
 def test_duals_are_dropped_once_the_pair_drifted_far(monkeypatch):
@@ -214,7 +221,7 @@ def test_warm_and_cold_sweeps_agree_and_plans_are_reused(sweeps):
     for key, st in states.items():
         assert sorted(st.plan.tolist()) == list(range(N)) and st.value == w[key]
         assert st.duals.shape == st.bound_duals.shape == (N,)
-        assert set(st.start_ends) <= {"identity", "mixed", "product"} and st.start_ends
+        assert set(st.start_ends) <= set(DEFAULT_STARTS) and st.start_ends
     assert not load_states(root / "cold", set(c))  # no state columns without warm starts
 
 

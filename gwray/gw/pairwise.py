@@ -15,6 +15,7 @@ from gwray.errors import GwrayInputError
 from gwray.gw.bounds import layer_summary
 from gwray.gw.costs import check_cost, cost_matrix
 from gwray.gw.solver import gromov_wasserstein
+from gwray.gw.starts import DEFAULT_STARTS
 
 
 @dataclass
@@ -40,7 +41,7 @@ class PairwiseGW:
 
 
 def pairwise_gw(layers, *, precomputed: bool = False, metric: str = "euclidean",
-                normalize: str = "mean", aligned: bool = True, starts=("identity", "mixed", "product"),
+                normalize: str = "mean", aligned: bool = True, starts=DEFAULT_STARTS,
                 max_iter: int = 200, tol: float = 1e-9, progress: bool = False,
                 **solver_kwargs) -> PairwiseGW:
     """GW distances between all pairs of layers.

@@ -25,7 +25,8 @@ from gwray.gw.bounds import (LayerSummary, _is_uniform, _weights, assignment_bou
 from gwray.gw.costs import check_cost
 from gwray.gw.local_search import swap_search
 from gwray.gw.problem import Problem, cg
-from gwray.gw.starts import ALIGNED_ONLY, as_permutation, iter_starts
+from gwray.gw.starts import (ALIGNED_ONLY, DEFAULT_STARTS, as_permutation, expand_auto,
+                             iter_starts)
 
 
 @dataclass
@@ -72,6 +73,12 @@ class GWResult:
         The device engine's counters (:func:`gwray.gw.batched.batched_gw`; 0 for the serial
         solver): the pair's linear steps (auction calls), the auction's bids per linear step
         (mean), and the operations its device batch dispatched (torch ops and kernel launches).
+    runner_up_gap : float
+        How settled the value is, next to the lower bound: (v₂ − value) / value, where v₂ is the
+        lowest final value of any *other* start (after its polish): 0 when a second start
+        reached the same value, large when one start alone found it (a wider search may then
+        find lower); NaN when one start ran. Any engine that runs a portfolio of starts fills it
+        the same way.
     """
 
     value: float
@@ -93,23 +100,26 @@ class GWResult:
     linear_steps: int = 0
     rounds: float = 0.0
     device_ops: int = 0
+    runner_up_gap: float = float("nan")
 
     def record(self) -> dict:
-        """DESIGN.md's pair-record fields (gw, lower_bound, init, iterations, ..., n, solver)."""
+        """DESIGN.md's pair-record fields (gw, lower_bound, init, iterations, ..., n, solver,
+        runner_up_gap)."""
         return {"gw": float(self.value), "lower_bound": float(self.lower_bound), "init": self.init,
                 "iterations": int(self.iterations), "marginal_error": float(self.marginal_error),
-                "seconds": float(self.seconds), "n": int(self.n), "solver": self.solver}
+                "seconds": float(self.seconds), "n": int(self.n), "solver": self.solver,
+                "runner_up_gap": float(self.runner_up_gap)}
 
 
 
 _BLAS: ThreadpoolController | None = None
-_POLISH_WITHIN = 2.0  # polish starts whose CG value is within 2x the best value so far
+_POLISH_WITHIN = 2.0  # polish=k: polish starts whose CG value is within 2x the best value
 _EXACT_WITHIN = 1.01  # a non-permutation end this close to the best gets its exact value
 
 
 def _polish(P: Problem, perm, A, max_iter: int, tol: float, swap_rounds: int):
-    """Alternate swap search and CG from the permutation ``perm`` (A = C1 T C2 of its plan) while
-    either improves.
+    """Alternate swap search and CG from the permutation ``perm`` (A = C1 T C2 of its plan) until
+    the permutation is both swap-stable and CG-stationary.
 
     Returns (T, permutation or None, iterations) or None when the swap search finds nothing."""
     its, out = 0, None
@@ -122,16 +132,17 @@ def _polish(P: Problem, perm, A, max_iter: int, tol: float, swap_rounds: int):
         T, A, _, k, after = cg(P, None, P.perm_gradient(perm, W), max_iter, tol, perm=perm)
         its += k
         out = (T, after, its)
-        if after is None or np.array_equal(after, perm):
+        if after is None:
             return out
-        perm = after
-        W = A[:, perm] * P.n
+        if not np.array_equal(after, perm):  # CG moved: W of its permutation (no matmul)
+            perm, W = after, A[:, after] * P.n
+        # else the swap search stopped at its round limit, not at a swap-stable plan: go on
 
 
 def gromov_wasserstein(C1, C2, p=None, q=None, *, aligned: bool = False,
-                       starts=("identity", "mixed", "product"), max_iter: int = 200, tol: float = 1e-9,
+                       starts=DEFAULT_STARTS, max_iter: int = 200, tol: float = 1e-9,
                        keep_coupling: bool = True, seed: int = 0, bound: bool = True,
-                       swap_rounds: int = 30, prune: float | None = None, polish: int = 1,
+                       swap_rounds: int = 30, prune: float | None = None, polish: int | None = None,
                        blas_threads: int | None = 1, search_dtype: str = "float32",
                        layer_data: tuple[LayerSummary, LayerSummary] | None = None,
                        duals=None, bound_duals=None) -> GWResult:
@@ -150,28 +161,31 @@ def gromov_wasserstein(C1, C2, p=None, q=None, *, aligned: bool = False,
         used as a start (needs n = m and p = q).
     starts : sequence
         Any of "identity" and "mixed" (½ identity + ½ product, POT users' near-identity start;
-        both only used when ``aligned``), "product", "random:K" (K random vertices), "entropic"
-        (entropic GW, rounded to feasibility), (n, m) arrays (warm-start couplings, rounded to
-        feasibility) and (n,) integer permutations ``i -> s[i]`` (a permutation plan, n = m; e.g.
-        a previous result's ``permutation``); given starts are named "given", "given:1", ... in
-        order and run first (then "identity"). The best final plan wins.
+        both only used when ``aligned``), "product", "random:K" (K random vertices),
+        "random:auto" (:func:`gwray.gw.starts.auto_random` random vertices: 24 up to n = 256,
+        none from n = 1,024), "entropic" (entropic GW by ε-scaling, rounded to a vertex: it finds
+        distant layers' basins without alignment), (n, m) arrays (warm-start couplings, rounded
+        to feasibility) and (n,) integer permutations ``i -> s[i]`` (a permutation plan, n = m;
+        e.g. a previous result's ``permutation``); given starts are named "given", "given:1",
+        ... in order and run first (then "identity"). The best final plan wins.
     max_iter, tol : int, float
         Per start: at most ``max_iter`` CG iterations; stop when the objective decreases by less
         than ``tol`` (absolute) or ``tol`` relative to its value, as POT does.
     keep_coupling, seed, bound : bool, int, bool
         Return the (n, m) plan; seed of the random starts; compute the lower bound.
     swap_rounds : int
-        Uniform weights, n = m: the ``polish`` best CG ends (permutations within 2x the best) get
-        up to this many rounds of pairwise-swap local search, then CG resumes (repeated while
-        either improves); 0 turns it off (plain CG, as POT).
+        Uniform weights, n = m: each polished CG end (a permutation) gets rounds of pairwise-swap
+        local search, up to this many before CG resumes, alternating until the plan is both
+        swap-stable and CG-stationary; 0 turns it off (plain CG, as POT).
     prune : float or None
         Abandon a start whose first step (O(n²), no matmul) ends above ``prune`` × the best CG end
         so far. None (default) runs every start's CG to convergence: on a trained toy net's
         neighbouring layers the product start begins 10x above the identity's end and ends 15 %
         below it, so no first-step screen is safe.
-    polish : int
-        How many of the best CG ends the swap search polishes (the screen: every start's CG is
-        cheap next to a swap search at large n).
+    polish : int or None
+        None (default): the swap search polishes every start's CG end (starts that ended at the
+        same permutation share one search). k: only the k best CG ends within 2x the best (a
+        screen that can skip the end that would win after polishing).
     blas_threads : int or None
         BLAS threads during the solve. 1 (default) suits Ray workers that own one core each and
         loaded machines (a 2-thread 256² matmul measured 95 ms vs 0.5 ms single-threaded under
@@ -214,6 +228,15 @@ def gromov_wasserstein(C1, C2, p=None, q=None, *, aligned: bool = False,
         return _solve(*args)
 
 
+def runner_up_gap(values: dict, winner: str) -> float:
+    """:attr:`GWResult.runner_up_gap` from each start's final value (``start_values``)."""
+    others = [v for k, v in values.items() if k != winner]
+    if not others:
+        return float("nan")
+    best = values[winner]
+    return (min(others) - best) / best if best > 0 else 0.0  # GW >= 0: a zero value is optimal
+
+
 def _lower_bound(P: Problem, layer_data, bound_duals):
     """(max(TLB, eigenvalue bound), the TLB assignment's column duals or None) — the eigenvalue
     bound and the duals only for uniform weights and n = m."""
@@ -249,7 +272,7 @@ def _solve(C1, C2, p, q, aligned, starts, max_iter, tol, keep_coupling, seed, bo
         raise GwrayInputError("aligned=True needs p == q (the identity coupling must be feasible)")
     if max_iter < 0:
         raise GwrayInputError(f"max_iter must be >= 0, got {max_iter}")
-    if polish < 0:
+    if polish is not None and polish < 0:
         raise GwrayInputError(f"polish must be >= 0, got {polish}")
     P = Problem(A1, A2, p, q, dtype)
     if P.lap and duals is not None:
@@ -259,8 +282,10 @@ def _solve(C1, C2, p, q, aligned, starts, max_iter, tol, keep_coupling, seed, bo
     starts = [starts] if isinstance(starts, str) or hasattr(starts, "shape") else list(starts)
     if not starts:
         raise GwrayInputError("starts is empty: name at least one start (e.g. 'product')")
+    starts = expand_auto(starts, P.n)
     if not aligned:  # identity and mixed are no couplings of unaligned samples; product stands in
-        starts = [s for s in starts if not (isinstance(s, str) and s in ALIGNED_ONLY)] or ["product"]
+        starts = [s for s in starts if not (isinstance(s, str) and s in ALIGNED_ONLY)]
+    starts = starts or ["product"]
     # given plans (warm starts: their first assignment is the one ``duals`` are closest to) run
     # first, then the identity, the strongest named start on aligned layers: their values prune
     starts.sort(key=lambda s: 0 if not isinstance(s, str) else 1 if s == "identity" else 2)
@@ -274,15 +299,16 @@ def _solve(C1, C2, p, q, aligned, starts, max_iter, tol, keep_coupling, seed, bo
         values[start], best = v, min(best, v)
         ends.append([v, start, k, T0, A, perm])
     ends.sort(key=lambda e: e[0])
-    # the screen: the swap search, the costly part at large n, polishes only the best CG ends
-    # (swaps lower a CG end by up to ~10 % on layer pairs, so a far worse end cannot win)
+    # every end is polished by default: a CG end's rank says little about its polish's (on MiniLM
+    # and toy-net pairs the end that won after polishing was not the best CG end on 8 of 21 and
+    # 14 of 60 pairs, n = 256); ``polish=k`` polishes the k best CG ends within 2x the best
     names = []  # the starts polished
     if swap_rounds > 0 and max_iter > 0:
         polished = []  # (CG end, its polish): starts that ended at the same permutation (a warm
         # plan and the start it came from, often) share one swap search
-        for end in ends[:polish]:
+        for end in ends if polish is None else ends[:polish]:
             v, start, k, _, A, perm = end
-            if perm is None or v > _POLISH_WITHIN * ends[0][0]:
+            if perm is None or (polish is not None and v > _POLISH_WITHIN * ends[0][0]):
                 continue
             twin = [out for other, out in polished if np.array_equal(perm, other)]
             names.append(start)
@@ -302,6 +328,7 @@ def _solve(C1, C2, p, q, aligned, starts, max_iter, tol, keep_coupling, seed, bo
         lb, bound_duals = _lower_bound(P, layer_data, bound_duals)
         lb = min(max(lb, 0.0), value)
     return GWResult(value=value, lower_bound=lb, coupling=T if keep_coupling else None, init=name,
+                    runner_up_gap=runner_up_gap(values, name),
                     iterations=its, marginal_error=P.marginal_error(T),
                     seconds=time.perf_counter() - t0, solver="cg-lap" if P.lap else "cg-emd",
                     n=P.n, m=P.m, start_values=values, total_iterations=total,

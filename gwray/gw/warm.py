@@ -17,8 +17,8 @@ The pruning rule: at t + 1 the warm plan runs, plus every configured start s wit
 ``start_ends[s]`` − ``drift`` × d ≤ ``keep``, where d = |GW_{t+1}(warm plan) − best_t| / best_t
 says how far the pair's landscape moved under the warm plan; a start never run yet always runs.
 A start that runs gets ``start_ends[s]`` = its final value / the pair's best (a CG end the swap
-search did not polish counts as its value / :data:`POLISH_GAIN`: a cold solve polishes its best
-CG end, and the polish might have won); a start skipped keeps its lowered ratio, so the gaps
+search did not polish (with ``polish=k``) counts as its value / :data:`POLISH_GAIN`: the polish
+might have won); a start skipped keeps its lowered ratio, so the gaps
 close as the drift adds up over checkpoints.
 
 Why this rule, and ``keep`` = 1.12, ``drift`` = 3 (measured on the toy digits checkpoints of
@@ -152,9 +152,10 @@ def warm_gw(C1, C2, state: WarmState | None, *, aligned: bool, starts: Sequence[
         ends = {s: r - drift * moved for s, r in ends.items()}
     run = [s for s in starts if state is None or ends.get(s, 1.0) <= keep]
     chosen = [*run] if state is None else [state.plan, *run]
-    # the swap search polishes the best `polish` CG ends: one more for the warm plan, so the
-    # configured starts' ends are polished as in a cold solve however good the warm end is
-    polish = solver_kwargs.pop("polish", _POLISH) + (state is not None)
+    # polish=None polishes every end; polish=k the k best CG ends: one more for the warm plan, so
+    # the configured starts' ends are polished as in a cold solve however good the warm end is
+    polish = solver_kwargs.pop("polish", _POLISH)
+    polish = None if polish is None else polish + (state is not None)
     near = state is not None and moved <= DUALS_WITHIN
     result = gromov_wasserstein(
         C1, C2, aligned=aligned, starts=chosen, polish=polish,

@@ -88,6 +88,9 @@ def _quality(q: dict) -> str:
                  ["solver seconds (sum over pairs)", _num(q["seconds"], "{:.1f}")],
                  ["solver", escape(", ".join(q["solvers"])) or "–"],
                  ["samples per layer (n)", ", ".join(map(str, q["n"])) or "–"]]
+        if q["runner_up_known"]:
+            rows.append(["a second start within 1 % of the value (settled pairs)",
+                         f"{q['settled']} of {q['runner_up_known']}"])
     return _table(["solver quality", "value"], rows)
 
 
@@ -192,6 +195,13 @@ def _certainty_sentence(q: dict) -> str:
                 f"true distance lies at most {gap:.1%} below it (median {q['median_gap']:.1%}): "
                 f"differences between cells smaller than that may be the solver's, larger ones "
                 f"are the data's.")
+    known = q.get("runner_up_known")
+    if known:
+        text += (f" On {q['settled']} of {known} pairs a second solver start reached the value "
+                 f"within 1 % (settled)")
+        text += ("." if q["settled"] == known else
+                 f"; on the others one start alone found it and the next start ended up to "
+                 f"{q['runner_up_max']:.0%} above, so a wider search may still lower them.")
     return f"<p>{text}</p>"
 
 

@@ -28,7 +28,7 @@ from gwray.result import read_matrices
 from gwray.storage import Location
 
 PAIR_COLUMNS = ("checkpoint_a", "layer_a", "checkpoint_b", "layer_b", "gw", "lower_bound", "init",
-                "iterations", "marginal_error", "seconds", "n", "solver")
+                "iterations", "marginal_error", "seconds", "n", "solver", "runner_up_gap")
 
 
 @dataclass
@@ -175,7 +175,9 @@ def solver_quality(data: RunData, ckpt: str) -> dict:
         ``pairs``; ``median_gap`` / ``max_gap`` of (gw − lower bound)/gw over pairs with gw > 0;
         ``proven`` = pairs whose gap ≤ 1e-6; and, when pair records exist: ``inits`` {init: wins},
         ``iterations_median``, ``iterations_max``, ``max_marginal_error``, ``seconds`` (sum),
-        ``solvers``, ``n`` (sample counts seen).
+        ``solvers``, ``n`` (sample counts seen), ``runner_up_known`` (pairs whose record has a
+        :attr:`~gwray.gw.solver.GWResult.runner_up_gap`), ``settled`` (of those, a second start
+        within 1 % of the value), ``runner_up_max``.
     """
     gw, lb = data.gw[ckpt], data.lower_bound[ckpt]
     iu = np.triu_indices(gw.shape[0], 1)
@@ -198,4 +200,7 @@ def solver_quality(data: RunData, ckpt: str) -> dict:
                  max_marginal_error=float(max(col("marginal_error"), default=np.nan)),
                  seconds=float(sum(col("seconds"))), solvers=sorted(set(col("solver"))),
                  n=sorted({int(x) for x in col("n")}))
+        gaps = np.array([x for x in col("runner_up_gap") if np.isfinite(x)])
+        q.update(runner_up_known=int(gaps.size), settled=int((gaps <= 0.01).sum()),
+                 runner_up_max=float(gaps.max()) if gaps.size else None)
     return q

@@ -1,11 +1,13 @@
 """What a run found, in a few lines: the CLI's stdout summary (text or JSON) and the report's headline.
 
-Reads only ``communities.json``'s per-method entries (``SubnetworkResult.to_dict()``: ``k``,
-``groups``, ``names``, ``test``, ``significant``, ``candidate``, ``boundaries``, ``k_reason``).
+Reads ``communities.json``'s per-method entries (``SubnetworkResult.to_dict()``: ``k``,
+``groups``, ``names``, ``test``, ``significant``, ``candidate``, ``boundaries``, ``k_reason``)
+and the pair records' ``gw``, ``lower_bound`` and ``runner_up_gap`` (the solver line).
 """
 from __future__ import annotations
 
 import json
+import math
 
 
 def _group_range(group: list, names: list) -> str:
@@ -68,6 +70,25 @@ def power_sentence(res: dict) -> str:
             f"steps between groups read as depth drift")
 
 
+def solver_line(pairs) -> dict:
+    """How settled one checkpoint's GW values are, from its pair records (dicts with ``gw``,
+    ``lower_bound``, ``runner_up_gap``): ``pairs``, ``settled`` (a second solver start reached
+    the value within 1 %), ``known`` (records with a runner-up gap), ``bound_median`` (median
+    lower bound / value) and the ``text`` the CLI prints."""
+    gaps = [r["runner_up_gap"] for r in pairs if r.get("runner_up_gap") is not None
+            and math.isfinite(r["runner_up_gap"])]
+    ratios = sorted(r["lower_bound"] / r["gw"] for r in pairs
+                    if r.get("lower_bound") is not None and r["gw"] > 0)
+    out = {"pairs": len(pairs), "known": len(gaps), "settled": sum(g <= 0.01 for g in gaps),
+           "bound_median": ratios[len(ratios) // 2] if ratios else None}
+    text = f"solver: {len(pairs)} pairs"
+    if gaps:
+        text += f", a second start reached the value within 1 % on {out['settled']} of {len(gaps)}"
+    if ratios:
+        text += f", lower bound at {out['bound_median']:.0%} of the value (median)"
+    return out | {"text": text}
+
+
 def run_summary(result) -> dict:
     """The JSON summary of a finished run.
 
@@ -81,11 +102,18 @@ def run_summary(result) -> dict:
         ``run_directory``, ``report``, ``method`` and ``checkpoints``: [{``id``, ``layers`` (count),
         ``k``, ``significant``, ``p_value``, ``alpha``, ``groups`` (layer ranges as text),
         ``boundaries`` [{after, index, confidence}], ``candidate`` ({k, groups, boundaries} or
-        None), ``headline``, ``power`` (:func:`power_sentence` for k = 1, else None)}] in
-        training order; ``name`` is the run's name.
+        None), ``headline``, ``power`` (:func:`power_sentence` for k = 1, else None), ``solver``
+        (:func:`solver_line` of its within-checkpoint pairs)}] in training order; ``name`` is the
+        run's name.
     """
     comm = result.communities
     method = comm["method"]
+    records = result.pairs.select(["checkpoint_a", "checkpoint_b", "gw", "lower_bound",
+                                   "runner_up_gap"]).to_pylist()
+    within = {c: [] for c in result.checkpoints}  # one pass: a sweep holds ~10⁶ records
+    for r in records:
+        if r["checkpoint_a"] == r["checkpoint_b"]:
+            within[r["checkpoint_a"]].append(r)
     out = []
     for c in result.checkpoints:
         res = comm["checkpoints"][c]["methods"][method]
@@ -98,7 +126,8 @@ def run_summary(result) -> dict:
             "candidate": None if not cand else {
                 "k": cand["k"], "groups": [_group_range(g, res["names"]) for g in cand["groups"]],
                 "boundaries": cand["boundaries"]},
-            "headline": headline(res), "power": power_sentence(res) or None})
+            "headline": headline(res), "power": power_sentence(res) or None,
+            "solver": solver_line(within[c])})
     return {"name": result.config.name, "run_directory": str(result.out), "report": result.report,
             "method": method, "checkpoints": out}
 
@@ -114,6 +143,8 @@ def format_summary(summary: dict, as_json: bool = False) -> str:
             lines += [f"  group {g + 1}: {text}" for g, text in enumerate(c["groups"])]
         if c.get("power"):
             lines.append(f"  {c['power']}")
+        if c["solver"]["pairs"]:
+            lines.append(f"  {c['solver']['text']}")
     lines.append(f"run directory: {summary['run_directory']}")
     if summary["report"] is not None:
         lines.append(f"report: {summary['report']}")

@@ -29,9 +29,11 @@ PAIR_SCHEMA = pa.schema([
     ("checkpoint_b", pa.string()), ("layer_b", pa.string()),
     ("gw", pa.float64()), ("lower_bound", pa.float64()), ("init", pa.string()),
     ("iterations", pa.int32()), ("marginal_error", pa.float64()), ("seconds", pa.float64()),
-    ("n", pa.int32()), ("solver", pa.string()),
+    ("n", pa.int32()), ("solver", pa.string()), ("runner_up_gap", pa.float64()),
 ])
 KEY_COLUMNS = ["checkpoint_a", "layer_a", "checkpoint_b", "layer_b"]
+LATER_COLUMNS = ("runner_up_gap",)
+"""Pair-record columns added after the first release: read as null from files that lack them."""
 RECORD_SCHEMA = PAIR_SCHEMA.append(pa.field("file", pa.string()))
 """What :func:`load_records` returns: the pair records and the file each came from."""
 PART_PREFIX, COMPACTED_PREFIX = "part-", "compacted-"
@@ -104,10 +106,15 @@ def read_pairs(loc: Location, columns: Sequence[str] | None = None) -> pa.Table:
         raise GwrayInputError(f"pair results file {loc}: not a .parquet file (foreign file in pairs/)")
     columns = PAIR_SCHEMA.names if columns is None else list(columns)
     schema = _read_or_fail(loc, loc.read_schema)
-    missing = [f for f in PAIR_SCHEMA.names if f not in schema.names]
+    missing = [f for f in PAIR_SCHEMA.names if f not in schema.names and f not in LATER_COLUMNS]
     if missing:
         raise _bad_file(loc, f"not a pair-results file (missing columns {', '.join(missing)})")
-    table = _read_or_fail(loc, lambda: loc.read_table(columns=columns))
+    table = _read_or_fail(loc, lambda: loc.read_table(columns=[c for c in columns
+                                                                if c in schema.names]))
+    for c in columns:  # a file of an older gwray: its later columns are unknown (null)
+        if c not in schema.names:
+            table = table.append_column(c, pa.nulls(table.num_rows, PAIR_SCHEMA.field(c).type))
+    table = table.select(columns)
     try:
         table = table.cast(pa.schema([PAIR_SCHEMA.field(c) for c in columns], schema.metadata))
     except (pa.ArrowException, ValueError) as exc:
