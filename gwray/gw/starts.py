@@ -22,11 +22,12 @@ ALIGNED_ONLY = ("identity", "mixed")  # plans built on diag(p): only couplings o
 
 # ε-scaling of the entropic start, in units of (pᵀC1p)(qᵀC2q) so that it follows the costs' scale:
 # 5e-3 -> 1.25e-4 (POT's epsilon 2e-2 -> 5e-4 on mean-normalized costs) over 30 steps, then 5 more
-# at the last. Measured on MiniLM and toy-net layer pairs solved unaligned (n = 256 and 1,024):
-# starting at 1.25e-3 or stopping at 5e-4 left toy pairs 4-25 % above it, 12-20 steps 1-10 %.
+# at the last. Measured on MiniLM and toy-net layer pairs solved unaligned (n = 1,024): starting
+# at 2.5e-3 left toy pairs 9-25 % above this schedule, stopping at 5e-4 MiniLM neighbours 3-8 %,
+# 12-20 steps up to 1-3 %.
 ENTROPIC_EPS = (5e-3, 1.25e-4)
 ENTROPIC_STEPS, ENTROPIC_TAIL = 30, 5
-SINKHORN_ITERS = 30  # per step, warm-started: 100 gave the same plans (n = 256, 8 pairs)
+SINKHORN_ITERS = 30  # per step, warm-started: 100 gave the same values within 0.1 % (n = 256)
 
 
 def _sinkhorn(A, f, g, eps: float, p, q, iters: int):
@@ -91,11 +92,11 @@ def auto_random(n: int) -> int:
     24 (256/n)³ (a random start's CG and polish cost ~n³, so their total stays flat): 7 at 384,
     3 at 512, 1 at 724, none from 1,024 on.
 
-    Why (the wide searches of ``bench/gw_solver.py --wide`` on MiniLM, toy-net and digits-net
-    layer pairs): below n = 512 the landscape is rugged and a handful of random starts, polished,
-    beat every structured start on some distant pairs (n = 128: by up to 6.5 % on 9 of 81
-    pairs without them, 1 pair above 1.01x with 24); from n = 512 on a polished random start
-    never came within 1 % of the structured starts' best."""
+    Why (wide searches on MiniLM, toy-net and digits-net layer pairs, as ``bench/gw_solver.py
+    --wide``): below n = 512 the landscape is rugged and polished random starts beat every
+    structured start on some distant pairs (n = 128: by up to 6.5 % on 9 of 81 pairs without
+    them); from n = 512 on they rarely do (never on 40 pairs at 512; 2 of 14 pairs at 1,024, by
+    1.2-1.4 %, both with the toy net's last, class-clustered layer), while each costs ~n³."""
     return 24 if n <= 256 else int(round(24 * (256 / n) ** 3))
 
 
