@@ -64,7 +64,8 @@ def test_power_sentence_says_what_the_test_could_have_seen():
     assert power_sentence(_entry(2, pw)) == "" and power_sentence(_entry(1)) == ""
     assert headline(_entry(1, pw)).startswith("no significant sub-network structure (p = 0.24")
     summary = {"run_directory": "r", "report": None, "method": "contiguous", "checkpoints": [
-        {"id": "main", "layers": 7, "k": 1, "headline": "h", "groups": [], "power": text}]}
+        {"id": "main", "layers": 7, "k": 1, "headline": "h", "groups": [], "power": text,
+         "solver": {"pairs": 0}}]}
     assert f"  {text}" in format_summary(summary).splitlines()
 
 
