@@ -4,8 +4,8 @@ from those counts (``bench/gpu.py``; on a GPU only the FLOPs are used, for TFLOP
 Counted while a :class:`Counters` is active: every torch operation dispatched outside a custom
 kernel (a view, or a launch with its memory traffic: its outputs, and its inputs up to the
 output's size unless it reduces them), the FLOPs of every bmm/baddbmm (float32 runs as TF32 on
-the device; float64), each auction launch's bids per problem, and each swap-search kernel's
-problems. The model prices them with :data:`H200`:
+the device; float64), each auction launch's bids per problem, and the memory traffic of the
+other kernels (swap search, gather, Sinkhorn half-sweeps). The model prices them with :data:`H200`:
 
     launches × max(launch latency, traffic / bandwidth) + views × dispatch time
     + TF32 FLOPs / TF32 rate + FP64 FLOPs / FP64 rate
@@ -19,7 +19,7 @@ import math
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from gwray.gw import device_assignment, device_local_search
+from gwray.gw import device_assignment, device_entropic, device_local_search
 from gwray.gw.device_assignment import KERNEL_LAUNCHES
 
 # Measured on H200s by this workplace (copy bandwidth counting read + write: 4.3 TB/s; the
@@ -52,9 +52,10 @@ class Counters(TorchDispatchMode):
         self.eigh = 0.0  # modelled seconds of the layers' spectra
         self.launch_s = 0.0  # Σ max(latency, traffic / bandwidth) over the launching ops
         self.flops = {torch.float32: 0, torch.float64: 0}
-        self.auctions, self.swap_bytes = [], 0.0
+        self.auctions, self.swap_bytes, self.kernel_bytes = [], 0.0, 0.0
         self._run = device_assignment._run
         self._best, self._round = device_local_search.best_swaps, device_local_search.swap_round
+        self._gather, self._sweep = device_local_search.permuted_into, device_entropic._half_sweep
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -93,13 +94,23 @@ class Counters(TorchDispatchMode):
             self.swap_bytes += 6.0 * cols.shape[0] * cols.shape[1] ** 2
             return self._round(P, order, gain, partner, k, cols, Q, active, changed)
 
+        def gather(C, layer, cols, out):
+            self.kernel_bytes += 2.0 * out.numel() * out.element_size()  # gathered reads, writes
+            return self._gather(C, layer, cols, out)
+
+        def sweep(E, other, log_w, rows):
+            self.kernel_bytes += float(E.numel() * E.element_size())  # one read of the exponents
+            return self._sweep(E, other, log_w, rows)
+
         device_assignment._run, device_local_search.best_swaps = run, best
-        device_local_search.swap_round = round_
+        device_local_search.swap_round, device_local_search.permuted_into = round_, gather
+        device_entropic._half_sweep = sweep
         return super().__enter__()
 
     def __exit__(self, *exc):
         device_assignment._run, device_local_search.best_swaps = self._run, self._best
-        device_local_search.swap_round = self._round
+        device_local_search.swap_round, device_local_search.permuted_into = self._round, self._gather
+        device_entropic._half_sweep = self._sweep
         return super().__exit__(*exc)
 
     def launches(self) -> list[tuple]:
@@ -119,6 +130,7 @@ class Counters(TorchDispatchMode):
                 "matmuls": self.flops[torch.float32] / H200["tf32_flops"]
                 + self.flops.get(torch.float64, 0) / H200["fp64_flops"],
                 "auction": auction, "swap kernels": self.swap_bytes / H200["bandwidth"],
+                "gather and Sinkhorn kernels": self.kernel_bytes / H200["bandwidth"],
                 "spectra": self.eigh}
 
     def seconds(self) -> float:
@@ -147,7 +159,7 @@ def extrapolate(rows: list[dict], n: int, pairs: int, batch: int, layers: int) -
     batches = math.ceil(pairs / batch)
     scale = hi["n"], n / hi["n"]
     out = {"launches": hi["parts"]["launches"] * batches}
-    for part, exp in (("matmuls", 3.0), ("swap kernels", 2.0)):
+    for part, exp in (("matmuls", 3.0), ("swap kernels", 2.0), ("gather and Sinkhorn kernels", 2.0)):
         out[part] = hi["parts"][part] / hi["pairs"] * scale[1] ** exp * pairs
     out["spectra"] = layers * H200["eigh_2048_s"] * (n / 2048) ** 3
     fit = lambda a, b: math.log(b / a) / math.log(hi["n"] / lo["n"]) if a > 0 and b > 0 else 1.0  # noqa: E731
