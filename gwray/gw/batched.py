@@ -1,8 +1,8 @@
 """GW for many pairs at once on an accelerator (or torch's CPU): the path GPU workers use.
 
-The serial solver's algorithm (:mod:`gwray.gw.solver`: identity, mixed and product starts,
-conditional gradient with exact line search and carried gradient, swap search, TLB and
-eigenvalue bound) runs for B pairs of equal sizes at once with every step on the device
+The serial solver's algorithm (:mod:`gwray.gw.solver`: the same portfolio of starts, conditional
+gradient with exact line search and carried gradient, every permutation end polished by swap
+search and CG, TLB and eigenvalue bound) runs for B pairs of equal sizes at once with every step on the device
 (:mod:`gwray.gw.device_portfolio` and the ``device_*`` modules); no host solver is called. Every
 start of every pair advances in the same launches, and each CG linear step is one auction kernel
 launch for the whole batch (:mod:`gwray.gw.device_assignment`). The search runs in float32
@@ -31,7 +31,8 @@ from gwray.gw.device_bounds import LayerData
 from gwray.gw.device_cg import Pairs
 from gwray.gw.device_portfolio import solve_batch
 from gwray.gw.device_starts import start_names
-from gwray.gw.solver import GWResult
+from gwray.gw.solver import GWResult, runner_up_gap
+from gwray.gw.starts import DEFAULT_STARTS
 
 __all__ = ["batched_gw", "plan_batch", "device_costs", "host_read", "HOST_READS"]
 
@@ -160,7 +161,7 @@ def device_costs(layers, device, metric: str = "euclidean", normalize: str = "me
 
 
 def batched_gw(C1, C2, *, pairs=None, p=None, q=None, aligned: bool = True,
-               starts=("identity", "mixed", "product", "entropic", "random:auto"),
+               starts=DEFAULT_STARTS,
                max_iter: int = 200, tol: float = 1e-9, swap_rounds: int = 30, bound: bool = True,
                keep_coupling: bool = True, device=None, dtype=torch.float32, tf32: bool = True,
                batch_size: int | None = None, assignment_eps: float = 1e-5,
@@ -179,9 +180,11 @@ def batched_gw(C1, C2, *, pairs=None, p=None, q=None, aligned: bool = True,
         Positive marginals (uniform when omitted), each row summing to 1.
     aligned : bool
         Row i of both layers is the same sample: the identity plan is a start (needs n = m, p = q).
-    starts : sequence of {"identity", "mixed", "product"}
-        As the serial solver's: every start's CG runs (all starts of all pairs in the same
-        launches), and the swap search polishes each pair's best CG end.
+    starts : sequence of {"identity", "mixed", "product", "entropic", "random:K", "random:auto"}
+        As the serial solver's (default :data:`gwray.gw.starts.DEFAULT_STARTS`): every start's CG
+        runs (all starts of all pairs in the same launches), and every end that is a permutation
+        is polished (swap search and CG alternated). Random starts only for uniform weights with
+        n = m (the serial solver's random vertices of other polytopes need an exact EMD).
     prune : float or None
         As the serial solver's: the identity runs first and a later start is dropped for the
         pairs whose first step (an O(n²) screen) ends above ``prune`` × the identity's end; None
@@ -215,7 +218,8 @@ def batched_gw(C1, C2, *, pairs=None, p=None, q=None, aligned: bool = True,
     -------
     list[GWResult]
         One per pair: ``value`` (float64 objective of an exactly feasible plan), ``lower_bound``,
-        ``init``, ``iterations`` (of the winning start), ``total_iterations``, ``start_values``,
+        ``init``, ``iterations`` (of the winning start), ``total_iterations``, ``start_values``
+        (each start's final value), ``runner_up_gap`` (as the serial solver's),
         ``solver`` ("batched-cg-lap" or "batched-cg-sinkhorn"), ``seconds`` (the batch's time
         shared equally), ``marginal_error``, ``permutation`` (the plan as int32 ``i -> σ(i)``
         when it is a permutation plan), and the engine's counters ``linear_steps`` (auction
@@ -348,6 +352,7 @@ def _results(best, lb, ends, lap, P, keep_coupling, seconds, n_ops) -> list[GWRe
                             init=name, iterations=iters[b][name], marginal_error=err,
                             seconds=seconds / B, solver="batched-cg-lap" if lap else "batched-cg-sinkhorn",
                             n=n, m=m, start_values=values[b], total_iterations=sum(iters[b].values()),
+                            runner_up_gap=runner_up_gap(values[b], name),
                             permutation=cols, linear_steps=int(linear[b]),
                             rounds=float(bids[b] / linear[b]) if linear[b] else 0.0,
                             device_ops=int(n_ops)))

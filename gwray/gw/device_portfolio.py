@@ -1,6 +1,8 @@
 """The serial solver's portfolio for one device batch (:func:`gwray.gw.solver.gromov_wasserstein`'s
-steps, batched): every start's CG, the exact value of every end, the swap search polishing each
-pair's best end, and the certified lower bound.
+steps, batched): every start's CG, the exact value of every end, the polish of every end that is
+a permutation (swap search and CG alternated, as the serial ``_polish``), and the certified lower
+bound. One difference: the serial solver polishes two starts that ended at the same permutation
+once; here each is polished (the batch's problems stay in place; same plans, more work).
 
 All starts of all pairs advance together: start s of pair b is problem s·B + b of one
 :class:`~gwray.gw.device_cg.State`, so a CG iteration is one auction launch and one matmul per
