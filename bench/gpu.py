@@ -23,7 +23,9 @@ Steps (each prints as it finishes, and a failing step is reported and skipped):
 
 ``--device cpu`` runs the same steps anywhere at small sizes (the kernels' host twins) and adds a
 modelled H200 time: the dispatched operations, the auction's critical path (the most bids of a
-problem in each launch) and the matmul FLOPs, priced with the constants below.
+problem in each launch) and the matmul FLOPs, priced with the constants below. It runs the
+portfolio of the modelled sizes (n ≥ 1,024: the default starts without random ones, which
+``random:auto`` adds only below 1,024), so that the counts it extrapolates are of that work.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ import torch
 from gwray.gw import batched, device_assignment, device_portfolio
 from gwray.gw.batched import batched_gw, device_costs, plan_batch
 from gwray.gw.solver import gromov_wasserstein
+from gwray.gw.starts import DEFAULT_STARTS, expand_auto
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_model import Counters, extrapolate  # noqa: E402
@@ -73,6 +76,12 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def bench_starts(device) -> tuple:
+    """The starts the bench runs: the default on a GPU; on a CPU the default's at the modelled
+    sizes (n ≥ 1,024)."""
+    return DEFAULT_STARTS if device.type == "cuda" else tuple(expand_auto(list(DEFAULT_STARTS), 1024))
+
+
 def solve(stack, pairs, device, batch=None):
     """All ``pairs`` of the layer stack in device batches; (results, wall s, Counters, reads)."""
     reads = batched.HOST_READS["count"]
@@ -80,7 +89,7 @@ def solve(stack, pairs, device, batch=None):
     t = time.perf_counter()
     with Counters() as c:
         res = batched_gw(stack, stack, pairs=np.asarray(pairs), keep_coupling=False,
-                         batch_size=batch)
+                         batch_size=batch, starts=bench_starts(device))
     sync(device)
     return res, time.perf_counter() - t, c, batched.HOST_READS["count"] - reads
 
@@ -156,7 +165,7 @@ def step_sizes(device, sizes, args, report: dict, peak) -> None:
             ratios = []
             for (a, b), r in zip(pairs[:args.check], res):
                 ref = gromov_wasserstein(stack[a].cpu().numpy(), stack[b].cpu().numpy(), aligned=True,
-                                         keep_coupling=False)
+                                         keep_coupling=False, starts=bench_starts(device))
                 ratios.append(r.value / ref.value if ref.value > 0 else 1.0)
             ok = all(r.lower_bound <= r.value for r in res)
             print(f"       values vs CPU solver, {len(ratios)} pairs at n={n}: ratio min {min(ratios):.4f} "
@@ -325,7 +334,8 @@ def main() -> None:
         torch.set_num_threads(1)
     name = torch.cuda.get_device_name(device) if gpu else "cpu"
     peak = next((v for k, v in PEAK_TF32.items() if k in name), None)
-    print(f"device {name}; torch {torch.__version__}; load average {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"device {name}; torch {torch.__version__}; load average {os.getloadavg()[0]:.2f}; starts "
+          f"{', '.join(bench_starts(device))}", flush=True)
     report = {"device": name, "torch": torch.__version__}
     t = time.perf_counter()
     warm = device_costs(layer_activations(64, 3, device), device)  # CUDA context, kernel compiles

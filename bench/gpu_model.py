@@ -89,10 +89,10 @@ class Counters(TorchDispatchMode):
             self.swap_bytes += 16.0 * C1.shape[0] * C1.shape[1] ** 2  # W, Wᵀ, C1, C2s read once
             return self._best(C1, W, C2s, gain, partner)
 
-        def round_(P, order, gain, partner, k, cols, Q, active, changed):
+        def round_(P, gain, partner, k, cols, Q, active, changed):
             # float64 rows of C1 and two gathered rows of C2 per moved position (at most n/4)
             self.swap_bytes += 6.0 * cols.shape[0] * cols.shape[1] ** 2
-            return self._round(P, order, gain, partner, k, cols, Q, active, changed)
+            return self._round(P, gain, partner, k, cols, Q, active, changed)
 
         def gather(C, layer, cols, out):
             self.kernel_bytes += 2.0 * out.numel() * out.element_size()  # gathered reads, writes

@@ -162,6 +162,23 @@ def test_weights_and_unequal_sizes_feasible_and_bounded(toy_costs, no_host_solve
             assert r.lower_bound <= ref.value + 1e-12
 
 
+def test_the_benchs_model_counts_every_kind_of_work(toy_costs):
+    """bench/gpu_model.py's Counters wrap the engine's kernels by their signatures: each kind of
+    work it prices is counted on a real batch (a wrapper left behind by a changed kernel fails)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+    from gpu_model import Counters
+
+    C1, C2 = _pairs(toy_costs, [(0, 4), (1, 5)])
+    with Counters() as c:
+        batched_gw(C1[:, :48, :48], C2[:, :48, :48], keep_coupling=False,
+                   starts=("identity", "product", "entropic"))
+    parts = c.parts()
+    assert c.launches() and all(parts[k] > 0 for k in ("launches", "matmuls", "auction", "swap kernels",
+                                                      "gather and Sinkhorn kernels", "spectra")), parts
+
+
 def test_float32_search_float64_values(toy_costs, monkeypatch):
     """The matmuls of the search run in float32; the values equal a float64 search's."""
     C1, C2 = _pairs(toy_costs, [(0, 2), (1, 5)])
