@@ -19,9 +19,9 @@ task, p = 17: 4,913 inputs), each pair solved in turn by POT's default call, POT
 POT with the mixed start G0 = ½ I/n + ½ p qᵀ, POT's entropic GW (its plan rounded to a coupling
 and its exact objective recomputed; ε is tuned over a grid on the set's first pair restricted to
 512 samples, where every ε is affordable, and --entropic-eps runs at full size) and ours (defaults,
-aligned=True; each layer's bound data is charged once per layer). Targets: ours ≤ the best POT
-variant on 100 % of pairs, total CPU time ≥ 3× below POT's mixed start, a lower bound on every
-pair. Activations are cached in --cache (default /tmp/gwray-bench-cache).
+aligned=True; each layer's bound data is charged once per layer). Targets (issue 23): ours ≤ the
+best POT variant on 100 % of pairs, total CPU time ≤ POT's mixed start (moonshot: 2× below it), a
+lower bound on every pair. Activations are cached in --cache (default /tmp/gwray-bench-cache).
 
 ``--wide`` (see ``bench/gw_wide.py``): per real pair, the default's gap to a wide search, the
 invariance of unaligned solves, then ``--large``'s table at ``--speed-sizes``.
@@ -295,7 +295,7 @@ def run_large_set(title: str, layers: list[np.ndarray], pairs, eps: float, tune:
     print(f"-- ours <= best POT variant on {tot['le']}/{len(pairs)}; ours/best value median "
           f"{np.median(tot['ratio']):.4f}, max {max(tot['ratio']):.4f}; lower bound on {tot['lb']}/"
           f"{len(pairs)}; CPU ours {ours:.1f} s (per-layer data {t_layers:.1f} s) vs POT mixed "
-          f"{c['mix']:.1f} s = {c['mix'] / ours:.2f}x faster (target >= 3x); vs default "
+          f"{c['mix']:.1f} s = {c['mix'] / ours:.2f}x faster (target >= 1x, moonshot 2x); vs default "
           f"{c['dflt'] / ours:.2f}x, identity {c['id'] / ours:.2f}x, entropic {c['ent'] / ours:.2f}x")
     return tot
 
