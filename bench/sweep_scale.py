@@ -6,7 +6,10 @@ n-row probe, then runs the real ``gwray compare`` (``compare.cross: consecutive`
 within pairs plus (K − 1) L² cross pairs) as a subprocess on the embedded Ray, watched from
 outside (its stderr, /proc). At tiny n the solver is cheap, so what is measured is everything
 around it (at tiny n the cost matrices are small enough for Ray to pass inline, so the object
-store stays nearly empty; ``--n 128`` puts them in it). Prints:
+store stays nearly empty; ``--n 128`` puts them in it). ``gw.starts`` is pinned to
+:data:`STARTS` (``--starts``): the default portfolio's entropic and random starts make a pair at
+n = 16 ~10× costlier (13 ms, not 1.3 ms), solver time the figures subtract but ~1.7 hours more
+wall at 100 × 80 on 2 workers. Prints:
 
 1. the pairs stage: wall, solver-seconds (the ``seconds`` of the pair records), wall beyond
    solver-seconds / workers a pair (target ≤ 1 ms), the driver's CPU-seconds a pair (it never
@@ -27,7 +30,8 @@ The runs of 3 and 4 find their groups without the null model (``graph.null_draws
 takes minutes for 100 checkpoints of 80 layers and is not what they measure).
 
 Usage: python bench/sweep_scale.py [--checkpoints 100] [--layers 80] [--n 16] [--workers 2]
-                                   [--batch-pairs 8] [--nodes 2] [--phases 1234] [--out DIR]
+                                   [--batch-pairs 8] [--starts identity,mixed,product] [--nodes 2]
+                                   [--phases 1234] [--out DIR]
                                    [--json FILE]
        python bench/sweep_scale.py --small     (6 × 12: what tests/test_sweep_scale.py runs)
 """
@@ -51,8 +55,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 
+STARTS = ["identity", "mixed", "product"]
+"""The bench's ``gw.starts``: the portfolio under which the issue's baseline was measured."""
+
+
 def make_sweep(root: Path, checkpoints: int, layers: int, n: int, workers: int, batch_pairs: int,
-               seed: int = 0) -> Path:
+               starts: list[str] = STARTS, seed: int = 0) -> Path:
     """K toy checkpoints (``root/ckpts/step-*``), an n-row probe and ``root/sweep.yaml``.
 
     Checkpoint k's weights are checkpoint k − 1's plus Gaussian noise of 2 % of each tensor's
@@ -78,6 +86,7 @@ def make_sweep(root: Path, checkpoints: int, layers: int, n: int, workers: int, 
         "probe": {"source": str(root / "probe.npy"), "n_samples": n},
         "layers": {"select": "blocks", "pooling": "flatten"},
         "compare": {"cross": "consecutive"},
+        "gw": {"starts": list(starts)},
         "resources": {"workers": workers, "cpus_per_worker": 1, "batch_pairs": batch_pairs},
         # the orchestration is measured: no in-process stability resamples of 3,160 pairs each
         "stability": {"resamples": 0},
@@ -463,6 +472,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-pairs", type=int, default=8, help="resources.batch_pairs (its default)")
+    ap.add_argument("--starts", default=",".join(STARTS),
+                    help="gw.starts, comma-separated (pinned: what is measured is the orchestration)")
     ap.add_argument("--nodes", type=int, default=2, help="nodes of the simulated cluster")
     ap.add_argument("--phases", default="1234",
                     help="which of 1-4 to run (2-4 without 1 reuse the finished run in --out)")
@@ -474,13 +485,17 @@ def main(argv=None) -> dict:
         args.checkpoints, args.layers = 6, 12
     root = Path(args.out or tempfile.mkdtemp(prefix="gwray-sweep-scale-"))
     root.mkdir(parents=True, exist_ok=True)
-    config = make_sweep(root, args.checkpoints, args.layers, args.n, args.workers, args.batch_pairs)
+    starts = args.starts.split(",")
+    config = make_sweep(root, args.checkpoints, args.layers, args.n, args.workers, args.batch_pairs,
+                        starts)
     load = os.getloadavg()
     print(f"sweep: {args.checkpoints} checkpoints x {args.layers} layers, n = {args.n}, "
-          f"{args.workers} workers, batch_pairs = {args.batch_pairs}; {os.cpu_count()} CPUs, "
+          f"{args.workers} workers, batch_pairs = {args.batch_pairs}, gw.starts pinned to "
+          f"{', '.join(starts)}; {os.cpu_count()} CPUs, "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the start", flush=True)
     fig: dict = {"checkpoints": args.checkpoints, "layers": args.layers, "n": args.n,
-                 "workers": args.workers, "batch_pairs": args.batch_pairs, "load_start": load}
+                 "workers": args.workers, "batch_pairs": args.batch_pairs, "starts": starts,
+                 "load_start": load}
     if "1" in args.phases:
         fig["full"] = phase_full(config, root)
     ref = on_disk(root / "full", config)  # the uninterrupted run's matrices

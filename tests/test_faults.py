@@ -119,6 +119,28 @@ def test_a_damaged_or_missing_piece_is_recomputed(undisturbed, config, tmp_path,
     assert set(again.stages.values()) == {"skipped"}
 
 
+def test_parts_a_kill_left_after_the_last_pair_are_compacted_without_solving(undisturbed, config, tmp_path,
+                                                                           capsys):
+    """The driver killed after writing its last part file, before merging the parts: the rerun
+    finds every pair done and still leaves pairs/ one file (a finished sweep's file count)."""
+    import pyarrow.parquet as pq
+
+    src, matrix = undisturbed
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    table = pq.read_table(_pair_file(out))
+    _pair_file(out).unlink()
+    for k in range(3):
+        pq.write_table(table.slice(2 * k, 2), out / "pairs" / f"part-{k}.parquet")
+    (out / "gw_matrix.npy").unlink()  # the kill came before the matrices
+    capsys.readouterr()
+    result = run(config, out=out)
+    assert "every pair is in pairs/: assembling the matrices" in capsys.readouterr().err
+    assert [p.name.split("-")[0] for p in (out / "pairs").glob("*.parquet")] == ["compacted"]
+    np.testing.assert_array_equal(result.matrix, matrix)
+    assert load_run(out).pairs.num_rows == 6
+
+
 @pytest.mark.parametrize("name, said", [("communities.json", "communities.json: damaged, not JSON ("),
                                         ("gw_matrix.parquet", "gw_matrix.parquet: unreadable (")])
 def test_reading_a_damaged_run_names_the_file(undisturbed, tmp_path, capsys, name, said):
