@@ -162,6 +162,17 @@ def test_weights_and_unequal_sizes_feasible_and_bounded(toy_costs, no_host_solve
             assert r.lower_bound <= ref.value + 1e-12
 
 
+def test_starts_that_end_at_the_same_permutation_share_one_polish():
+    """_twins: per problem (start s of pair b is s·B + b) the first start of the same pair that
+    ended at the same permutation; only ends that are permutations count."""
+    from gwray.gw.device_portfolio import _twins
+
+    perm = torch.tensor([[0, 1, 2], [0, 1, 2], [1, 0, 2], [0, 1, 2], [2, 1, 0], [0, 1, 2]])  # K = 3, B = 2
+    assert _twins(perm, torch.ones(6, dtype=torch.bool), 2).tolist() == [0, 1, 2, 1, 4, 1]
+    ok = torch.tensor([True, False, True, True, True, True])
+    assert _twins(perm, ok, 2).tolist() == [0, 1, 2, 3, 4, 3]
+
+
 def test_the_benchs_model_counts_every_kind_of_work(toy_costs):
     """bench/gpu_model.py's Counters wrap the engine's kernels by their signatures: each kind of
     work it prices is counted on a real batch (a wrapper left behind by a changed kernel fails)."""

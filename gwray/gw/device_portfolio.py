@@ -141,12 +141,16 @@ def _polish(P: Pairs, ends, max_iter: int, tol: float, swap_rounds: int) -> None
     nothing (a CG that moves goes on from its permutation; one that does not, after a swap
     search cut by its round limit, lets the search go on; one that leaves the permutations ends
     the polish with its dense plan). A polished plan replaces its end in ``ends`` where its exact
-    value is lower, as the serial solver keeps the better plan by its exact value."""
+    value is lower, as the serial solver keeps the better plan by its exact value. Starts of a
+    pair that ended at the same permutation share one polish, as the serial solver's."""
     B, n, dev = P.B, P.n, P.C1.device
     flat = lambda name: torch.cat([getattr(e, name) for e in ends])  # noqa: E731
     value, cur, prices = flat("value"), flat("perm").clone(), flat("prices")
     pair = torch.arange(value.shape[0], device=dev) % B
     eligible = flat("is_perm") & torch.isfinite(value)
+    twin = _twins(cur, eligible, B)
+    dup = twin != torch.arange(value.shape[0], device=dev)
+    eligible &= ~dup
     touched = torch.zeros_like(eligible)
     iters, linear, bids = (torch.zeros(value.shape[0], dtype=torch.long, device=dev) for _ in range(3))
     dense = {}  # problem → (value, error, plan) of a polish that left the permutations
@@ -181,6 +185,12 @@ def _polish(P: Pairs, ends, max_iter: int, tol: float, swap_rounds: int) -> None
             lsel = torch.as_tensor(left, device=dev)
             v, e, T = _dense_value(Qm, _dense_of(Qm, S, lsel), lsel)
             dense |= {int(idx[k]): (v[j], e[j], T[j]) for j, k in enumerate(left)}
+    touched |= dup & touched[twin]  # a shared polish: its twin's plan
+    cur = torch.where(dup[:, None], cur[twin], cur)
+    iters = torch.where(dup, iters[twin], iters)
+    if dense:
+        dup_h, twin_h = P.read(dup), P.read(twin)
+        dense |= {k: dense[int(twin_h[k])] for k in dup_h.nonzero()[0] if int(twin_h[k]) in dense}
     polished = torch.full_like(value, math.inf)
     if P.read(touched.any()):
         polished = torch.where(touched, permutation_value(P.Ca, P.Cb, P.ia[pair], P.ib[pair], cur), polished)
@@ -201,3 +211,17 @@ def _polish(P: Pairs, ends, max_iter: int, tol: float, swap_rounds: int) -> None
             if lo <= k < hi and better_h[k]:  # a polish that ended at a dense plan
                 e.is_perm[k - lo], e.err[k - lo], e.dense[k - lo] = False, err, T
         lo = hi
+
+
+def _twins(perm: torch.Tensor, ok: torch.Tensor, B: int) -> torch.Tensor:
+    """(K·B,) long: for each problem, the first problem of the same pair (index ≡ b mod B) whose
+    end is the same permutation, itself when none is (or when it is not ``ok``)."""
+    N, n = perm.shape
+    K = N // B
+    per_pair, ok_pp = perm.view(K, B, n).transpose(0, 1), ok.view(K, B).t()  # (B, K, n), (B, K)
+    first = torch.empty(B, K, dtype=torch.long, device=perm.device)
+    for s in range(K):  # one start against all: (B, K, n) at a time
+        same = (per_pair == per_pair[:, s:s + 1]).all(dim=2) & ok_pp & ok_pp[:, s:s + 1]
+        first[:, s] = torch.where(same.any(dim=1), same.int().argmax(dim=1), s)
+    own = torch.arange(N, device=perm.device)
+    return torch.where(ok, (first.t() * B + torch.arange(B, device=perm.device)).reshape(N), own)
