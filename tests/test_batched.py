@@ -232,7 +232,8 @@ def test_device_reads_and_ops_go_through_the_counters_and_do_not_grow_with_the_b
         assert len(raw) == counts[-1]  # no read outside host_read
         assert all(x.device_ops == ops[-1] for x in r) and all(x.linear_steps >= 2 for x in r)
     monkeypatch.undo()
-    assert counts[0] == counts[1] and counts[0] < 200
+    # (the entropic start's Sinkhorn checks take up to 6 of them per ε step, 35 steps)
+    assert counts[0] == counts[1] and counts[0] < 400
     # torch's own indexing may take a view more or less for one row: a per-pair loop would be ×16
     assert ops[1] <= 1.01 * ops[0] and ops[0] < 15000, ops
 

@@ -8,11 +8,12 @@ result's scalings are absorbed into. Where the serial solver holds that kernel i
 float32 exponent range fails at the last steps), the device runs Sinkhorn in the log domain in
 search precision — the same iteration, with a range no ε can exceed — and keeps the potentials
 in float64. A half-sweep is one kernel launch on CUDA (:mod:`gwray.gw.sinkhorn_kernels`: one
-read of the exponents, an online log-sum-exp) and ``torch.logsumexp`` elsewhere. Where the
-serial solver stops a pair's sweeps early (row marginals within 1e-3 / n, checked every 5
-sweeps), the device runs all of them: on layer pairs the test passes after 26 of 30 sweeps on
-average (MiniLM, n = 256), and a fixed count needs no host read. The plan only chooses where CG
-starts: its precision can change which vertex that is, never a reported value.
+read of the exponents, an online log-sum-exp) and ``torch.logsumexp`` elsewhere. A pair's sweeps
+stop as the serial solver's: once its row marginals are within 1e-3 / n, checked every 5 sweeps
+(read off the next row half-sweep, no extra pass); the batch stops sweeping when every pair has
+(one host read per check). On the 12-layer bench net's pairs at n = 512 the serial test passed
+after 14.5 of 30 sweeps per step on average (5 in the first steps, 30 in the last). The plan only
+chooses where CG starts: its precision can change which vertex that is, never a reported value.
 """
 from __future__ import annotations
 
@@ -66,10 +67,18 @@ def entropic_plans(P, eps_range: tuple[float, float], steps: int, tail: int, ite
         E += (g - g.mean(1, keepdim=True)).to(dt)[:, None, :]
         E -= E.amax(dim=(1, 2), keepdim=True)
         E /= eps.to(dt)[:, None, None]
-        lv = torch.zeros(B, m, dtype=dt, device=T.device)
-        for _ in range(iters):
-            lu = _half_sweep(E, lv, log_p, rows=True)
-            lv = _half_sweep(E, lu, log_q, rows=False)
+        lu, lv = None, torch.zeros(B, m, dtype=dt, device=T.device)
+        done = torch.zeros(B, dtype=torch.bool, device=T.device)
+        for k in range(iters):
+            lu_next = _half_sweep(E, lv, log_p, rows=True)
+            if k % 5 == 0 and k > 0:  # the serial test after k sweeps: Σ |row marginal − p| < 1e-3 / n
+                marginal_error = (P.p * ((lu - lu_next).double().exp() - 1.0).abs()).sum(dim=1)
+                done |= marginal_error < 1e-3 / n
+                if P.read(done.all()):
+                    break
+                lu_next = torch.where(done[:, None], lu, lu_next)
+            lu = lu_next
+            lv = torch.where(done[:, None], lv, _half_sweep(E, lu, log_q, rows=False))
         T = E.add_(lu[:, :, None]).add_(lv[:, None, :]).exp_()
         f = f - f.mean(1, keepdim=True) + eps[:, None] * lu.double()
         g = g - g.mean(1, keepdim=True) + eps[:, None] * lv.double()

@@ -12,9 +12,7 @@ from gwray.gw.device_entropic import entropic_plans
 from gwray.gw.starts import (ALIGNED_ONLY, ENTROPIC_EPS, ENTROPIC_STEPS, ENTROPIC_TAIL, NAMED,
                              SINKHORN_ITERS, auto_random)
 
-# the serial entropic start's schedule (:mod:`gwray.gw.starts`); the device runs every Sinkhorn
-# sweep of a step without the serial early stop (measured at n = 128: the serial Sinkhorn stopped
-# after 26 of its 30 sweeps on average, so a host read per check would save ~13 % of the sweeps)
+# the serial entropic start's schedule (:mod:`gwray.gw.starts`)
 ENTROPIC = {"eps_range": ENTROPIC_EPS, "steps": ENTROPIC_STEPS, "tail": ENTROPIC_TAIL,
             "iters": SINKHORN_ITERS}
 
