@@ -34,7 +34,7 @@ _DEVICE_BYTES = 36  # bytes per (i, j) and pair of the device engine at its peak
 #: Not yet measured on a GPU: these are bench/gpu.py's CPU mode's modelled H200 figures for all
 #: pairs of 80 layers (2026-12-04; bench/gpu_model.py states the assumptions); the first run of
 #: bench/gpu.py on an H100/H200 replaces them.
-GPU_PAIRS_PER_S = {1024: 1773.0, 2048: 286.0, 4096: 37.0}
+GPU_PAIRS_PER_S = {1024: 265.0, 2048: 50.0, 4096: 8.0}
 GPU_RATE_SOURCE = "modelled H200, bench/gpu.py --device cpu; not measured on a GPU yet"
 ORCHESTRATION_S = 1.0e-3
 """Worker-seconds a pair beyond solving (scheduling, Ray, reads, writes): 2 × the pairs stage's
