@@ -48,6 +48,15 @@ class Block(nn.Module):
         return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm(x))))
 
 
+def _stream(h: torch.Tensor, blocks) -> list[torch.Tensor]:
+    """``h`` and the output of each block applied in turn: the residual stream's states."""
+    states = [h]
+    for block in blocks:
+        h = block(h)
+        states.append(h)
+    return states
+
+
 class ResidualMLP(nn.Module):
     """Embed -> ``depth`` residual blocks -> LayerNorm + linear head; (n, ...) -> (n, n_classes) logits."""
 
@@ -64,12 +73,7 @@ class ResidualMLP(nn.Module):
 
     def hidden_states(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Residual stream after ``embed`` and after each block: depth + 1 tensors (n, width)."""
-        h = self.embed(x)
-        states = [h]
-        for block in self.blocks:
-            h = block(h)
-            states.append(h)
-        return states
+        return _stream(self.embed(x), self.blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.hidden_states(x)[-1])
@@ -127,15 +131,10 @@ class ResidualCNN(nn.Module):
 
     def hidden_states(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps after ``embed`` and after each block: (n, c, h, w) each."""
-        h = self.embed(x.to(self.embed.weight.dtype).reshape(-1, 1, self.side, self.side))
-        states = [h]
-        for block in self.blocks:
-            h = block(h)
-            states.append(h)
-        return states
+        return _stream(self.embed(x.to(self.embed.weight.dtype).reshape(-1, 1, self.side, self.side)),
+                       self.blocks)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.hidden_states(x)[-1])
+    forward = ResidualMLP.forward
 
 
 def planted_net(seed: int | str | None = None) -> tuple[ResidualMLP, list[str]]:
