@@ -47,10 +47,12 @@ def _cut(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
-def _flip(path: Path) -> None:
-    """Damage bytes inside the file, keeping its size (a bad sector, a faulty copy)."""
+def _flip(path: Path, at: int | None = None) -> None:
+    """Damage 16 bytes inside the file from byte ``at`` (default: a third in), keeping its size
+    (a bad sector, a faulty copy)."""
     data = bytearray(path.read_bytes())
-    for k in range(len(data) // 3, len(data) // 3 + 16):
+    at = len(data) // 3 if at is None else at
+    for k in range(at, at + 16):
         data[k] ^= 0xFF
     path.write_bytes(bytes(data))
 
@@ -61,6 +63,17 @@ def _part(out: Path) -> Path:
 
 def _pair_file(out: Path) -> Path:
     return next((out / "pairs").glob("*.parquet"))
+
+
+def _flip_last_column(path: Path) -> None:
+    """Damage the middle of the last column's data: a column the pairs stage does not need to
+    decide that every pair is done, so only a check of every page finds it."""
+    import pyarrow.parquet as pq
+
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    chunk = group.column(group.num_columns - 1)
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    _flip(path, start + chunk.total_compressed_size // 2 - 8)
 
 
 def _flip_part_and_drop_pairs(out: Path) -> None:
@@ -85,6 +98,8 @@ DAMAGE = {  # id: (damage, what gwray says, the stages that run again)
     "pair-file-missing": (lambda o: _pair_file(o).unlink(), "pairs missing from pairs/", {"pairs"}),
     "pair-file-cut-short": (lambda o: _cut(_pair_file(o)), ": moved to", {"pairs"}),
     "pair-file-corrupted": (lambda o: _flip(_pair_file(o)), ": moved to", {"pairs"}),
+    "pair-file-corrupted-in-its-last-column": (lambda o: _flip_last_column(_pair_file(o)), ": moved to",
+                                               {"pairs"}),
     "run-json-missing": (lambda o: (o / "run.json").unlink(), "run.json is missing: rebuilding it",
                          {"pairs", "communities", "report"}),
     "run-json-damaged": (lambda o: _cut(o / "run.json"), "run.json is damaged (not JSON): rebuilding it",

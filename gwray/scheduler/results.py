@@ -197,7 +197,13 @@ def key_positions(plan: Plan, table: pa.Table) -> np.ndarray:
 
 
 def done_pairs(out: Location | str, plan: Plan) -> tuple[np.ndarray, list[tuple[Location, int]]]:
-    """Which planned pairs ``OUT/pairs/`` holds, from the key columns (and ``gw``, checked).
+    """Which planned pairs ``OUT/pairs/`` holds, from the key columns.
+
+    Every pair-record column (:data:`PAIR_SCHEMA`) is read, so that each of its pages' checksums
+    is verified: a rerun skips the pairs stage only over files whose records are intact, also
+    where the damage lies in a column this function does not need. The optional, large
+    :data:`STATE_FIELDS` are left unread: they only start a solve, and :func:`load_states`
+    skips a file whose state pages fail their checksums (those pairs start cold).
 
     Returns
     -------
@@ -212,7 +218,7 @@ def done_pairs(out: Location | str, plan: Plan) -> tuple[np.ndarray, list[tuple[
     """
     done, files = np.zeros(len(plan), dtype=bool), []
     for loc in pair_files(out):
-        table = read_pairs(loc, KEY_COLUMNS + ["gw"])
+        table = read_pairs(loc)
         pos = key_positions(plan, table)
         done[pos[pos >= 0]] = True
         files.append((loc, table.num_rows))
