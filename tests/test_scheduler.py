@@ -190,6 +190,31 @@ def test_a_worker_that_keeps_dying_is_a_named_error_and_the_rerun_resumes(finish
     np.testing.assert_allclose(np.load(out / "gw_matrix.npy"), np.load(src / "gw_matrix.npy"), rtol=1e-12)
 
 
+def test_a_worker_that_dies_as_it_starts_is_a_named_error(finished, tmp_path):
+    """A GW worker that dies every time as it starts, before it takes any work (Ray used to
+    restart it without end, and the run waited): the run stops after MAX_ATTEMPTS new workers
+    with an error naming the worker, and no pair is written."""
+    import os
+    import shutil
+
+    from gwray.errors import GwrayComputeError
+    from gwray.scheduler.pool import MAX_ATTEMPTS
+
+    src, _, _ = finished
+    out = tmp_path / "run"
+    shutil.copytree(src / "activations", out / "activations")
+    shutil.copytree(src / "activation_manifests", out / "activation_manifests")
+
+    class DyingAtStart(ActivationStore):  # unpickled as each worker starts, never in the driver
+        def __setstate__(self, state):
+            os._exit(1)
+
+    with pytest.raises(GwrayComputeError, match=rf"^GW worker 0: a new worker died {MAX_ATTEMPTS} times in a "
+                                                r"row as it started, before taking any work .* then rerun"):
+        run_pairs(_cfg(workers=1), DyingAtStart(out), out, progress=False)
+    assert not (out / "pairs").exists() or not list((out / "pairs").glob("*.parquet"))
+
+
 def test_batched_path_on_cpu(finished):
     """The GPU worker path (batched_gw) runs on the CPU too and returns full records; it builds
     its costs itself (CPU tensors here) equal to the host's cost_matrix."""

@@ -14,7 +14,8 @@ from gwray.scheduler.plan import Batch, LayerKey
 from gwray.scheduler.workers import LOST, CostUnavailable, GWWorker
 
 MAX_ATTEMPTS = 4
-"""A batch that fails this many times (its worker died each time) stops the run."""
+"""A batch that fails this many times (its worker died each time) stops the run; so does a worker
+slot whose new actors die this many times in a row as they start, before answering a ping."""
 
 
 @dataclass
@@ -25,6 +26,7 @@ class _Slot:
     held: set = field(default_factory=set)
     running: int = 0
     ping: object = None  # a pending ping after a failure: no new work until it answers
+    start_deaths: int = 0  # new actors in a row that died before answering their ping
 
 
 class WorkerPool:
@@ -48,8 +50,13 @@ class WorkerPool:
     def __init__(self, workers: int, num_cpus: float, num_gpus: float, depth: int = 2,
                  window: int = 64, **worker_kwargs):
         actor = ray.remote(concurrency_groups={"costs": 1})(GWWorker)
-        self._cls = actor.options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1,
+        # Ray never restarts a worker: the pool starts a new actor in a dead one's place, so that
+        # it sees each death, also one as the actor starts (Ray holds the calls queued for an actor
+        # it restarts without failing them, and a worker that dies as it starts would be waited
+        # for without end).
+        self._cls = actor.options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0,
                                   max_task_retries=0)
+        self._kwargs = worker_kwargs
         self.slots = [_Slot(self._cls.remote(**worker_kwargs)) for _ in range(workers)]
         self.depth, self.window = depth, window
         self.batched = worker_kwargs.get("batched", False)
@@ -104,13 +111,22 @@ class WorkerPool:
             for s in self.slots:
                 s.held.discard(k)
 
-    def _failed(self, idx: int) -> None:
+    def _failed(self, idx: int, actor) -> None:
+        """``actor``, slot ``idx``'s worker when a task of it was lost, died: a new actor takes
+        its place (once per death: its other lost tasks find it replaced)."""
         slot = self.slots[idx]
+        if slot.actor is not actor:
+            return
         self._forget([k for k, (_, owner) in self.costs.items()
                       if owner == idx and k not in self.ready])
         slot.held = set()
-        if slot.ping is None:
-            slot.ping = slot.actor.ping.remote()
+        self._replace(slot)
+
+    def _replace(self, slot: _Slot) -> None:
+        """A new actor for ``slot``; it gets work once it answers a ping."""
+        ray.kill(slot.actor, no_restart=True)  # dead already, or cut off with its node: never two
+        slot.actor = self._cls.remote(**self._kwargs)
+        slot.ping = slot.actor.ping.remote()
 
     def run(self, batches: Iterable[Batch], on_result: Callable[[Batch, list[dict]], None],
             ready: Callable[[Batch], bool] | None = None,
@@ -137,7 +153,7 @@ class WorkerPool:
             A solver error inside a worker (bad input is not retried).
         """
         source, pending, attempts = iter(batches), [], {}
-        inflight: dict = {}  # solve ref → (batch, slot index)
+        inflight: dict = {}  # solve ref → (batch, slot index, the actor it runs on)
         ready = ready or (lambda batch: True)
         more = True  # the source may hold more batches
         while True:
@@ -161,7 +177,7 @@ class WorkerPool:
                         break
                     batch = pending.pop(pos)
                     extra = payload(batch) if payload else None
-                    inflight[self._submit(batch, idx, extra)] = (batch, idx)
+                    inflight[self._submit(batch, idx, extra)] = (batch, idx, slot.actor)
             pings = {s.ping: i for i, s in enumerate(self.slots) if s.ping is not None}
             done, _ = ray.wait(list(inflight) + list(self.waiting) + list(pings), num_returns=1,
                                fetch_local=False, timeout=idle_seconds if on_idle else None)
@@ -174,9 +190,9 @@ class WorkerPool:
             elif ref in pings:
                 self._pinged(pings[ref], ref)
             else:
-                batch, idx = inflight.pop(ref)
+                batch, idx, actor = inflight.pop(ref)
                 self.slots[idx].running -= 1
-                records = self._collect(ref, batch, idx, attempts)
+                records = self._collect(ref, batch, idx, actor, attempts)
                 if records is None:
                     pending.insert(0, batch)
                 else:
@@ -188,11 +204,17 @@ class WorkerPool:
         slot = self.slots[idx]
         try:
             ray.get(ref)
-            slot.ping = None
-        except ray.exceptions.RayActorError:
-            slot.ping = slot.actor.ping.remote()
+            slot.ping, slot.start_deaths = None, 0
+        except LOST:
+            slot.start_deaths += 1
+            if slot.start_deaths >= MAX_ATTEMPTS:
+                raise GwrayComputeError(
+                    f"GW worker {idx}: a new worker died {MAX_ATTEMPTS} times in a row as it started, "
+                    "before taking any work (its node out of memory, or a broken environment there? the "
+                    "Ray worker logs say), then rerun: the solved pairs are kept") from None
+            self._replace(slot)
 
-    def _collect(self, ref, batch: Batch, idx: int, attempts: dict) -> list[dict] | None:
+    def _collect(self, ref, batch: Batch, idx: int, actor, attempts: dict) -> list[dict] | None:
         """The batch's records, or None when it must be resubmitted."""
         try:
             return ray.get(ref)
@@ -204,7 +226,7 @@ class WorkerPool:
                 raise cause from exc
             self._forget(cause.args[0])
         except LOST:
-            self._failed(idx)
+            self._failed(idx, actor)
         attempts[batch.index] += 1
         if attempts[batch.index] >= MAX_ATTEMPTS:
             first = "/".join(batch.tasks[0].key)

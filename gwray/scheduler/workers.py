@@ -14,8 +14,8 @@ of the layers it needs from the activation store (readable from every node) and 
 costs on its own device, kept there in an LRU cache; only activations travel, never n² costs.
 
 Fault tolerance is the driver's own bookkeeping: a batch whose worker dies (``RayActorError``) or
-whose cost matrix is gone is put back in the queue (the actor restarts, ``max_restarts=-1``); a
-worker that failed gets no new work until it answers a ping.
+whose cost matrix is gone is put back in the queue, and a new actor takes the dead one's place
+(Ray restarts none: ``max_restarts=0``); it gets work once it answers a ping.
 """
 from __future__ import annotations
 
