@@ -76,6 +76,29 @@ def minilm_costs_of(minilm_dir):
     return make
 
 
+@pytest.fixture(scope="module")
+def minilm_costs(request, minilm_costs_of):
+    """``minilm_costs_of(N)`` at the requesting test module's ``N``."""
+    return minilm_costs_of(request.module.N)
+
+
+@pytest.fixture(scope="module")
+def toy_costs(request):
+    """The (N, N) Euclidean cost matrices (mean normalised) of the 7 residual-stream layers of an
+    untrained toy digits net (depth 6, seed 0) on its first N test images, N the requesting test
+    module's ``N`` (a module may define a toy_costs of its own)."""
+    import numpy as np
+    import torch
+
+    from gwray.gw.costs import cost_matrix
+    from gwray.models.toy import build_model, default_meta, task_data
+
+    meta = default_meta("digits", depth=6)
+    x = torch.as_tensor(task_data(meta)["x_test"][:request.module.N])
+    with torch.no_grad():
+        return [np.asarray(cost_matrix(h.double())) for h in build_model(meta).hidden_states(x)]
+
+
 def _tiny_config(family: str, layers: int, hidden: int, vocab: int):
     import transformers as tf
 

@@ -14,12 +14,6 @@ N = 96
 
 
 @pytest.fixture(scope="module")
-def minilm_costs(minilm_costs_of):
-    """Costs of the 7 hidden states of all-MiniLM-L6-v2 on N built-in sentences (mean-pooled)."""
-    return minilm_costs_of(N)
-
-
-@pytest.fixture(scope="module")
 def toy_costs():
     """Costs of the 7 residual-stream states of a small toy net trained on the digits task."""
     from gwray.models import toy
