@@ -5,7 +5,8 @@ import math
 
 from gwray.config import RunConfig
 from gwray.errors import GwrayInputError
-from gwray.sizing import RATE_NAMES, RunSize, pairs_seconds, size_run
+from gwray.rates import RATE_NAMES
+from gwray.sizing import RunSize, pairs_seconds, size_run
 
 
 def _human(nbytes: float) -> str:

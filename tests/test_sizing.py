@@ -10,7 +10,8 @@ from gwray import cli
 from gwray.activations.extract import extract
 from gwray.config import load_config
 from gwray.errors import GwrayInputError
-from gwray.sizing import GPU_PAIRS_PER_S, GPU_RATE_SOURCE, RATE_NAMES, size_run
+from gwray.rates import DRIVER_S, GPU_PAIRS_PER_S, GPU_RATE_SOURCE, ORCHESTRATION_S, RATE_NAMES
+from gwray.sizing import size_run
 
 TEXTS = ["The cat sat.", "A rather longer sentence about the weather in the hills today.", "Short one",
          "Gromov and Wasserstein walk into a bar, and the bartender says nothing at all."]
@@ -129,7 +130,7 @@ def test_plan_sizes_the_large_llm_template_from_config_and_index_alone(minilm_di
 
 
 def test_calibration_measures_every_rate_here():
-    from gwray.sizing import calibrate
+    from gwray.rates import calibrate
 
     rates = calibrate(list(RATE_NAMES), 40, 5, load_config({}))
     assert set(rates) == set(RATE_NAMES) and all(0 < v < float("inf") for v in rates.values())
@@ -166,6 +167,6 @@ def test_plan_of_a_sweep_sizes_each_architecture_once(tmp_path, monkeypatch, cap
         assert needle in out, (needle, out)
     size = size_run(load_config(str(cfg)), {"forward_flops": 1e10, "gw_pair_s": 0.01, "figure_s": 0.1})
     costs = 3 * 8 * 2 * 12 * 12 * 8 / 1e10  # 2 n² d FLOPs: 8 layers of width 8 per checkpoint
-    assert sizing.pairs_seconds(load_config(str(cfg)), size, 4) == pytest.approx((costs + pairs * (0.01 + sizing.ORCHESTRATION_S)) / 4)
-    assert sizing.pairs_seconds(load_config(str(cfg)), size, 10**6) == pytest.approx(pairs * sizing.DRIVER_S)  # the driver's pace
+    assert sizing.pairs_seconds(load_config(str(cfg)), size, 4) == pytest.approx((costs + pairs * (0.01 + ORCHESTRATION_S)) / 4)
+    assert sizing.pairs_seconds(load_config(str(cfg)), size, 10**6) == pytest.approx(pairs * DRIVER_S)  # the driver's pace
     assert 20 * pairs < size.pairs_bytes < 200 * pairs and size.matrix_bytes > 8 * 3 * 64
