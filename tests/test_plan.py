@@ -9,7 +9,8 @@ import pytest
 from gwray.activations.store import ActivationStore, ActivationWriter
 from gwray.errors import GwrayInputError
 from gwray.scheduler import plan_for
-from gwray.scheduler.plan import checkpoint_pairs, make_batches, plan_pairs
+from gwray.scheduler.batches import make_batches
+from gwray.scheduler.plan import checkpoint_pairs, plan_pairs
 
 
 def _layers(counts):
@@ -142,7 +143,7 @@ def test_positions_invert_the_plan(cross):
 @pytest.mark.parametrize("batch_pairs", [1, 5, 16])
 def test_plan_batches_walk_what_is_left(batch_pairs):
     """The lazy batches of a plan equal make_batches of the same pairs, also for a remainder."""
-    from gwray.scheduler.plan import plan_batches
+    from gwray.scheduler.batches import plan_batches
 
     layers = _layers([9, 9, 9])
     sizes = {(c, layer): 16 for c, names in layers.items() for layer in names}

@@ -221,7 +221,7 @@ def test_batched_path_on_cpu(finished):
     import torch
 
     from gwray.gw.costs import cost_matrix
-    from gwray.scheduler.plan import make_batches
+    from gwray.scheduler.batches import make_batches
     from gwray.scheduler.workers import GWWorker
 
     out, _, _ = finished
@@ -258,7 +258,7 @@ def test_cost_tasks_run_while_the_worker_is_busy_solving(finished, tmp_path):
     on a cost that is not there yet still lets the same actor compute and return another cost."""
     import ray
 
-    from gwray.scheduler.plan import make_batches
+    from gwray.scheduler.batches import make_batches
     from gwray.scheduler.pool import WorkerPool
 
     out, _, _ = finished
@@ -315,7 +315,7 @@ def test_batched_workers_get_activations_not_costs(finished):
     the device runs (or lower, but above the CPU workers' valid lower bound), with its own bound
     below the CPU workers' value."""
     from gwray.gw.costs import cost_matrix
-    from gwray.scheduler.plan import make_batches
+    from gwray.scheduler.batches import make_batches
     from gwray.scheduler.pool import WorkerPool
 
     out, _, table = finished
@@ -366,7 +366,7 @@ def test_gpu_workers_take_large_calls():
 def test_cost_matrices_are_released_once_no_pair_needs_them(finished):
     """A checkpoint's cost references go when its last pair is done (the object store frees them),
     not at the end of the sweep; none is computed twice."""
-    from gwray.scheduler.plan import plan_batches
+    from gwray.scheduler.batches import plan_batches
     from gwray.scheduler.pool import WorkerPool
 
     out, _, _ = finished

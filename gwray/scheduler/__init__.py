@@ -19,7 +19,8 @@ import pyarrow as pa
 
 from gwray.scheduler.assembly import assemble_matrices
 from gwray.scheduler.compaction import FLUSH_SECONDS, PairSink
-from gwray.scheduler.plan import Plan, PairTask, plan_batches, plan_pairs, warm_sources
+from gwray.scheduler.batches import plan_batches
+from gwray.scheduler.plan import Plan, PairTask, plan_pairs, warm_sources
 from gwray.scheduler.results import (done_pairs, key_positions, load_records,
                                      load_states, pairs_dir, RECORD_SCHEMA, warm_state)
 from gwray.storage import Location

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import ray
 
 from gwray.errors import GwrayComputeError
-from gwray.scheduler.plan import Batch, LayerKey
+from gwray.scheduler.batches import Batch
+from gwray.scheduler.plan import LayerKey
 from gwray.scheduler.workers import LOST, CostUnavailable, GWWorker
 
 MAX_ATTEMPTS = 4

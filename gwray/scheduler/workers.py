@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import ray
 
-from gwray.scheduler.plan import Batch, LayerKey
+from gwray.scheduler.batches import Batch
+from gwray.scheduler.plan import LayerKey
 
 if TYPE_CHECKING:
     from gwray.gw.warm import WarmState
